@@ -1,0 +1,370 @@
+"""One typed, validated experiment config.
+
+Every run is described by an `ExperimentConfig` tree of frozen dataclasses. It is built from a
+named preset plus overrides (`build_config("local", {"loss.f2r": 0.2})`), validated once, before
+any expensive work, and written next to every checkpoint and result row (`to_dict`). Overrides
+go through one strict function that rejects unknown keys and wrong types, naming the field.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from typing import Any, Mapping
+
+DATASETS = ("shapes",)
+ARCHITECTURES = ("dfgan",)
+TEXT_EMBEDDINGS = ("pretrained", "shared", "dual")
+IMAGE_ENCODER_BACKBONES = ("cnn", "inception")
+
+
+class ConfigError(ValueError):
+    """A config value is invalid. The message names the dotted field and how to fix it."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "shapes"
+    data_root: str | None = None  # real datasets only; `shapes` is generated
+    resolution: int = 32  # power of two in 32..256
+    num_train: int = 4096  # `shapes`: images in the train split
+    num_test: int = 1024  # `shapes`: images in the test split
+    data_seed: int = 0  # `shapes`: the dataset is a pure function of (data_seed, n, resolution)
+    words_num: int = 18  # max words per caption (longer: random ordered subset in training)
+    loader_workers: int = 0  # DataLoader processes per Train worker
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "dfgan"
+    nf: int = 32  # base width (DF-GAN's ngf = ndf)
+    z_dim: int = 100
+    embed_dim: int = 256  # DAMSM sentence/word embedding size
+    # pretrained: frozen DAMSM text encoder. shared: one encoder trained with the GAN.
+    # dual: e_G (adversarial) + e_A (contrastive alignment). See t2i_ray/train/gan.py.
+    text_embedding: str = "pretrained"
+    # DTE (shared/dual): weight of the image-text contrastive alignment loss on D's features.
+    align_weight: float = 1.0
+    align_temperature: float = 0.1
+    # shared/dual: start the trainable encoder(s) from the pretrained DAMSM weights (False:
+    # random init, i.e. fully end to end as DTE-GAN).
+    text_init_from_damsm: bool = False
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """L_G_total = L_G + l1*L_DAMSM + l2*L_F2R + l3*L_F2F + l4*L_recap (seed paper 001)."""
+
+    damsm: float = 0.0  # l1
+    f2r: float = 0.0  # l2
+    f2f: float = 0.0  # l3
+    recap: float = 0.0  # l4 (needs a captioner: not available yet, must stay 0)
+    temperature: float = 0.5  # NT-Xent temperature for F2R/F2F
+    gamma1: float = 4.0  # DAMSM attention sharpness over regions
+    gamma2: float = 5.0  # DAMSM word-level aggregation
+    gamma3: float = 10.0  # DAMSM logit scale
+    magp_k: float = 2.0
+    magp_p: float = 6.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1500  # optimiser steps (one D + one G update each)
+    batch_size: int = 32  # per Train worker
+    lr_g: float = 1e-4
+    lr_d: float = 4e-4
+    lr_text: float = 1e-4  # trainable text encoders (shared/dual)
+    beta1: float = 0.0
+    beta2: float = 0.9
+    num_workers: int = 1  # Ray Train workers per trial (data parallel)
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    torch_threads: int = 1  # intra-op threads per worker (CPU)
+    report_every: int = 100  # steps between ray.train.report / TensorBoard scalars
+    checkpoint_every: int = 250  # steps between checkpoints
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    num_images: int = 1024  # generated images for FID/KID/attribute accuracy/R-precision
+    batch_size: int = 64
+    r_precision_candidates: int = 100  # 1 true + 99 mismatched captions
+    r_precision_folds: int = 10
+    kid_subsets: int = 50
+    kid_subset_size: int = 256
+    evaluator_steps: int = 1500  # training steps of the `domain` evaluator (cached)
+
+
+@dataclass(frozen=True)
+class DamsmConfig:
+    """DAMSM encoder pre-training (AttnGAN's pretrain_DAMSM, scaled to the dataset)."""
+
+    image_backbone: str = "cnn"  # cnn (trained from scratch, for `shapes`) | inception
+    inception_weights: str | None = None  # local torchvision Inception-v3 state dict
+    epochs: int = 12
+    batch_size: int = 48
+    lr: float = 2e-3
+    lr_decay: float = 0.98  # per epoch, while lr > lr/10 (AttnGAN)
+    grad_clip: float = 0.25  # on the RNN only
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossWeights = field(default_factory=LossWeights)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    damsm: DamsmConfig = field(default_factory=DamsmConfig)
+    seed: int = 0
+    output_dir: str = "t2i_runs"  # results table, checkpoints, caches, TensorBoard logs
+    name: str = "default"  # a label for the row in the results table
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ExperimentConfig":
+        cfg = _from_dict(cls, data, prefix="")
+        validate(cfg)
+        return cfg
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys -> values (`{"loss.f2r": 0.2, ...}`), for tables and search spaces."""
+        return flatten_dict(self.to_dict())
+
+    def key(self, *sections: str) -> str:
+        """Short content hash of some sections (e.g. "data", "damsm") for cache folders."""
+        d = self.to_dict()
+        blob = json.dumps({s: d[s] for s in sections} if sections else d, sort_keys=True)
+        return hashlib.sha1(blob.encode()).hexdigest()[:10]
+
+
+def flatten_dict(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(flatten_dict(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _coerce(value: Any, type_str: str, where: str) -> Any:
+    """Check/convert one leaf value against its annotation (given as a string)."""
+    optional = "None" in type_str
+    base = type_str.replace(" | None", "").strip()
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{where}: must be a {base}, got None")
+    if base == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{where}: must be true or false, got {value!r}")
+    if base == "int":
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: must be an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: must be an integer, got {value!r}")
+    if base == "float":
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: must be a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: must be a number, got {value!r}")
+    if base == "str":
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: must be a string, got {value!r}")
+    raise AssertionError(f"unsupported annotation {type_str} at {where}")
+
+
+def _from_dict(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: must be a mapping, got {data!r}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(prefix + u for u in unknown)}; "
+            f"valid keys here: {', '.join(prefix + k for k in known)}"
+        )
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        f = known[name]
+        where = prefix + name
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if is_dataclass(default):
+            kwargs[name] = _from_dict(type(default), value, where + ".")
+        else:
+            kwargs[name] = _coerce(value, str(f.type), where)
+    return cls(**kwargs)
+
+
+def apply_overrides(cfg: ExperimentConfig, overrides: Mapping[str, Any]) -> ExperimentConfig:
+    """Return `cfg` with dotted-key overrides applied (`{"loss.f2r": 0.2}`), strictly validated."""
+    d = cfg.to_dict()
+    for dotted, value in overrides.items():
+        parts = dotted.split(".")
+        node = d
+        for i, part in enumerate(parts[:-1]):
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(
+                    f"unknown config key {dotted!r}: {'.'.join(parts[: i + 1])} is not a section; "
+                    f"sections: {', '.join(k for k, v in cfg.to_dict().items() if isinstance(v, dict))}"
+                )
+            node = node[part]
+        if parts[-1] not in node or isinstance(node[parts[-1]], dict):
+            section = ".".join(parts[:-1]) or "config"
+            raise ConfigError(
+                f"unknown config key {dotted!r}; valid keys in {section}: "
+                f"{', '.join(k for k, v in node.items() if not isinstance(v, dict))}"
+            )
+        node[parts[-1]] = value
+    return ExperimentConfig.from_dict(d)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`"loss.f2r=0.2"` -> `("loss.f2r", "0.2")`; values are typed by `apply_overrides`."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value (e.g. loss.f2r=0.2)")
+    key, value = text.split("=", 1)
+    value = value.strip()
+    return key.strip(), (None if value.lower() in ("none", "null") else value)
+
+
+def _check(cond: bool, where: str, message: str) -> None:
+    if not cond:
+        raise ConfigError(f"{where}: {message}")
+
+
+def validate(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Raise ConfigError naming the first bad field; return cfg unchanged when valid."""
+    d, m, l, t, e, p = cfg.data, cfg.model, cfg.loss, cfg.train, cfg.eval, cfg.damsm
+    _check(d.dataset in DATASETS, "data.dataset",
+           f"unknown dataset {d.dataset!r}; available: {', '.join(DATASETS)}")
+    r = d.resolution
+    _check(32 <= r <= 256 and r & (r - 1) == 0, "data.resolution",
+           f"must be a power of two in 32..256 (32, 64, 128, 256), got {r}")
+    _check(d.num_train >= 64, "data.num_train", f"must be >= 64, got {d.num_train}")
+    _check(d.num_test >= 2, "data.num_test", f"must be >= 2, got {d.num_test}")
+    _check(1 <= d.words_num <= 64, "data.words_num", f"must be in 1..64, got {d.words_num}")
+    _check(d.loader_workers >= 0, "data.loader_workers", "must be >= 0")
+    _check(m.arch in ARCHITECTURES, "model.arch",
+           f"unknown architecture {m.arch!r}; available: {', '.join(ARCHITECTURES)}")
+    _check(m.text_embedding in TEXT_EMBEDDINGS, "model.text_embedding",
+           f"must be one of {', '.join(TEXT_EMBEDDINGS)}, got {m.text_embedding!r}")
+    _check(m.nf >= 4, "model.nf", f"must be >= 4, got {m.nf}")
+    _check(m.z_dim >= 1, "model.z_dim", f"must be >= 1, got {m.z_dim}")
+    _check(m.embed_dim >= 2 and m.embed_dim % 2 == 0, "model.embed_dim",
+           f"must be an even number >= 2 (bi-LSTM halves), got {m.embed_dim}")
+    _check(m.align_weight >= 0 and math.isfinite(m.align_weight), "model.align_weight",
+           f"must be a finite number >= 0, got {m.align_weight}")
+    _check(m.align_temperature > 0, "model.align_temperature", "must be > 0")
+    for name in ("damsm", "f2r", "f2f", "recap"):
+        w = getattr(l, name)
+        _check(math.isfinite(w) and w >= 0, f"loss.{name}",
+               f"loss weight must be a finite number >= 0 (0 turns the term off), got {w}")
+    _check(l.recap == 0, "loss.recap",
+           "the re-captioning loss needs a pre-trained captioner, which this version does not "
+           "have yet; set loss.recap=0")
+    _check(l.temperature > 0, "loss.temperature", f"must be > 0, got {l.temperature}")
+    for name in ("gamma1", "gamma2", "gamma3", "magp_k", "magp_p"):
+        _check(getattr(l, name) > 0, f"loss.{name}", f"must be > 0, got {getattr(l, name)}")
+    _check(t.steps >= 1, "train.steps", f"must be >= 1, got {t.steps}")
+    _check(t.batch_size >= 2, "train.batch_size",
+           f"must be >= 2 (mismatched pairs and contrastive losses need a batch), got {t.batch_size}")
+    for name in ("lr_g", "lr_d", "lr_text"):
+        _check(getattr(t, name) > 0, f"train.{name}", "must be > 0")
+    _check(0 <= t.beta1 < 1 and 0 <= t.beta2 < 1, "train.beta1/beta2", "must be in [0, 1)")
+    _check(t.num_workers >= 1, "train.num_workers", f"must be >= 1, got {t.num_workers}")
+    _check(t.cpus_per_worker > 0, "train.cpus_per_worker", "must be > 0")
+    _check(t.torch_threads >= 1, "train.torch_threads", "must be >= 1")
+    _check(t.report_every >= 1, "train.report_every", "must be >= 1")
+    _check(t.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
+    _check(e.num_images >= 2, "eval.num_images", f"must be >= 2, got {e.num_images}")
+    _check(e.batch_size >= 1, "eval.batch_size", "must be >= 1")
+    _check(2 <= e.r_precision_candidates <= d.num_test, "eval.r_precision_candidates",
+           f"must be in 2..data.num_test ({d.num_test}) so mismatched captions come from other "
+           f"test images, got {e.r_precision_candidates}")
+    _check(e.r_precision_folds >= 1 and e.num_images >= e.r_precision_folds,
+           "eval.r_precision_folds", "must be in 1..eval.num_images")
+    _check(e.kid_subsets >= 1 and e.kid_subset_size >= 2, "eval.kid_subsets/kid_subset_size",
+           "must be >= 1 and >= 2")
+    _check(e.evaluator_steps >= 1, "eval.evaluator_steps", "must be >= 1")
+    _check(p.image_backbone in IMAGE_ENCODER_BACKBONES, "damsm.image_backbone",
+           f"must be one of {', '.join(IMAGE_ENCODER_BACKBONES)}, got {p.image_backbone!r}")
+    _check(p.epochs >= 1, "damsm.epochs", "must be >= 1")
+    _check(p.batch_size >= 2, "damsm.batch_size", "must be >= 2")
+    _check(p.lr > 0, "damsm.lr", "must be > 0")
+    _check(cfg.seed >= 0, "seed", f"must be >= 0, got {cfg.seed}")
+    _check(bool(cfg.output_dir), "output_dir", "must be a non-empty path")
+    return cfg
+
+
+# Presets: the CLI and the sweeps both start from one of these. `smoke` and `local` train at
+# 32x32 with a narrow DF-GAN so that a 2-core CPU finishes them (SPEC 3 speed figures).
+PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": {
+        "data.num_train": 512, "data.num_test": 256,
+        "model.nf": 8,
+        "train.steps": 40, "train.batch_size": 16, "train.report_every": 20,
+        "train.checkpoint_every": 20,
+        "eval.num_images": 256, "eval.kid_subset_size": 128, "eval.kid_subsets": 20,
+        "eval.evaluator_steps": 300,
+        "damsm.epochs": 3,
+    },
+    "local": {
+        "data.num_train": 4096, "data.num_test": 1024,
+        "model.nf": 16,
+        "train.steps": 600, "train.batch_size": 32, "train.report_every": 100,
+        "train.checkpoint_every": 200,
+        "eval.num_images": 1024,
+        "eval.evaluator_steps": 1500,
+        "damsm.epochs": 12,
+    },
+    "paper": {
+        "data.resolution": 256, "data.num_train": 8855, "data.num_test": 2933,
+        "model.nf": 32,
+        "train.steps": 300000, "train.batch_size": 32, "train.report_every": 1000,
+        "train.checkpoint_every": 5000, "train.use_gpu": True, "train.torch_threads": 4,
+        "eval.num_images": 30000, "eval.kid_subset_size": 1000, "eval.kid_subsets": 100,
+        "eval.evaluator_steps": 5000,
+        "damsm.epochs": 200,
+    },
+}
+
+
+def build_config(preset: str = "local", overrides: Mapping[str, Any] | None = None) -> ExperimentConfig:
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; available: {', '.join(PRESETS)}")
+    cfg = apply_overrides(ExperimentConfig(), PRESETS[preset])
+    return apply_overrides(cfg, dict(overrides or {}))
+
+
+__all__ = [
+    "ConfigError", "DataConfig", "ModelConfig", "LossWeights", "TrainConfig", "EvalConfig",
+    "DamsmConfig", "ExperimentConfig", "PRESETS", "build_config", "apply_overrides",
+    "parse_override", "validate", "replace",
+]

@@ -1,0 +1,89 @@
+"""Build every network of a GAN experiment from its config (the only place that names an
+architecture; the training loop receives built objects).
+
+Text embedding modes (SPEC 2; DTE-GAN has no public code, so this is our reading of its abstract):
+- `pretrained`: e = frozen DAMSM text encoder (as DF-GAN / SSA-GAN). Nothing text-side trains.
+- `shared`:     one text encoder E, trained end to end with the GAN. Its sentence embedding
+                conditions G and D's head (so the adversarial hinge + mismatch + MA-GP losses train
+                it), and the same embedding is aligned with D's image features by a contrastive
+                image-text loss (weight model.align_weight): one embedding serves realism and
+                alignment.
+- `dual`:       two encoders. e_G conditions G and D's head and is trained only by the
+                adversarial losses; e_A is trained only by the contrastive loss against D's image
+                features, and G is pushed towards e_A through that loss on fakes.
+In both trainable modes G sees detached embeddings (as SSA-GAN's end-to-end variant), so text
+encoders are trained by D-side losses only. The DAMSM encoders stay frozen in every mode: they
+score l1*DAMSM, l2*F2R, l3*F2F and R-precision.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from t2i_ray.config import ExperimentConfig
+from t2i_ray.models.dfgan import ConditionalHead, Discriminator, Generator
+from t2i_ray.models.text import TextEncoder
+
+
+class AlignProjection(nn.Module):
+    """D's image features (B, C, 4, 4) -> (B, embed_dim) for the image-text contrastive loss."""
+
+    def __init__(self, in_channels: int, embed_dim: int):
+        super().__init__()
+        self.config = {"in_channels": in_channels, "embed_dim": embed_dim}
+        self.proj = nn.Linear(in_channels, embed_dim)
+
+    def forward(self, features):
+        return self.proj(features.mean(dim=(2, 3)))  # global average pool, (B, C) -> (B, E)
+
+
+@dataclass
+class GANModels:
+    generator: nn.Module
+    discriminator: nn.Module
+    head: nn.Module
+    text_g: nn.Module  # conditions G and D's head
+    text_a: nn.Module | None  # aligned with D's features (None: `pretrained`)
+    align_proj: nn.Module | None
+    damsm_text: nn.Module  # frozen
+    damsm_image: nn.Module  # frozen
+    text_trainable: bool
+
+    def trainable(self) -> dict[str, nn.Module]:
+        """Modules updated by the optimisers: these are checkpointed and DDP-wrapped."""
+        out = {"generator": self.generator, "discriminator": self.discriminator, "head": self.head}
+        if self.align_proj is not None:
+            out["align_proj"] = self.align_proj
+        if self.text_trainable:
+            out["text_g"] = self.text_g
+            if self.text_a is not None and self.text_a is not self.text_g:
+                out["text_a"] = self.text_a
+        return out
+
+
+def _text_encoder_like(damsm_text: TextEncoder, init_from_damsm: bool) -> TextEncoder:
+    enc = TextEncoder(**damsm_text.config)
+    if init_from_damsm:
+        enc.load_state_dict(damsm_text.state_dict())
+    return enc
+
+
+def build_gan_models(cfg: ExperimentConfig, damsm_text: TextEncoder, damsm_image: nn.Module) -> GANModels:
+    m, res = cfg.model, cfg.data.resolution
+    if m.arch != "dfgan":  # validate() already refuses these; kept for direct callers
+        raise ValueError(f"model.arch={m.arch!r} is not built by this version")
+    generator = Generator(nf=m.nf, z_dim=m.z_dim, cond_dim=m.embed_dim, resolution=res)
+    discriminator = Discriminator(nf=m.nf, resolution=res)
+    head = ConditionalHead(nf=m.nf, cond_dim=m.embed_dim)
+    for enc in (damsm_text, damsm_image):
+        enc.eval()
+        enc.requires_grad_(False)
+    if m.text_embedding == "pretrained":
+        text_g, text_a, align_proj, trainable = damsm_text, None, None, False
+    else:
+        text_g = _text_encoder_like(damsm_text, m.text_init_from_damsm)
+        text_a = text_g if m.text_embedding == "shared" else _text_encoder_like(damsm_text, m.text_init_from_damsm)
+        align_proj = AlignProjection(8 * m.nf, m.embed_dim)
+        trainable = True
+    return GANModels(generator, discriminator, head, text_g, text_a, align_proj, damsm_text, damsm_image, trainable)

@@ -1,0 +1,69 @@
+"""Shared command line of the sweep scripts: presets, overrides, validation before Ray starts."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from t2i_ray.config import PRESETS, ConfigError, ExperimentConfig, build_config, parse_override
+
+DEFAULT_SEEDS = {"smoke": [0], "local": [0, 1], "paper": [0, 1, 2]}
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--preset", choices=list(PRESETS), default="local",
+                   help="smoke: ~3 min on a 2-core CPU; local: < 20 min; paper: GPU cluster scale")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="seeds per configuration (default per preset: smoke 0; local 0 1; paper 0 1 2)")
+    p.add_argument("--output-dir", default=None, help="results, checkpoints, caches, samples, logs "
+                   "(default t2i_runs; on a multi-node cluster use shared storage)")
+    p.add_argument("--resolution", type=int, default=None, help="image size: 32, 64, 128 or 256")
+    p.add_argument("--steps", type=int, default=None, help="training steps per trial")
+    p.add_argument("--num-workers", type=int, default=None, help="Ray Train workers (data parallel) per trial")
+    p.add_argument("--use-gpu", action=argparse.BooleanOptionalAction, default=None,
+                   help="one GPU per Train worker")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config field, e.g. --set model.nf=32 --set eval.num_images=2048")
+    p.add_argument("--address", default=None, help="Ray cluster address (e.g. auto); default: local Ray")
+    p.add_argument("--max-concurrent", type=int, default=None, help="cap on trials running at once")
+    p.add_argument("--dry-run", action="store_true", help="validate and print the trials, run nothing")
+    return p
+
+
+def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> ExperimentConfig:
+    overrides: dict[str, Any] = dict(parse_override(o) for o in args.overrides)
+    for flag, key in (("output_dir", "output_dir"), ("resolution", "data.resolution"),
+                      ("steps", "train.steps"), ("num_workers", "train.num_workers"),
+                      ("use_gpu", "train.use_gpu")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides[key] = value
+    overrides.update(extra or {})
+    return build_config(args.preset, overrides)
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def report_locations(output_dir: str | Path, experiment: str) -> str:
+    out = Path(output_dir).resolve()
+    return "\n".join([
+        f"results table (one parquet file per trial): {out / 'results'}",
+        f"checkpoints (Ray Train, per trial):         {out / 'ray' / 'train'}",
+        f"Tune experiment (resume state, trial logs):  {out / 'ray' / 'tune' / experiment}",
+        f"sample grids (PNG + captions JSON):          {out / 'samples'}",
+        f"TensorBoard logs:                            tensorboard --logdir {out / 'tensorboard'}",
+        f"cached DAMSM encoders and evaluator:         {out / 'cache'}",
+    ])
+
+
+def seeds_for(args: argparse.Namespace) -> Sequence[int]:
+    return args.seeds if args.seeds is not None else DEFAULT_SEEDS[args.preset]
+
+
+__all__ = ["base_parser", "config_from_args", "fail", "report_locations", "seeds_for", "ConfigError"]

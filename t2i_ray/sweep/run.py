@@ -1,0 +1,246 @@
+"""Ray Tune sweeps over GAN trainings (Ray Train V2 driver-function pattern, SPEC 7).
+
+Each Tune trial runs `train_driver`: it builds a TorchTrainer around the worker loop
+(`t2i_ray.train.loop.ray_worker`), fits it, writes the trial's row to the results table, and
+reports the final metrics to Tune (without that report a resumed, already finished trial would
+abort the sweep: reference ray.md 3.4). Experiment and run names are content hashes of the sweep,
+never timestamps, so rerunning the same command resumes: Tune restores the experiment, finished
+trials are not rerun, and unfinished ones continue from their last Train checkpoint.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from t2i_ray.config import ConfigError, ExperimentConfig, apply_overrides
+from t2i_ray.sweep import store
+
+DRIVER_CPUS = 0.01  # the Tune trial itself only waits on its TorchTrainer
+
+
+@dataclass
+class SweepSpec:
+    sweep: str  # script name, e.g. "ablate_losses"
+    base: ExperimentConfig
+    search: str  # "grid" | "optuna"
+    grid: list[dict[str, Any]] = field(default_factory=list)  # [{"row", "seed", "overrides"}]
+    optuna_space: dict[str, Any] | None = None  # Tune domains keyed by dotted config keys
+    num_trials: int = 0  # optuna
+    objective: str = "fid"  # optuna: fid | r_precision | both (multi-objective)
+    max_failures: int = 1  # Train-level restarts from the last checkpoint
+
+    def spec_hash(self) -> str:
+        blob = json.dumps({"sweep": self.sweep, "base": self.base.to_dict(), "search": self.search,
+                           "grid": self.grid, "space": repr(self.optuna_space), "n": self.num_trials,
+                           "objective": self.objective}, sort_keys=True, default=str)
+        return hashlib.sha1(blob.encode()).hexdigest()[:8]
+
+    @property
+    def name(self) -> str:
+        return f"{self.sweep}-{self.search}-{self.spec_hash()}"
+
+
+@dataclass(frozen=True)
+class Fit:
+    worker_resources: dict[str, float]
+    max_concurrent: int
+
+
+def fit_resources(total_cpus: float, total_gpus: float, num_workers: int, cpus_per_worker: float,
+                  use_gpu: bool, num_trials: int) -> Fit:
+    """How many trials can run at once without any trial starving its own Train workers.
+
+    A trial needs DRIVER_CPUS for its Tune driver plus, per worker, `cpus_per_worker` CPUs (and one
+    whole GPU: NCCL ranks cannot share a GPU). Concurrency is bounded by what fits; the per-worker
+    CPU request is trimmed by the drivers' share so that k trials fit exactly on k*W*c CPUs.
+    Raises ConfigError with the numbers when not even one trial fits (Ray would wait forever).
+    """
+    need_cpu = num_workers * cpus_per_worker
+    if need_cpu > total_cpus + 1e-9:
+        raise ConfigError(f"train.num_workers={num_workers} x train.cpus_per_worker={cpus_per_worker} "
+                          f"= {need_cpu} CPUs per trial, but the Ray cluster has {total_cpus:g} CPUs; "
+                          f"lower train.num_workers or train.cpus_per_worker, or add nodes")
+    if use_gpu and num_workers > total_gpus:
+        raise ConfigError(f"train.num_workers={num_workers} GPU workers per trial, but the Ray cluster "
+                          f"has {total_gpus:g} GPUs; lower train.num_workers, set train.use_gpu=false, "
+                          f"or add GPU nodes")
+    k = max(1, int(total_cpus // need_cpu + 1e-9))
+    if use_gpu:
+        k = min(k, int(total_gpus // num_workers))
+    k = max(1, min(k, max(num_trials, 1)))
+    cpu = min(cpus_per_worker, (total_cpus - k * DRIVER_CPUS) / (k * num_workers))
+    resources = {"CPU": round(cpu, 4)}
+    if use_gpu:
+        resources["GPU"] = 1.0
+    return Fit(resources, k)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_") or "row"
+
+
+def prepare_assets(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> str:
+    """Pre-train/cache the DAMSM encoders and the domain evaluator once, before any trial starts."""
+    from t2i_ray.eval.features import load_or_train_domain_evaluator
+    from t2i_ray.train.damsm import ensure_damsm
+
+    damsm_path = ensure_damsm(cfg, log)
+    _, info = load_or_train_domain_evaluator(cfg.data, cfg.eval.evaluator_steps, f"{cfg.output_dir}/cache")
+    log(f"[eval] domain evaluator {info['backbone']} ready")
+    return str(Path(damsm_path).resolve())
+
+
+def train_driver(config: dict[str, Any]) -> None:
+    """The Tune trainable: one GAN training run under a TorchTrainer, then its result row."""
+    import ray.train
+    import ray.tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from t2i_ray.train.loop import ray_worker
+
+    start = time.time()
+    base = ExperimentConfig.from_dict(config["base"])
+    if "trial" in config:  # grid row
+        row, seed, overrides = config["trial"]["row"], config["trial"]["seed"], config["trial"]["overrides"]
+        run_name = f"{config['experiment']}-{_slug(row)}-s{seed}"
+    else:  # optuna: every sampled dotted key is an override
+        row, seed = "optuna", base.seed
+        overrides = {k: v for k, v in config.items() if "." in k}
+        run_name = f"{config['experiment']}-{ray.tune.get_context().get_trial_id()}"
+    cfg = apply_overrides(base, {**overrides, "seed": seed, "name": row})
+    trainer = TorchTrainer(
+        ray_worker,
+        train_loop_config={"experiment": cfg.to_dict(), "damsm_path": config["damsm_path"],
+                           "run_name": run_name},
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
+                                               resources_per_worker=config["worker_resources"]),
+        run_config=ray.train.RunConfig(
+            name=run_name, storage_path=config["storage_path"], callbacks=[TuneReportCallback()],
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            failure_config=ray.train.FailureConfig(max_failures=config["max_failures"])),
+    )
+    final: dict[str, Any] = {}
+    status, error, checkpoint_path = "ok", None, ""
+    try:
+        result = trainer.fit()
+        final = dict(result.metrics or {})
+        checkpoint_path = result.checkpoint.path if result.checkpoint is not None else ""
+        if not final.get("done"):
+            status, error = "error", "training ended without final evaluation metrics"
+    except Exception as exc:  # the row records the failure; Tune marks the trial errored below
+        status, error = "error", f"{type(exc).__name__}: {exc}"
+    row_data = store.make_row(
+        run_name=run_name, sweep=config["experiment"], row=row, seed=seed, status=status, error=error,
+        wall_time_s=time.time() - start, config=cfg.to_dict(), metrics=final, version=config["code_version"],
+        extra={"checkpoint_path": checkpoint_path,
+               "tensorboard_dir": str(Path(cfg.output_dir) / "tensorboard" / run_name)})
+    store.write_row(cfg.output_dir, row_data)
+    if status != "ok":
+        raise RuntimeError(f"trial {run_name} failed: {error}")
+    ray.tune.report({k: v for k, v in final.items() if isinstance(v, (int, float)) and math.isfinite(v)})
+
+
+def run_sweep(spec: SweepSpec, *, address: str | None = None, max_concurrent: int | None = None,
+              log: Callable[[str], None] = print) -> pd.DataFrame:
+    """Run (or resume) a sweep and return its rows from the results table."""
+    import ray
+    from ray import tune
+
+    base = spec.base
+    output_dir = Path(base.output_dir).resolve()
+    base = apply_overrides(base, {"output_dir": str(output_dir)})
+    damsm_path = prepare_assets(base, log)
+    # Intermediate training reports carry losses, not the final metric the searcher optimises.
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address)
+        else:
+            ray.init(num_cpus=os.cpu_count(), object_store_memory=512 * 1024**2,
+                     runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}})
+    res = ray.cluster_resources()
+    n_trials = len(spec.grid) if spec.search == "grid" else spec.num_trials
+    fit = fit_resources(res.get("CPU", 0), res.get("GPU", 0), base.train.num_workers,
+                        base.train.cpus_per_worker, base.train.use_gpu, n_trials)
+    concurrency = min(fit.max_concurrent, max_concurrent or fit.max_concurrent)
+    log(f"[sweep] {spec.name}: {n_trials} trials, {concurrency} at a time, "
+        f"{base.train.num_workers} worker(s)/trial with {fit.worker_resources} each "
+        f"(cluster: {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs)")
+    param_space: dict[str, Any] = {
+        "base": base.to_dict(), "damsm_path": damsm_path, "experiment": spec.name,
+        "storage_path": str(output_dir / "ray" / "train"), "worker_resources": fit.worker_resources,
+        "max_failures": spec.max_failures, "code_version": store.code_version(),
+    }
+    tune_kwargs: dict[str, Any] = {"max_concurrent_trials": concurrency}
+    if spec.search == "grid":
+        param_space["trial"] = tune.grid_search(spec.grid)
+    else:
+        from optuna.samplers import TPESampler
+        from ray.tune.search.optuna import OptunaSearch
+
+        param_space.update(spec.optuna_space or {})
+        if spec.objective == "both":
+            searcher = OptunaSearch(metric=["fid", "r_precision"], mode=["min", "max"],
+                                    sampler=TPESampler(seed=base.seed))
+        else:
+            mode = "min" if spec.objective == "fid" else "max"
+            searcher = OptunaSearch(metric=spec.objective, mode=mode, sampler=TPESampler(seed=base.seed))
+        tune_kwargs.update(search_alg=searcher, num_samples=spec.num_trials)
+    trainable = tune.with_resources(train_driver, {"cpu": DRIVER_CPUS})
+    exp_path = output_dir / "ray" / "tune" / spec.name
+    if tune.Tuner.can_restore(str(exp_path)):
+        log(f"[sweep] resuming {exp_path}: finished trials are kept, unfinished ones continue")
+        tuner = tune.Tuner.restore(str(exp_path), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable, param_space=param_space,
+            tune_config=tune.TuneConfig(trial_dirname_creator=lambda t: f"trial_{t.trial_id}", **tune_kwargs),
+            run_config=tune.RunConfig(name=spec.name, storage_path=str(output_dir / "ray" / "tune"),
+                                      verbose=1))
+    tuner.fit()
+    return store.load_results(output_dir, sweep=spec.name)
+
+
+SUMMARY_METRICS = ("fid", "kid", "r_precision", "attr_pair_recall", "wall_time_s")
+
+
+def summarize(rows: pd.DataFrame, order: list[str] | None = None) -> pd.DataFrame:
+    """Mean and std over seeds per ablation row (finished trials only)."""
+    ok = rows[rows["status"] == "ok"]
+    if ok.empty:
+        return pd.DataFrame()
+    cols = [c for c in SUMMARY_METRICS if c in ok.columns]
+    agg = ok.groupby("row")[cols].agg(["mean", "std"])
+    agg.insert(0, ("n_seeds", ""), ok.groupby("row")["seed"].nunique())
+    if order:
+        agg = agg.reindex([r for r in order if r in agg.index])
+    return agg
+
+
+def format_table(summary: pd.DataFrame) -> str:
+    """Markdown: one line per row, `mean ± std` per metric (FID/KID lower, the rest higher is better)."""
+    if summary.empty:
+        return "(no finished trials)"
+    metrics = [m for m in SUMMARY_METRICS if (m, "mean") in summary.columns]
+    arrows = {"fid": " ↓", "kid": " ↓", "r_precision": " ↑", "attr_pair_recall": " ↑", "wall_time_s": ""}
+    lines = ["| row | seeds | " + " | ".join(m + arrows[m] for m in metrics) + " |",
+             "|---|---|" + "---|" * len(metrics)]
+    for row, vals in summary.iterrows():
+        cells = []
+        for m in metrics:
+            mean, std = vals[(m, "mean")], vals[(m, "std")]
+            digits = 1 if m == "wall_time_s" else 4 if m == "kid" else 3
+            cells.append(f"{mean:.{digits}f} ± {0 if pd.isna(std) else std:.{digits}f}")
+        lines.append(f"| {row} | {int(vals[('n_seeds', '')])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

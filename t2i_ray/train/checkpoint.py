@@ -1,0 +1,108 @@
+"""Checkpoints: state dicts + constructor kwargs + config, never pickled objects.
+
+A checkpoint is a folder:
+    state.pt     {"step", "modules": {name: state_dict}, "optimizers": {name: state_dict},
+                  "rng": {name: ByteTensor}}  -- loadable with torch.load(weights_only=True)
+    config.json  the ExperimentConfig that produced it
+    modules.json constructor kwargs of every module (rebuild without the config machinery)
+    vocab.json   the vocabulary the text encoders were trained with (SPEC 1)
+Writes go to a temporary sibling folder first and are moved into place with os.replace, so a
+crash mid-write never leaves a half checkpoint where a resume would find it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+STATE_FILE = "state.pt"
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The plain module behind DDP (`.module`) or torch.compile (`._orig_mod`)."""
+    while True:
+        if hasattr(module, "_orig_mod"):
+            module = module._orig_mod
+        elif isinstance(module, nn.parallel.DistributedDataParallel):
+            module = module.module
+        else:
+            return module
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def save_checkpoint(
+    directory: str | Path,
+    *,
+    step: int,
+    modules: Mapping[str, nn.Module],
+    optimizers: Mapping[str, torch.optim.Optimizer],
+    rng: Mapping[str, torch.Tensor],
+    config: Mapping[str, Any],
+    vocab_json: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a complete checkpoint folder atomically; return its path."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    state = {
+        "step": int(step),
+        "modules": {k: unwrap(m).state_dict() for k, m in modules.items()},
+        "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+        "rng": dict(rng),
+    }
+    torch.save(state, tmp / STATE_FILE)
+    write_json(tmp / "config.json", dict(config))
+    write_json(tmp / "modules.json", {k: getattr(unwrap(m), "config", {}) for k, m in modules.items()})
+    if vocab_json is not None:
+        write_json(tmp / "vocab.json", dict(vocab_json))
+    replace_dir(tmp, directory)
+    return directory
+
+
+def replace_dir(src: str | Path, target: str | Path) -> None:
+    """Move folder `src` to `target`, replacing it; `target` is never left half-written."""
+    src, target = Path(src), Path(target)
+    if target.exists():
+        old = target.with_name(target.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(src, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, target)
+
+
+def load_state(directory: str | Path) -> dict[str, Any]:
+    """Load `state.pt` safely (weights_only=True: tensors, numbers, strings, dicts, lists)."""
+    path = Path(directory) / STATE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint state at {path}")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def restore(
+    state: Mapping[str, Any],
+    modules: Mapping[str, nn.Module],
+    optimizers: Mapping[str, torch.optim.Optimizer],
+) -> int:
+    """Load module/optimizer states in place; return the step to resume from."""
+    missing = set(modules) - set(state["modules"])
+    if missing:
+        raise ValueError(f"checkpoint lacks modules {sorted(missing)}; it was written by another model config")
+    for name, module in modules.items():
+        unwrap(module).load_state_dict(state["modules"][name])
+    for name, opt in optimizers.items():
+        opt.load_state_dict(state["optimizers"][name])
+    return int(state["step"])

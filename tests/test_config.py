@@ -1,0 +1,63 @@
+import json
+
+import pytest
+
+from t2i_ray.config import (ConfigError, ExperimentConfig, apply_overrides, build_config,
+                            parse_override)
+
+
+def test_presets_build_and_round_trip():
+    for preset in ("smoke", "local", "paper"):
+        cfg = build_config(preset)
+        again = ExperimentConfig.from_dict(json.loads(cfg.to_json()))
+        assert again == cfg
+
+
+def test_overrides_are_typed_from_strings():
+    cfg = build_config("smoke", dict([parse_override("loss.f2r=0.2"), parse_override("model.nf=16"),
+                                      parse_override("train.use_gpu=false"),
+                                      parse_override("damsm.inception_weights=none")]))
+    assert cfg.loss.f2r == 0.2 and isinstance(cfg.loss.f2r, float)
+    assert cfg.model.nf == 16 and cfg.train.use_gpu is False and cfg.damsm.inception_weights is None
+
+
+@pytest.mark.parametrize("override,field", [
+    ({"loss.f2r": -0.1}, "loss.f2r"),
+    ({"loss.damsm": float("nan")}, "loss.damsm"),
+    ({"model.arch": "biggan"}, "model.arch"),
+    ({"model.text_embedding": "triple"}, "model.text_embedding"),
+    ({"data.resolution": 48}, "data.resolution"),
+    ({"data.resolution": 512}, "data.resolution"),
+    ({"data.resolution": 16}, "data.resolution"),
+    ({"train.steps": "ten"}, "train.steps"),
+    ({"train.use_gpu": "maybe"}, "train.use_gpu"),
+    ({"loss.recap": 1.0}, "loss.recap"),
+    ({"eval.r_precision_candidates": 5000}, "eval.r_precision_candidates"),
+])
+def test_bad_values_name_their_field(override, field):
+    with pytest.raises(ConfigError) as err:
+        build_config("smoke", override)
+    assert str(err.value).startswith(field)
+
+
+def test_unknown_keys_are_rejected_with_the_valid_ones():
+    with pytest.raises(ConfigError, match="loss.f2x.*valid keys in loss: damsm, f2r"):
+        build_config("smoke", {"loss.f2x": 0.2})
+    with pytest.raises(ConfigError, match="lossy is not a section"):
+        build_config("smoke", {"lossy.f2r": 0.2})
+    with pytest.raises(ConfigError, match="unknown config key"):
+        ExperimentConfig.from_dict({"loss": {"l2": 0.2}})
+    with pytest.raises(ConfigError, match="unknown preset"):
+        build_config("huge")
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_override("loss.f2r")
+
+
+def test_config_is_frozen_and_keys_are_content_hashes():
+    cfg = build_config("smoke")
+    with pytest.raises(Exception):
+        cfg.loss.f2r = 1.0  # type: ignore[misc]
+    other = apply_overrides(cfg, {"loss.f2r": 0.2})
+    assert cfg.key("data") == other.key("data")
+    assert cfg.key("loss") != other.key("loss")
+    assert other.flat()["loss.f2r"] == 0.2

@@ -1,0 +1,71 @@
+"""Sweep pieces that need no Ray cluster: resource fitting, ablation rows, the results store."""
+import math
+
+import pytest
+
+from t2i_ray.config import ConfigError, build_config
+from t2i_ray.sweep import store
+from t2i_ray.sweep.run import DRIVER_CPUS, fit_resources, format_table, summarize
+from t2i_ray.sweep.space import LOSS_ROWS, loss_row_overrides
+
+
+def test_fit_two_single_worker_trials_on_two_cpus():
+    fit = fit_resources(2, 0, num_workers=1, cpus_per_worker=1.0, use_gpu=False, num_trials=12)
+    assert fit.max_concurrent == 2
+    # both drivers and both workers fit at once: no trial can starve its own workers
+    assert 2 * (DRIVER_CPUS + fit.worker_resources["CPU"]) <= 2 + 1e-9
+
+
+def test_fit_two_worker_trial_on_two_cpus_trims_worker_cpus():
+    fit = fit_resources(2, 0, num_workers=2, cpus_per_worker=1.0, use_gpu=False, num_trials=3)
+    assert fit.max_concurrent == 1
+    assert DRIVER_CPUS + 2 * fit.worker_resources["CPU"] <= 2 + 1e-9
+
+
+def test_fit_gpus_bound_concurrency_and_refuse_impossible():
+    fit = fit_resources(64, 8, num_workers=4, cpus_per_worker=2, use_gpu=True, num_trials=10)
+    assert fit.max_concurrent == 2 and fit.worker_resources["GPU"] == 1
+    with pytest.raises(ConfigError, match=r"train.num_workers=4 .* 2 GPUs"):
+        fit_resources(64, 2, num_workers=4, cpus_per_worker=1, use_gpu=True, num_trials=1)
+    with pytest.raises(ConfigError, match=r"= 8 CPUs per trial, but the Ray cluster has 2 CPUs"):
+        fit_resources(2, 0, num_workers=4, cpus_per_worker=2, use_gpu=False, num_trials=1)
+
+
+def test_loss_rows_turn_exactly_their_terms_on():
+    assert loss_row_overrides("baseline") == {"loss.damsm": 0.0, "loss.f2r": 0.0, "loss.f2f": 0.0}
+    assert loss_row_overrides("+F2R+F2F", {"l2": 0.3}) == {"loss.damsm": 0.0, "loss.f2r": 0.3, "loss.f2f": 0.2}
+    assert loss_row_overrides("all") == {"loss.damsm": 0.05, "loss.f2r": 0.2, "loss.f2f": 0.2}
+    assert set(LOSS_ROWS) == {"baseline", "+DAMSM", "+F2R", "+F2F", "+F2R+F2F", "all"}
+    with pytest.raises(ValueError, match="unknown ablation row"):
+        loss_row_overrides("+everything")
+
+
+def _row(run, row, seed, fid, status="ok"):
+    cfg = build_config("smoke").to_dict()
+    return store.make_row(run_name=run, sweep="s1", row=row, seed=seed, status=status, error=None,
+                          wall_time_s=10.0, config=cfg, metrics={"fid": fid, "r_precision": 0.5},
+                          version="abc")
+
+
+def test_store_rows_replace_not_duplicate_and_summary(tmp_path):
+    store.write_row(tmp_path, _row("a-s0", "baseline", 0, 10.0))
+    store.write_row(tmp_path, _row("a-s1", "baseline", 1, 14.0))
+    store.write_row(tmp_path, _row("b-s0", "+F2R", 0, 6.0))
+    store.write_row(tmp_path, _row("b-s0", "+F2R", 0, 8.0))  # rerun of the same trial
+    store.write_row(tmp_path, _row("c-s0", "+F2F", 0, float("nan"), status="error"))
+    df = store.load_results(tmp_path, sweep="s1")
+    assert len(df) == 4
+    assert df.loc[df.run_name == "b-s0", "fid"].item() == 8.0
+    assert {"config.loss.f2r", "code_version", "wall_time_s", "lib.torch"} <= set(df.columns)
+    summary = summarize(df, order=["baseline", "+F2R", "+F2F"])
+    assert list(summary.index) == ["baseline", "+F2R"]  # the failed trial is not averaged
+    assert summary.loc["baseline", ("fid", "mean")] == 12.0
+    assert math.isclose(summary.loc["baseline", ("fid", "std")], math.sqrt(8.0))
+    text = format_table(summary)
+    assert "| baseline | 2 | 12.000 ± 2.828" in text
+
+
+def test_store_refuses_incomplete_rows_and_reads_empty(tmp_path):
+    with pytest.raises(ValueError, match="lacks"):
+        store.write_row(tmp_path, {"run_name": "x"})
+    assert store.load_results(tmp_path).empty
