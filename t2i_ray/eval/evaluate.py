@@ -46,16 +46,16 @@ class EvalContext:
     caption_feats: np.ndarray  # (N_real, E) DAMSM sentence features of each test image's caption 0
 
 
-@torch.no_grad()
-def build_eval_context(cfg: ExperimentConfig, damsm: Damsm, log: Callable[[str], None] = print) -> EvalContext:
+def build_eval_context(cfg: ExperimentConfig, damsm: Damsm) -> EvalContext:
     cache_dir = f"{cfg.output_dir}/cache"
     evaluator, info = load_or_train_domain_evaluator(cfg.data, cfg.eval.evaluator_steps, cache_dir)
     evaluator.eval()
     test_set = TextImageDataset(build_source(cfg.data, "test"), damsm.vocab, cfg.data.words_num, train=False)
     feats, caps = [], []
-    for batch in DataLoader(test_set, batch_size=cfg.eval.batch_size):
-        feats.append(evaluator(batch["image"])[0].double())
-        caps.append(damsm.text_encoder(batch["caption"], batch["caption_len"])[1])
+    with torch.no_grad():
+        for batch in DataLoader(test_set, batch_size=cfg.eval.batch_size):
+            feats.append(evaluator(batch["image"])[0].double())
+            caps.append(damsm.text_encoder(batch["caption"], batch["caption_len"])[1])
     real = torch.cat(feats).numpy()
     mu, sigma = feature_stats(real)
     return EvalContext(evaluator, info, damsm, test_set, real, mu, sigma, torch.cat(caps).numpy())

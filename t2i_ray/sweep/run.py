@@ -135,7 +135,7 @@ def train_driver(config: dict[str, Any]) -> None:
         result = trainer.fit()
         final = dict(result.metrics or {})
         checkpoint_path = result.checkpoint.path if result.checkpoint is not None else ""
-        if not final.get("done"):
+        if not final.get("finished"):
             status, error = "error", "training ended without final evaluation metrics"
     except Exception as exc:  # the row records the failure; Tune marks the trial errored below
         status, error = "error", f"{type(exc).__name__}: {exc}"

@@ -212,8 +212,10 @@ def run_training(cfg: ExperimentConfig, env: RunEnv, damsm_path: str, run_name: 
     if writer is not None:
         writer.close()
     final = _broadcast(final, env)
-    final["done"] = 1
-    env.report(final, None)
+    final["finished"] = 1
+    # With a checkpoint attached, these become Ray Train's Result.metrics (V2 keeps only the
+    # metrics of the latest checkpoint) and the final checkpoint is the evaluated one.
+    save_and_report(final)
     return final
 
 
