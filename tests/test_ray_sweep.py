@@ -82,3 +82,19 @@ def test_two_worker_ddp_trial_restarts_from_checkpoint_after_worker_failure(tiny
         steps = [int(s) for s in (tmp_path / f"steps_rank{rank}.txt").read_text().split()]
         assert steps == [1, 2, 3, 4], (rank, steps)
     assert (tmp_path / "crashed").exists()
+
+
+def test_optuna_sweep_samples_weights_in_range_and_records_them(tiny_cfg, tiny_damsm, local_ray):
+    from ray import tune
+
+    from t2i_ray.sweep.run import SweepSpec, run_sweep
+
+    space = {"loss.f2r": tune.uniform(0.0, 1.0), "loss.f2f": tune.uniform(0.0, 1.0)}
+    spec = SweepSpec(sweep="test_optuna", base=tiny_cfg, search="optuna", optuna_space=space,
+                     num_trials=2, objective="both")
+    rows = run_sweep(spec, log=lambda s: None)
+    assert len(rows) == 2 and (rows["status"] == "ok").all(), rows["error"].tolist()
+    assert (rows["row"] == "optuna").all()
+    f2r = rows["config.loss.f2r"].tolist()
+    assert all(0.0 <= w <= 1.0 for w in f2r) and f2r[0] != f2r[1]
+    assert rows["fid"].map(math.isfinite).all() and rows["r_precision"].map(math.isfinite).all()

@@ -207,9 +207,36 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, max_concurrent: in
             trainable, param_space=param_space,
             tune_config=tune.TuneConfig(trial_dirname_creator=lambda t: f"trial_{t.trial_id}", **tune_kwargs),
             run_config=tune.RunConfig(name=spec.name, storage_path=str(output_dir / "ray" / "tune"),
-                                      verbose=1))
+                                      verbose=0, callbacks=[_progress_callback(n_trials, log)]))
     tuner.fit()
     return store.load_results(output_dir, sweep=spec.name)
+
+
+def _progress_callback(total: int, log: Callable[[str], None]):
+    """One line per finished or failed trial (Tune's own tables print every config field)."""
+    from ray.tune import Callback
+
+    class Progress(Callback):
+        def __init__(self):
+            self.ended = 0
+
+        def _label(self, trial) -> str:
+            t = trial.config.get("trial")
+            return f"{t['row']} seed {t['seed']}" if t else trial.trial_id
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.ended += 1
+            r = trial.last_result or {}
+            log(f"[sweep] {self.ended}/{total} done: {self._label(trial)}: fid={r.get('fid', float('nan')):.3f} "
+                f"r_precision={r.get('r_precision', float('nan')):.3f} "
+                f"attr_pair_recall={r.get('attr_pair_recall', float('nan')):.3f} "
+                f"({r.get('time_total_s', 0):.0f}s)")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self.ended += 1
+            log(f"[sweep] {self.ended}/{total} FAILED: {self._label(trial)} (see the results table's error column)")
+
+    return Progress()
 
 
 SUMMARY_METRICS = ("fid", "kid", "r_precision", "attr_pair_recall", "wall_time_s")

@@ -67,9 +67,10 @@ def gan_step(
     real_logits = head(real_feat, sent_g)
     mismatch_logits = head(mismatched(real_feat), sent_g)
     z = sample_noise(bsz, cfg.model.z_dim, noise_gen, real.device)
-    with torch.no_grad():
-        fake = G(z, sent_g.detach())
-    fake_logits = head(D(fake), sent_g)
+    # One G forward per iteration, as DF-GAN: D sees it detached, the G step reuses its graph
+    # (only D's parameters change in between, and G's output does not depend on them).
+    fake = G(z, sent_g.detach())
+    fake_logits = head(D(fake.detach()), sent_g)
     loss_adv_d = discriminator_hinge_loss(real_logits, fake_logits, mismatch_logits)
     loss_gp = ma_gradient_penalty(real_logits, real_in, sent_g, k=lw.magp_k, p=lw.magp_p)
     loss_d = loss_adv_d + loss_gp
@@ -97,7 +98,6 @@ def gan_step(
         p.requires_grad_(False)
     try:
         sent = sent_g.detach()
-        fake = G(z, sent)  # same z as the D step, now with gradients
         fake_feat = d_plain(fake)
         loss_adv_g = generator_hinge_loss(head_plain(fake_feat, sent))
         loss_g = loss_adv_g
