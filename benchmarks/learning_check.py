@@ -10,9 +10,13 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from t2i_ray.config import build_config, parse_override
+from t2i_ray.data.shapes import build_source
+from t2i_ray.eval.features import extract, load_or_train_domain_evaluator
+from t2i_ray.eval.fid import feature_stats, frechet_distance
 from t2i_ray.models.factory import build_gan_models
 from t2i_ray.train.damsm import ensure_damsm, load_damsm
 from t2i_ray.train.loop import LocalEnv, evaluate_models, run_training
@@ -31,6 +35,14 @@ def main() -> None:
     torch.set_num_threads(cfg.train.torch_threads)
     damsm_path = str(ensure_damsm(cfg))
     damsm = load_damsm(damsm_path)
+    evaluator, evaluator_info = load_or_train_domain_evaluator(
+        cfg.data, cfg.eval.evaluator_steps, cfg.eval.evaluator_images, f"{cfg.output_dir}/cache")
+    # The floor: FID of as many real train images as the evaluation generates, vs the test set.
+    n = min(cfg.eval.num_images, cfg.data.num_train)
+    train_src, test_src = build_source(cfg.data, "train"), build_source(cfg.data, "test")
+    real_train, _ = extract(evaluator, [np.stack([train_src[i].image for i in range(n)])])
+    real_test, _ = extract(evaluator, [np.stack([test_src[i].image for i in range(len(test_src))])])
+    real_fid = frechet_distance(*feature_stats(real_train), *feature_stats(real_test))
     torch.manual_seed(cfg.seed * 1000)  # the same init the training run starts from
     untrained = evaluate_models(cfg, build_gan_models(cfg, damsm.text_encoder, damsm.image_encoder),
                                 damsm, None, 0, "untrained")
@@ -41,6 +53,8 @@ def main() -> None:
         "preset": args.preset, "overrides": args.overrides, "train_seconds": time.time() - start,
         "chance_r_precision": 1.0 / cfg.eval.r_precision_candidates,
         "real_images_r_precision": damsm.meta["real_r_precision"],
+        "real_images_attr_pair_recall": evaluator_info["heldout_attr_pair_recall"],
+        "real_train_vs_test_fid": real_fid,
         "untrained": {k: untrained[k] for k in KEYS}, "trained": {k: trained[k] for k in KEYS},
         "config": cfg.to_dict(),
     }
@@ -48,7 +62,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print(json.dumps({k: result[k] for k in ("untrained", "trained", "chance_r_precision",
-                                             "real_images_r_precision", "train_seconds")}, indent=1))
+                                             "real_images_r_precision", "real_images_attr_pair_recall", "real_train_vs_test_fid", "train_seconds")}, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Images/s of one GAN training step (one D + one G update) on this machine, per setting.
 
     python benchmarks/step_throughput.py --out benchmarks/results/step_throughput.json
+
 SPEC 3's anchor: the reference DF-GAN code does 86 images/s at 32x32, batch 32, nf=32 on a
 2-core CPU (hinge + mismatch + MA-GP).
 """

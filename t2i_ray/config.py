@@ -95,6 +95,7 @@ class EvalConfig:
     kid_subsets: int = 50
     kid_subset_size: int = 256
     evaluator_steps: int = 1500  # training steps of the `domain` evaluator (cached)
+    evaluator_images: int = 16384  # its training pool: fresh procedural images, own seed
 
 
 @dataclass(frozen=True)
@@ -313,6 +314,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     _check(e.kid_subsets >= 1 and e.kid_subset_size >= 2, "eval.kid_subsets/kid_subset_size",
            "must be >= 1 and >= 2")
     _check(e.evaluator_steps >= 1, "eval.evaluator_steps", "must be >= 1")
+    _check(e.evaluator_images >= 64, "eval.evaluator_images", "must be >= 64 (one evaluator batch)")
     _check(p.image_backbone in IMAGE_ENCODER_BACKBONES, "damsm.image_backbone",
            f"must be one of {', '.join(IMAGE_ENCODER_BACKBONES)}, got {p.image_backbone!r}")
     _check(p.epochs >= 1, "damsm.epochs", "must be >= 1")
@@ -324,22 +326,28 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
 
 
 # Presets: the CLI and the sweeps both start from one of these. `smoke` and `local` train at
-# 32x32 with a narrow DF-GAN so that a 2-core CPU finishes them (SPEC 3 speed figures).
+# 32x32 with a narrow DF-GAN so that a 2-core CPU finishes them (SPEC 3 speed figures). Their
+# learning rates are 4x / 2x DF-GAN's 1e-4 / 4e-4, which learn too slowly for these budgets
+# (R-precision 0.02-0.04 after 600 steps vs 0.10 with these; benchmarks/README.md). `local` is
+# sized so its 6 x 2 loss ablation finishes in under 20 minutes on 2 cores; at 300 steps the
+# baseline's text conditioning has only begun (it is clear by ~600 steps).
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
         "data.num_train": 512, "data.num_test": 256,
         "model.nf": 8,
         "train.steps": 40, "train.batch_size": 16, "train.report_every": 20,
+        "train.lr_g": 4e-4, "train.lr_d": 8e-4,
         "train.checkpoint_every": 20,
         "eval.num_images": 256, "eval.kid_subset_size": 128, "eval.kid_subsets": 20,
-        "eval.evaluator_steps": 300,
+        "eval.evaluator_steps": 300, "eval.evaluator_images": 4096,
         "damsm.epochs": 3,
     },
     "local": {
         "data.num_train": 4096, "data.num_test": 1024,
         "model.nf": 16,
-        "train.steps": 600, "train.batch_size": 32, "train.report_every": 100,
-        "train.checkpoint_every": 200,
+        "train.steps": 300, "train.batch_size": 32, "train.report_every": 50,
+        "train.lr_g": 4e-4, "train.lr_d": 8e-4,
+        "train.checkpoint_every": 100,
         "eval.num_images": 1024,
         "eval.evaluator_steps": 1500,
         "damsm.epochs": 12,

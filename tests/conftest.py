@@ -15,6 +15,7 @@ def tiny_overrides(output_dir) -> dict:
         "eval.num_images": 32, "eval.batch_size": 32, "eval.r_precision_candidates": 10,
         "eval.r_precision_folds": 2, "eval.kid_subsets": 5, "eval.kid_subset_size": 16,
         "eval.evaluator_steps": 20,
+        "eval.evaluator_images": 128,
         "damsm.epochs": 1, "damsm.batch_size": 16,
     }
 
@@ -27,6 +28,12 @@ def tiny_root(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_cfg(tiny_root):
     return build_config("smoke", tiny_overrides(tiny_root))
+
+
+@pytest.fixture
+def fresh_tiny_cfg(tmp_path):
+    """The tiny config with an empty output folder of its own (nothing cached yet)."""
+    return build_config("smoke", tiny_overrides(tmp_path))
 
 
 @pytest.fixture(scope="session")

@@ -180,3 +180,69 @@ def test_r_precision_folds_mean_std_and_ties():
     ones = np.ones((n, d))
     assert r_precision(ones, ones, np.arange(n), ones, np.arange(n), num_candidates=5, num_folds=2,
                        rng=rng) == (0.0, 0.0)
+
+
+# ---------------------------------------------------------------------------- domain evaluator
+
+def test_float_and_uint8_images_get_identical_evaluator_input():
+    rng = np.random.default_rng(11)
+    u8 = rng.integers(0, 256, size=(4, 8, 8, 3), dtype=np.uint8)  # NHWC as shapes renders
+    as_float = torch.from_numpy(u8).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # exact levels
+    # Generator outputs between levels are rounded to the nearest of the 256 levels.
+    jitter = torch.from_numpy(rng.uniform(-0.4, 0.4, size=as_float.shape)).float() / 127.5
+    x_u8, x_f = feat._to_model_input(u8), feat._to_model_input(as_float + jitter)
+    assert x_u8.shape == (4, 3, 8, 8) and torch.equal(x_u8, x_f)
+    assert x_u8.min() >= -1 and x_u8.max() <= 1
+
+
+def test_attribute_scores_hand_example():
+    c = 2  # 2 shapes x 2 colours: pair index = shape * 2 + colour
+    targets = np.array([[1, 0, 0, 1],   # shape0/colour0 and shape1/colour1
+                        [0, 1, 0, 0]])  # shape0/colour1
+    logits = np.array([[3.0, -1, 2.0, -2],  # finds pair 0, misses pair 3, false pair 2
+                       [-1, 1.0, -1, -1]])  # finds pair 1
+    s = feat.attribute_scores(logits, targets, num_colors=c)
+    assert s["attr_pair_recall"] == pytest.approx(2 / 3)
+    assert s["attr_pair_precision"] == pytest.approx(2 / 3)
+    # shapes: image 0 has shapes {0, 1}, predicted {0, 1}; image 1 shape {0}, predicted {0}
+    assert s["attr_shape_recall"] == pytest.approx(1.0)
+    # colours: image 0 has {0, 1}, predicted {0}; image 1 {1}, predicted {1}
+    assert s["attr_color_recall"] == pytest.approx(2 / 3)
+    assert s["attr_exact"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="num_colors"):
+        feat.attribute_scores(np.zeros((1, 5)), np.zeros((1, 5)), num_colors=2)
+
+
+def test_domain_evaluator_cached_versioned_and_feature_scale(tmp_path):
+    data = DataConfig(resolution=32, num_train=64, num_test=64, data_seed=3)
+    logs: list[str] = []
+    model, info = feat.load_or_train_domain_evaluator(data, 8, 128, str(tmp_path), log=logs.append)
+    assert info["backbone"].startswith(f"domain-v{feat.DOMAIN_EVALUATOR_VERSION}-")
+    assert info["pool_seed"] not in (shapes.split_seed(3, "train"), shapes.split_seed(3, "test"))
+    assert 0.0 <= info["heldout_attr_pair_recall"] <= 1.0 and info["heldout_num_images"] == 64
+    assert not any(p.requires_grad for p in model.parameters()) and not model.training
+    # Features of the training pool are scaled to mean ||f||^2 / F = 1 (KID kernel scale).
+    pool = shapes.ShapesSource(128, 32, info["pool_seed"])
+    f, logits = feat.extract(model, [np.stack([pool[i].image for i in range(128)])])
+    assert f.dtype == np.float64 and f.shape == (128, 128) and logits.shape == (128, shapes.NUM_ATTRIBUTES)
+    assert (f**2).sum(axis=1).mean() / f.shape[1] == pytest.approx(1.0, rel=1e-4)
+
+    # Same config: loaded from the cache with identical weights, not retrained.
+    logs.clear()
+    again, info2 = feat.load_or_train_domain_evaluator(data, 8, 128, str(tmp_path), log=logs.append)
+    assert any("loaded domain evaluator" in m for m in logs) and info2["backbone"] == info["backbone"]
+    for (k, a), b in zip(model.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), k
+    # Any recipe input (here the step count) is a different backbone, trained anew.
+    _, info3 = feat.load_or_train_domain_evaluator(data, 9, 128, str(tmp_path), log=logs.append)
+    assert info3["backbone"] != info["backbone"]
+    assert len(os.listdir(tmp_path / "evaluators")) == 2
+
+
+def test_domain_evaluator_refuses_corrupt_cache(tmp_path):
+    data = DataConfig(resolution=32, num_train=64, num_test=64)
+    _, info = feat.load_or_train_domain_evaluator(data, 4, 64, str(tmp_path), log=lambda s: None)
+    with open(info["cache_path"], "wb") as fh:
+        fh.write(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="delete it to retrain"):
+        feat.load_or_train_domain_evaluator(data, 4, 64, str(tmp_path), log=lambda s: None)

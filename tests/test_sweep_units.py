@@ -1,11 +1,14 @@
 """Sweep pieces that need no Ray cluster: resource fitting, ablation rows, the results store."""
 import math
+import os
 
 import pytest
 
 from t2i_ray.config import ConfigError, build_config
+from t2i_ray.eval.features import evaluator_cache_path
 from t2i_ray.sweep import store
-from t2i_ray.sweep.run import DRIVER_CPUS, fit_resources, format_table, summarize
+from t2i_ray.sweep.run import DRIVER_CPUS, fit_resources, format_table, prepare_assets, summarize
+from t2i_ray.train.damsm import damsm_dir, damsm_is_cached
 from t2i_ray.sweep.space import LOSS_ROWS, loss_row_overrides
 
 
@@ -69,3 +72,19 @@ def test_store_refuses_incomplete_rows_and_reads_empty(tmp_path):
     with pytest.raises(ValueError, match="lacks"):
         store.write_row(tmp_path, {"run_name": "x"})
     assert store.load_results(tmp_path).empty
+
+
+def test_prepare_assets_trains_both_then_reuses_them(fresh_tiny_cfg):
+    cfg = fresh_tiny_cfg
+    logs: list[str] = []
+    path = prepare_assets(cfg, logs.append)  # nothing cached yet: trains both
+    assert path == str(damsm_dir(cfg).resolve()) and damsm_is_cached(cfg)
+    e = cfg.eval
+    evaluator_file = evaluator_cache_path(cfg.data, e.evaluator_steps, e.evaluator_images, f"{cfg.output_dir}/cache")[0]
+    assert os.path.isfile(evaluator_file)
+    stamp = os.stat(evaluator_file).st_mtime_ns
+    logs.clear()
+    assert prepare_assets(cfg, logs.append) == path
+    assert any("using cached encoders" in m for m in logs)
+    assert any("loaded domain evaluator" in m for m in logs)
+    assert os.stat(evaluator_file).st_mtime_ns == stamp

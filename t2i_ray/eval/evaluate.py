@@ -48,7 +48,8 @@ class EvalContext:
 
 def build_eval_context(cfg: ExperimentConfig, damsm: Damsm) -> EvalContext:
     cache_dir = f"{cfg.output_dir}/cache"
-    evaluator, info = load_or_train_domain_evaluator(cfg.data, cfg.eval.evaluator_steps, cache_dir)
+    evaluator, info = load_or_train_domain_evaluator(cfg.data, cfg.eval.evaluator_steps, cfg.eval.evaluator_images,
+                                                     cache_dir)
     evaluator.eval()
     test_set = TextImageDataset(build_source(cfg.data, "test"), damsm.vocab, cfg.data.words_num, train=False)
     feats, caps = [], []

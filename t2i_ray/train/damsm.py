@@ -32,7 +32,7 @@ from t2i_ray.losses.damsm import damsm_loss
 from t2i_ray.models.text import ImageEncoder, TextEncoder
 from t2i_ray.train.checkpoint import write_json
 
-DAMSM_VERSION = 1
+DAMSM_VERSION = 2  # 2: the cnn image encoder lost its 4th conv (models/text.py)
 FILES = ("text_encoder.pt", "image_encoder.pt", "vocab.json", "meta.json")
 
 
@@ -153,10 +153,14 @@ def load_damsm(path: str | Path) -> Damsm:
     return Damsm(text, image, vocab, meta, path)
 
 
+def damsm_is_cached(cfg: ExperimentConfig) -> bool:
+    return all((damsm_dir(cfg) / f).is_file() for f in FILES)
+
+
 def ensure_damsm(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> Path:
     """Return the cached DAMSM folder for `cfg`, pre-training it first if it is missing."""
     final = damsm_dir(cfg)
-    if all((final / f).is_file() for f in FILES):
+    if damsm_is_cached(cfg):
         log(f"[damsm] using cached encoders {final}")
         return final
     log(f"[damsm] no cached encoders for this data/damsm config: pre-training into {final}")
