@@ -66,6 +66,7 @@ def test_store_rows_replace_not_duplicate_and_summary(tmp_path):
     assert math.isclose(summary.loc["baseline", ("fid", "std")], math.sqrt(8.0))
     text = format_table(summary)
     assert "| baseline | 2 | 12.000 ± 2.828" in text
+    assert "| +F2R | 1 | 8.000 | " in text  # one seed: the mean alone, no "± 0"
 
 
 def test_store_refuses_incomplete_rows_and_reads_empty(tmp_path):

@@ -262,7 +262,8 @@ def summarize(rows: pd.DataFrame, order: list[str] | None = None) -> pd.DataFram
 
 
 def format_table(summary: pd.DataFrame) -> str:
-    """Markdown: one line per row, `mean ± std` per metric (FID/KID lower, the rest higher is better)."""
+    """Markdown: one line per row, `mean ± std` per metric (FID/KID lower, the rest higher is better);
+    rows with a single seed show the mean only."""
     if summary.empty:
         return "(no finished trials)"
     metrics = [m for m in SUMMARY_METRICS if (m, "mean") in summary.columns]
@@ -274,6 +275,7 @@ def format_table(summary: pd.DataFrame) -> str:
         for m in metrics:
             mean, std = vals[(m, "mean")], vals[(m, "std")]
             digits = 1 if m == "wall_time_s" else 4 if m == "kid" else 3
-            cells.append(f"{mean:.{digits}f} ± {0 if pd.isna(std) else std:.{digits}f}")
+            # One seed has no spread: print the mean alone rather than a made-up "± 0".
+            cells.append(f"{mean:.{digits}f}" + ("" if pd.isna(std) else f" ± {std:.{digits}f}"))
         lines.append(f"| {row} | {int(vals[('n_seeds', '')])} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
