@@ -3,10 +3,11 @@
 No pretrained Inception fits the procedural `shapes` images (and none can be downloaded
 offline), so the project trains its own evaluator once per data config: multi-label BCE on the
 (shape, colour) pairs present, on a fresh pool of procedurally drawn images (its own seed, so it
-shares no image with the GAN's train or test split and cannot memorise either). Its penultimate activations (B, 128) are the features for FID/KID,
-and its pair logits give the oracle attribute accuracy of generated images. The trained weights
-are frozen and cached under a versioned key, so every trial of a sweep scores with the same
-network and a changed architecture or recipe can never be mixed with old numbers.
+shares no image with the GAN's train or test split and cannot memorise either). Its penultimate
+activations (B, 128) are the features for FID/KID, and its pair logits give the oracle attribute
+accuracy of generated images. The trained weights are frozen and cached under a versioned key,
+so every trial of a sweep scores with the same network and a changed architecture or recipe can
+never be mixed with old numbers.
 """
 from __future__ import annotations
 
@@ -241,6 +242,8 @@ def load_or_train_domain_evaluator(
     info: "backbone" ("domain-v2-<config hash>-<weights digest>", recorded with every FID/KID),
     the cache config and the held-out attribute scores on the test split ("heldout_attr_...").
     """
+    if data_cfg.dataset != "shapes":
+        raise ValueError(f"the domain evaluator exists for data.dataset 'shapes' only, not {data_cfg.dataset!r}")
     num_attributes = shapes.NUM_ATTRIBUTES
     path, config = evaluator_cache_path(data_cfg, steps, pool_images, cache_dir)
 
@@ -258,8 +261,6 @@ def load_or_train_domain_evaluator(
         log(f"ignoring cached domain evaluator {path}: its config {payload.get('config')} != {config}; retraining")
 
     start = time.perf_counter()
-    if data_cfg.dataset != "shapes":
-        raise ValueError(f"the domain evaluator exists for data.dataset 'shapes' only, not {data_cfg.dataset!r}")
     pool = shapes.ShapesSource(pool_images, data_cfg.resolution, config["pool_seed"])
     model = train_domain_evaluator(pool, steps, batch_size=_RECIPE["batch_size"], seed=_RECIPE["seed"],
                                    lr=_RECIPE["lr"], log=log, device=device)
