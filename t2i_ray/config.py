@@ -328,9 +328,9 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
 # Presets: the CLI and the sweeps both start from one of these. `smoke` and `local` train at
 # 32x32 with a narrow DF-GAN so that a 2-core CPU finishes them (SPEC 3 speed figures). Their
 # learning rates are 4x / 2x DF-GAN's 1e-4 / 4e-4, which learn too slowly for these budgets
-# (R-precision 0.02-0.04 after 600 steps vs 0.10 with these; benchmarks/README.md). `local` is
-# sized so its 6 x 2 loss ablation finishes in under 20 minutes on 2 cores; at 300 steps the
-# baseline's text conditioning has only begun (it is clear by ~600 steps).
+# (baseline R-precision after 600 steps: 0.02-0.04 with those, 0.04-0.10 with these;
+# benchmarks/README.md). `local` is sized so its 6 x 2 loss ablation finishes in under 20
+# minutes on 2 cores; at 300 steps the baseline's text conditioning has only begun.
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
         "data.num_train": 512, "data.num_test": 256,
