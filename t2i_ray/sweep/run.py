@@ -168,12 +168,16 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, max_concurrent: in
     damsm_path = prepare_assets(base, log)
     # Intermediate training reports carry losses, not the final metric the searcher optimises.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    # Ray Train's print patch tees worker prints to both the (wrapped) stdout and its logger, so
+    # every progress line reached the console twice; plain prints still land in the worker logs.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     if not ray.is_initialized():
         if address:
             ray.init(address=address)
         else:
             ray.init(num_cpus=os.cpu_count(), object_store_memory=512 * 1024**2,
-                     runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}})
+                     runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+                                               "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
     res = ray.cluster_resources()
     n_trials = len(spec.grid) if spec.search == "grid" else spec.num_trials
     fit = fit_resources(res.get("CPU", 0), res.get("GPU", 0), base.train.num_workers,
