@@ -1,0 +1,10 @@
+"""Analysis of sweep results: reads `<output_dir>/results/*.parquet` only, never imports t2i_ray.
+
+load_results -> aggregate / compare_to_baseline (with provenance checks) -> ablation_table -> to_markdown / to_latex.
+"""
+from analysis.load import load_results
+from analysis.stats import aggregate, bootstrap_pvalue, check_comparable, compare_to_baseline
+from analysis.tables import ablation_table, to_latex, to_markdown
+
+__all__ = ["load_results", "aggregate", "bootstrap_pvalue", "check_comparable", "compare_to_baseline",
+           "ablation_table", "to_markdown", "to_latex"]

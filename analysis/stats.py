@@ -1,0 +1,191 @@
+"""Seed statistics for sweep results: per-group mean/std/CI, tests against a baseline, provenance checks.
+
+Input everywhere is a results DataFrame as returned by `analysis.load.load_results`: one row per
+trial, a group column such as `row` (ablation row label), a `seed` column and metric columns
+(`fid`, `kid`, `r_precision`, `attr_pair_recall`, ...). Only rows with `status == "ok"` (when that
+column exists) and a finite value of the metric enter the statistics.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+DEFAULT_METRICS: tuple[str, ...] = ("fid", "kid", "r_precision", "attr_pair_recall")
+
+_FID_PROVENANCE = ("fid_backbone", "fid_num_fake", "fid_num_real", "fid_real_set", "config.data.dataset")
+_RP_PROVENANCE = ("r_precision_backbone", "r_precision_num_images", "r_precision_candidates", "config.data.dataset")
+_ATTR_PROVENANCE = ("attr_backbone", "attr_num_images", "config.data.dataset")
+_IS_PROVENANCE = ("is_backbone", "is_num_images", "is_splits", "config.data.dataset")
+
+
+def provenance_columns(metric: str) -> tuple[str, ...]:
+    """Columns that must hold one value for numbers of `metric` to be comparable (existing or not)."""
+    if metric in ("fid", "kid") or metric.startswith(("fid_", "kid_")):
+        return _FID_PROVENANCE
+    if metric.startswith("r_precision"):
+        return _RP_PROVENANCE
+    if metric.startswith("attr_"):
+        return _ATTR_PROVENANCE
+    if metric == "is" or metric.startswith("is_"):
+        return _IS_PROVENANCE
+    return ("config.data.dataset",)
+
+
+def higher_is_better(metric: str) -> bool | None:
+    """True for is, r_precision, attr_*; False for fid/kid; None when the direction is unknown."""
+    if metric in ("fid", "kid"):
+        return False
+    if metric == "is" or metric.startswith(("r_precision", "attr_")):
+        return True
+    return None
+
+
+def _ok(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["status"] == "ok"] if "status" in df.columns else df
+
+
+def _values(df: pd.DataFrame, metric: str) -> pd.Series:
+    """The finite values of `metric` (float) on successful rows, index kept."""
+    if metric not in df.columns:
+        raise KeyError(f"metric column {metric!r} not in the results table; available metric-like columns: "
+                       f"{sorted(c for c in df.columns if not c.startswith(('config.', 'lib.')))}")
+    v = pd.to_numeric(_ok(df)[metric], errors="coerce").astype(float)
+    return v[np.isfinite(v)]
+
+
+def check_comparable(df: pd.DataFrame, metric: str) -> dict[str, Any]:
+    """Refuse to pool numbers of `metric` measured under different protocols.
+
+    Looks at the rows that carry a finite value of `metric` and, for each of the metric's provenance
+    columns present in `df` (see `provenance_columns`), requires a single value (a missing value
+    counts as a value of its own). Returns {column: the common value}. Raises ValueError naming the
+    metric, each differing column and its values.
+    """
+    rows = df.loc[_values(df, metric).index]
+    found: dict[str, Any] = {}
+    problems: list[str] = []
+    for col in provenance_columns(metric):
+        if col not in rows.columns or rows.empty:
+            continue
+        vals = rows[col].astype(object).where(rows[col].notna(), "<missing>")
+        counts = vals.value_counts(sort=False)
+        if len(counts) > 1:
+            listed = ", ".join(f"{v!r} ({n} rows)" for v, n in counts.items())
+            problems.append(f"{col}: {listed}")
+        else:
+            found[col] = counts.index[0]
+    if problems:
+        raise ValueError(f"{metric!r} values are not comparable, their provenance differs - "
+                         + "; ".join(problems)
+                         + f". Filter the table to one protocol (e.g. df[df[{problems[0].split(':')[0]!r}] == ...]) "
+                         "or report the groups in separate tables.")
+    return found
+
+
+def _by_list(by: str | Sequence[str]) -> list[str]:
+    return [by] if isinstance(by, str) else list(by)
+
+
+def aggregate(df: pd.DataFrame, by: str | Sequence[str] = ("row",),
+              metrics: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per-group seed statistics of each metric, in long form.
+
+    metrics: metric columns; None means DEFAULT_METRICS that exist in `df` (an explicitly named
+        metric that is missing raises KeyError). `check_comparable` is called for every metric.
+    Returns one row per (group, metric), groups in order of first appearance, columns
+    [*by, "metric", "n", "mean", "std", "ci95"]: n = number of finite values (seeds), std with
+    ddof=1, ci95 = half-width t_{0.975, n-1} * std / sqrt(n) of the 95% confidence interval of the
+    mean; std and ci95 are NaN when n == 1. Groups without any value of a metric are left out.
+    """
+    keys = _by_list(by)
+    missing = [k for k in keys if k not in df.columns]
+    if missing:
+        raise KeyError(f"group column(s) {missing} not in the results table")
+    metrics = [m for m in DEFAULT_METRICS if m in df.columns] if metrics is None else list(metrics)
+    out: list[dict[str, Any]] = []
+    for metric in metrics:
+        check_comparable(df, metric)
+        vals = _values(df, metric)
+        sub = df.loc[vals.index, keys].assign(_v=vals)
+        for key, g in sub.groupby(keys, sort=False, dropna=False):
+            key = key if isinstance(key, tuple) else (key,)
+            x = g["_v"].to_numpy(float)
+            n = len(x)
+            std = float(np.std(x, ddof=1)) if n > 1 else float("nan")
+            ci = float(sps.t.ppf(0.975, n - 1) * std / np.sqrt(n)) if n > 1 else float("nan")
+            out.append({**dict(zip(keys, key)), "metric": metric, "n": n, "mean": float(np.mean(x)),
+                        "std": std, "ci95": ci})
+    cols = [*keys, "metric", "n", "mean", "std", "ci95"]
+    return pd.DataFrame(out, columns=cols).astype({"n": int})
+
+
+def bootstrap_pvalue(a: np.ndarray, b: np.ndarray, n_boot: int = 10000, seed: int = 0) -> float:
+    """Two-sided bootstrap p-value for H0: mean(a) == mean(b).
+
+    Both samples are shifted to the pooled mean (so H0 holds), each is resampled with replacement
+    `n_boot` times (numpy Generator seeded with `seed`), and p = (1 + #{|d*| >= |d_obs|}) / (n_boot + 1),
+    where d = mean(a) - mean(b). Deterministic for a given seed. With very few values per sample
+    (a handful of seeds) the resampling distribution is coarse and p is too small; prefer Welch there.
+    """
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    d_obs = a.mean() - b.mean()
+    pooled = np.concatenate([a, b]).mean()
+    a0, b0 = a - a.mean() + pooled, b - b.mean() + pooled
+    rng = np.random.default_rng(seed)
+    da = a0[rng.integers(0, len(a0), size=(n_boot, len(a0)))].mean(axis=1)
+    db = b0[rng.integers(0, len(b0), size=(n_boot, len(b0)))].mean(axis=1)
+    d = da - db
+    tol = 1e-12 * max(1.0, abs(d_obs), float(np.abs(np.concatenate([a, b])).max()))
+    return float((1 + np.count_nonzero(np.abs(d) >= abs(d_obs) - tol)) / (n_boot + 1))
+
+
+def compare_to_baseline(df: pd.DataFrame, baseline: str = "baseline", metric: str = "fid", by: str = "row",
+                        test: str = "welch", alpha: float = 0.05, seed: int = 0,
+                        n_boot: int = 10000) -> pd.DataFrame:
+    """Test each group's mean of `metric` against the baseline group's.
+
+    test: "welch" (scipy.stats.ttest_ind with equal_var=False) or "bootstrap" (see bootstrap_pvalue,
+        seeded with `seed` for every group, so results do not depend on group order).
+    Returns one row per non-baseline group (order of first appearance) with columns
+    [by, "n", "n_baseline", "mean", "mean_baseline", "diff" (= mean - mean_baseline), "p_value",
+    "significant" (p_value < alpha), "test", "note"]. When either group has fewer than 2 values
+    p_value is NaN, significant is False and `note` says why. Raises ValueError when the baseline
+    group is absent or the metric's provenance differs (see check_comparable).
+    """
+    if test not in ("welch", "bootstrap"):
+        raise ValueError(f"unknown test {test!r}; use 'welch' or 'bootstrap'")
+    if by not in df.columns:
+        raise KeyError(f"group column {by!r} not in the results table")
+    check_comparable(df, metric)
+    vals = _values(df, metric)
+    groups = df.loc[vals.index, by]
+    if not (groups == baseline).any():
+        raise ValueError(f"baseline group {baseline!r} has no {metric!r} values in column {by!r}; "
+                         f"groups present: {list(pd.unique(groups))}. Pass baseline=<one of them>.")
+    base = vals[groups == baseline].to_numpy(float)
+    out: list[dict[str, Any]] = []
+    for name in pd.unique(groups):
+        if name == baseline:
+            continue
+        x = vals[groups == name].to_numpy(float)
+        p, note = float("nan"), ""
+        if len(x) < 2 or len(base) < 2:
+            small = [f"{g!r} has n={k}" for g, k in ((name, len(x)), (baseline, len(base))) if k < 2]
+            note = "; ".join(small) + " - need at least 2 seeds per group for a test"
+        elif test == "welch":
+            p = float(sps.ttest_ind(x, base, equal_var=False).pvalue)
+            if not np.isfinite(p):
+                note = "no variance in either group - test undefined"
+        else:
+            p = bootstrap_pvalue(x, base, n_boot=n_boot, seed=seed)
+            if min(len(x), len(base)) < 5:
+                note = "bootstrap with fewer than 5 seeds per group is anti-conservative; prefer welch"
+        out.append({by: name, "n": len(x), "n_baseline": len(base), "mean": float(x.mean()),
+                    "mean_baseline": float(base.mean()), "diff": float(x.mean() - base.mean()),
+                    "p_value": p, "significant": bool(np.isfinite(p) and p < alpha), "test": test,
+                    "note": note})
+    cols = [by, "n", "n_baseline", "mean", "mean_baseline", "diff", "p_value", "significant", "test", "note"]
+    return pd.DataFrame(out, columns=cols)
