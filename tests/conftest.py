@@ -41,3 +41,28 @@ def tiny_damsm(tiny_cfg):
     from t2i_ray.train.damsm import ensure_damsm
 
     return str(ensure_damsm(tiny_cfg, log=lambda s: None))
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """One local Ray instance (2 CPUs) for every Ray-level test of the session."""
+    from pathlib import Path
+
+    import ray
+
+    repo = str(Path(__file__).resolve().parents[1])
+    ray.init(num_cpus=2, object_store_memory=200 * 1024**2, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": repo}})
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_grid_sweep(tiny_cfg, tiny_damsm, local_ray):
+    """A real two-trial grid sweep (baseline and +F2R, seed 0) on the tiny config: (spec, rows)."""
+    from t2i_ray.sweep.run import SweepSpec, run_sweep
+    from t2i_ray.sweep.space import loss_row_overrides
+
+    grid = [{"row": r, "seed": 0, "overrides": loss_row_overrides(r)} for r in ("baseline", "+F2R")]
+    spec = SweepSpec(sweep="test_sweep", base=tiny_cfg, search="grid", grid=grid)
+    return spec, run_sweep(spec, log=lambda s: None)

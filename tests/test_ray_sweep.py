@@ -1,33 +1,17 @@
 """Ray-level tests (kept few: each Train run costs ~10-20 s of Ray overhead on 2 cores)."""
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
-import pytest
-
 from t2i_ray.config import apply_overrides
-from t2i_ray.sweep.space import loss_row_overrides
-
-REPO = str(Path(__file__).resolve().parents[1])
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
+def test_two_trial_grid_sweep_writes_rows_and_rerun_resumes(tiny_grid_sweep):
+    from t2i_ray.sweep.run import run_sweep, summarize
 
-    ray.init(num_cpus=2, object_store_memory=200 * 1024**2, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": REPO}})
-    yield
-    ray.shutdown()
-
-
-def test_two_trial_grid_sweep_writes_rows_and_rerun_resumes(tiny_cfg, tiny_damsm, local_ray):
-    from t2i_ray.sweep.run import SweepSpec, run_sweep, summarize
-
-    grid = [{"row": r, "seed": 0, "overrides": loss_row_overrides(r)} for r in ("baseline", "+F2R")]
-    spec = SweepSpec(sweep="test_sweep", base=tiny_cfg, search="grid", grid=grid)
-    rows = run_sweep(spec, log=lambda s: None)
+    spec, rows = tiny_grid_sweep
     assert sorted(rows["row"]) == ["+F2R", "baseline"]
     assert (rows["status"] == "ok").all(), rows["error"].tolist()
     for col in ("fid", "kid", "r_precision", "attr_pair_recall", "wall_time_s"):
@@ -36,6 +20,9 @@ def test_two_trial_grid_sweep_writes_rows_and_rerun_resumes(tiny_cfg, tiny_damsm
     assert rows.loc[rows.row == "baseline", "config.loss.f2r"].item() == 0.0
     assert (rows["code_version"] != "").all() and (rows["seed"] == 0).all()
     assert all(Path(p).is_dir() for p in rows["checkpoint_path"])
+    for path in rows["curves_path"]:  # one JSON line per training report, steps 1..4
+        steps = [json.loads(line)["step"] for line in Path(path).read_text().splitlines()]
+        assert steps == [1.0, 2.0, 3.0, 4.0]
     assert len(summarize(rows)) == 2
 
     # the same command again: Tune restores the experiment, finished trials are not rerun

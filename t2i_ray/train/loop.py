@@ -196,6 +196,7 @@ def run_training(cfg: ExperimentConfig, env: RunEnv, damsm_path: str, run_name: 
                 for k, v in metrics.items():
                     writer.add_scalar(f"train/{k}", v, step)
                 writer.flush()
+                append_curve(cfg, run_name, metrics)
                 print(f"[{run_name}] step {step}/{t.steps} " +
                       " ".join(f"{k}={v:.3g}" for k, v in metrics.items() if k != "step"), flush=True)
             if step % t.checkpoint_every == 0 or step == t.steps:
@@ -278,6 +279,22 @@ def save_samples(cfg: ExperimentConfig, generate, ctx, run_name: str, num: int =
     captions = [ctx.damsm.vocab.decode(it["caption"][: int(it["caption_len"])].tolist()) for it in items]
     out.with_suffix(".json").write_text(json.dumps({"captions": captions}, indent=1))
     return out
+
+
+def curves_path(output_dir: str | Path, run_name: str) -> Path:
+    return Path(output_dir) / "curves" / f"{run_name}.jsonl"
+
+
+def append_curve(cfg: ExperimentConfig, run_name: str, metrics: dict[str, Any]) -> None:
+    """One JSON line per training report (rank 0), read by `analysis.plots` for training curves.
+
+    Appended as the run goes, so a crashed run keeps its curve; after a resume the steps between
+    the last checkpoint and the crash appear twice and readers keep the later line per step.
+    """
+    path = curves_path(cfg.output_dir, run_name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps({k: float(v) for k, v in metrics.items()}) + "\n")
 
 
 def _tensorboard(cfg: ExperimentConfig, run_name: str):
