@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-DEFAULT_METRICS: tuple[str, ...] = ("fid", "kid", "r_precision", "attr_pair_recall")
+# The papers' column order: IS up, FID down, R-precision up (then KID and the oracle attribute recall).
+DEFAULT_METRICS: tuple[str, ...] = ("is", "fid", "r_precision", "kid", "attr_pair_recall")
 
 _FID_PROVENANCE = ("fid_backbone", "fid_num_fake", "fid_num_real", "fid_real_set", "config.data.dataset")
 _RP_PROVENANCE = ("r_precision_backbone", "r_precision_num_images", "r_precision_candidates", "config.data.dataset")

@@ -83,6 +83,23 @@ def ablation_table(df: pd.DataFrame, baseline: str = "baseline", order: Sequence
     return table
 
 
+LABEL_COLUMNS: tuple[str, ...] = ("config.model.arch", "config.model.text_embedding", "row")
+
+
+def configuration_labels(df: pd.DataFrame, columns: Sequence[str] = LABEL_COLUMNS) -> pd.Series:
+    """One label per trial naming its configuration, e.g. "ssagan +F2R" when architectures differ.
+
+    Joins, with spaces, the values of those `columns` that exist and vary across `df`; the last
+    column (the ablation row by default) is always included. Use it as the group column of
+    `ablation_table` for a table whose rows are architecture + loss combination.
+    """
+    present = [c for c in columns if c in df.columns]
+    if not present:
+        raise KeyError(f"none of the label columns {list(columns)} is in the results table")
+    used = [c for c in present[:-1] if df[c].nunique(dropna=False) > 1] + [present[-1]]
+    return df[used].astype(str).agg(" ".join, axis=1).rename("configuration")
+
+
 def _layout(table: pd.DataFrame) -> tuple[str, list[str]]:
     """(group column, metric columns) of an ablation table."""
     by = table.attrs.get("by", table.columns[0])

@@ -205,3 +205,15 @@ def test_single_seed_table_shows_mean_only():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert "**20.00**" in to_markdown(t)
+
+
+def test_configuration_labels_name_only_what_varies():
+    from analysis import configuration_labels
+
+    df = pd.DataFrame({"config.model.arch": ["dfgan", "ssagan", "dfgan"],
+                       "config.model.text_embedding": ["pretrained"] * 3, "row": ["baseline", "baseline", "+F2R"]})
+    assert configuration_labels(df).tolist() == ["dfgan baseline", "ssagan baseline", "dfgan +F2R"]
+    same_arch = df.assign(**{"config.model.arch": "dfgan"})
+    assert configuration_labels(same_arch).tolist() == ["baseline", "baseline", "+F2R"]
+    with pytest.raises(KeyError, match="none of the label columns"):
+        configuration_labels(df, columns=("nope",))
