@@ -30,7 +30,7 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
-from t2i_ray.config import ConfigError, DataConfig
+from t2i_ray.config import DataConfig
 from t2i_ray.data.text import Vocabulary, tokenize
 
 SHAPE_NAMES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross")
@@ -702,8 +702,10 @@ def split_seed(data_seed: int, split: str) -> int:
 
 
 def build_source(data_cfg: DataConfig, split: Literal["train", "test"]) -> ShapesSource:
-    if data_cfg.dataset != "shapes":
-        raise ConfigError(f"data.dataset: {data_cfg.dataset!r} has no source yet; available: shapes")
+    if data_cfg.dataset != "shapes":  # real datasets: the registry (which needs a cache location)
+        from t2i_ray.data import registry
+
+        return registry.build_source(data_cfg, split)
     n = data_cfg.num_train if split == "train" else data_cfg.num_test
     return ShapesSource(n, data_cfg.resolution, split_seed(data_cfg.data_seed, split))
 
