@@ -438,12 +438,18 @@ def test_data_config_errors_name_their_field(override, field):
     assert str(err.value).startswith(field)
 
 
-def test_cli_dataset_shorthand():
+def test_cli_dataset_shorthand_checks_the_tree_before_anything_runs(tmp_path):
     from t2i_ray.sweep.cli import base_parser, config_from_args
 
-    args = base_parser("x").parse_args(["--preset", "smoke", "--dataset", "mmceleba", "--data-root", "/d/celeba"])
+    root = tmp_path / "celeba"
+    write_celeba(root)
+    args = base_parser("x").parse_args(["--preset", "smoke", "--dataset", "mmceleba", "--data-root", str(root)])
     cfg = config_from_args(args)
-    assert (cfg.data.dataset, cfg.data.data_root) == ("mmceleba", "/d/celeba")
+    assert (cfg.data.dataset, cfg.data.data_root) == ("mmceleba", str(root))
+    assert not (tmp_path / "t2i_runs").exists()  # the check decodes nothing and writes no cache
+    (root / "captions.jsonl").unlink()
+    with pytest.raises(ConfigError, match=r"(?s)missing under .*captions\.jsonl.*CelebAMask-HQ-mask-anno/preprocessed"):
+        config_from_args(args)
     assert config_from_args(base_parser("x").parse_args(["--preset", "smoke"])) == build_config("smoke")
 
 

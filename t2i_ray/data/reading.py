@@ -20,12 +20,14 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from t2i_ray.config import ConfigError
+
 # A split list of COCO size is ~2 MB; anything far larger is not a list of file names.
 MAX_SPLIT_LIST_BYTES = 64 * 1024**2
 
 
-class DatasetError(ValueError):
-    """The dataset on disk is missing, malformed, or has too many unreadable files."""
+class DatasetError(ConfigError):
+    """The dataset that data.* points at is missing, malformed, or has too many unreadable files."""
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,11 @@ def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = No
         if value is not None:
             overrides[key] = value
     overrides.update(extra or {})
-    return build_config(args.preset, overrides)
+    cfg = build_config(args.preset, overrides)
+    from t2i_ray.data.registry import check_dataset
+
+    check_dataset(cfg.data)  # a missing or malformed real dataset fails here, before Ray (DatasetError)
+    return cfg
 
 
 def fail(message: str) -> None:

@@ -47,7 +47,10 @@ class Damsm:
 
 def damsm_key(cfg: ExperimentConfig) -> str:
     d = cfg.to_dict()
-    data = {k: v for k, v in d["data"].items() if k not in ("loader_workers", "cache_dir", "max_bad_images")}
+    # Where/how strictly the cache is built does not change the encoders; an unset captions_file
+    # (the default file) is left out so that keys, and caches, from before that field stay valid.
+    data = {k: v for k, v in d["data"].items()
+            if k not in ("loader_workers", "cache_dir", "max_bad_images") and not (k == "captions_file" and v is None)}
     blob = json.dumps({"v": DAMSM_VERSION, "data": data, "damsm": d["damsm"],
                        "embed_dim": cfg.model.embed_dim, "seed": cfg.seed}, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
