@@ -277,14 +277,14 @@ def _truncate_rows(path: Path, rows: int) -> None:
 
 def load_or_build(spec: DatasetSpec, items: Sequence[Item], data_root: Path, split: str, resolution: int,
                   cache_root: str | Path, max_bad_images: int,
-                  log: Callable[[str], None] = print) -> CachedSource:
+                  log: Callable[[str], None] = print, num_threads: int | None = None) -> CachedSource:
     """The cached split, built first if it is missing, stale or damaged."""
     folder = cache_folder(cache_root, spec.name, split, resolution, data_root)
     expected = expected_manifest(spec, items, split, resolution, data_root)
     cached = open_cache(folder, expected, spec.layout_classes)
     if isinstance(cached, str):
         log(f"[data] {spec.name}/{split} cache at {folder}: {cached}; decoding {len(items)} images once")
-        build_cache(spec, items, folder, expected, max_bad_images, log)
+        build_cache(spec, items, folder, expected, max_bad_images, log, num_threads)
         cached = open_cache(folder, expected, spec.layout_classes)
         if isinstance(cached, str):  # another process replaced it meanwhile with something else
             raise DatasetError(f"{folder}: the cache just built does not validate ({cached})")

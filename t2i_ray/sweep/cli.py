@@ -66,7 +66,7 @@ def report_locations(output_dir: str | Path, experiment: str) -> str:
         f"Tune experiment (resume state, trial logs):  {out / 'ray' / 'tune' / experiment}",
         f"sample grids (PNG + captions JSON):          {out / 'samples'}",
         f"TensorBoard logs:                            tensorboard --logdir {out / 'tensorboard'}",
-        f"cached DAMSM encoders and evaluator:         {out / 'cache'}",
+        f"cached DAMSM encoders, evaluator, datasets:  {out / 'cache'}",
     ])
 
 
