@@ -438,14 +438,15 @@ def test_data_config_errors_name_their_field(override, field):
     assert str(err.value).startswith(field)
 
 
-def test_cli_dataset_shorthand_checks_the_tree_before_anything_runs(tmp_path):
+def test_cli_dataset_shorthand_checks_the_tree_before_anything_runs(tmp_path, monkeypatch):
     from t2i_ray.sweep.cli import base_parser, config_from_args
 
     root = tmp_path / "celeba"
     write_celeba(root)
-    args = base_parser("x").parse_args(["--preset", "smoke", "--dataset", "mmceleba", "--data-root", str(root)])
+    monkeypatch.chdir(tmp_path)
+    args = base_parser("x").parse_args(["--preset", "smoke", "--dataset", "mmceleba", "--data-root", "celeba"])
     cfg = config_from_args(args)
-    assert (cfg.data.dataset, cfg.data.data_root) == ("mmceleba", str(root))
+    assert (cfg.data.dataset, cfg.data.data_root) == ("mmceleba", str(root.resolve()))  # made absolute
     assert not (tmp_path / "t2i_runs").exists()  # the check decodes nothing and writes no cache
     (root / "captions.jsonl").unlink()
     with pytest.raises(ConfigError, match=r"(?s)missing under .*captions\.jsonl.*CelebAMask-HQ-mask-anno/preprocessed"):

@@ -30,6 +30,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from t2i_ray.data.reading import DatasetError, DatasetSpec, Decoded, Item
+from t2i_ray.data.shapes import Sample
 
 CACHE_FORMAT = "t2i_ray.data_cache"
 CACHE_VERSION = 1
@@ -64,9 +65,7 @@ class CachedSource:
             raise IndexError(f"index {i} out of range for {len(self)} images")
         return i
 
-    def __getitem__(self, i: int):
-        from t2i_ray.data.shapes import Sample
-
+    def __getitem__(self, i: int) -> Sample:
         i = self._check(i)
         return Sample(image=np.array(self._images[i]), captions=self.captions(i), layout=self.layout(i),
                       meta=self.meta(i))

@@ -111,10 +111,12 @@ _MOTTLE_GRID = 5  # control points per axis of the smooth noise
 
 @dataclass
 class Sample:
+    """One item; real datasets (data/cache.py) give the same record, with their own meta."""
+
     image: np.ndarray  # (H, W, 3) uint8
-    captions: list[str]  # exactly NUM_CAPTIONS
-    layout: np.ndarray  # (H, W) uint8: 0 background, 1 + shape index
-    meta: dict[str, Any]  # {"index", "objects": [{"shape", "color", "size", "cx", "cy"}]}
+    captions: list[str]  # shapes: exactly NUM_CAPTIONS
+    layout: np.ndarray | None  # (H, W) uint8 class indices; shapes: 0 background, 1 + shape index
+    meta: dict[str, Any]  # shapes: {"index", "objects": [{"shape", "color", "size", "cx", "cy"}]}
 
 
 @dataclass(frozen=True)

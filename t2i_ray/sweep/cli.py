@@ -45,6 +45,10 @@ def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = No
         value = getattr(args, flag)
         if value is not None:
             overrides[key] = value
+    for key in ("data.data_root", "data.cache_dir"):
+        # Absolute, so that Ray workers (other working directory) and the cache keys see one path.
+        if overrides.get(key):
+            overrides[key] = str(Path(str(overrides[key])).expanduser().resolve())
     overrides.update(extra or {})
     cfg = build_config(args.preset, overrides)
     from t2i_ray.data.registry import check_dataset

@@ -166,7 +166,11 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, max_concurrent: in
 
     base = spec.base
     output_dir = Path(base.output_dir).resolve()
-    base = apply_overrides(base, {"output_dir": str(output_dir)})
+    paths = {"output_dir": str(output_dir)}
+    for key in ("data_root", "cache_dir"):  # workers run in other working directories
+        if getattr(base.data, key):
+            paths[f"data.{key}"] = str(Path(getattr(base.data, key)).expanduser().resolve())
+    base = apply_overrides(base, paths)
     damsm_path = prepare_assets(base, log)
     # Intermediate training reports carry losses, not the final metric the searcher optimises.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
