@@ -271,7 +271,8 @@ def test_mmceleba_masks_and_jsonl_captions(tmp_path):
     assert train.layouts().shape == (3, 32, 32)
     # a mask with a value outside 0..18 is an unreadable item
     _png(root / "CelebAMask-HQ-mask-anno" / "preprocessed" / "2.png", np.full((20, 20), 19), "L")
-    with pytest.raises(DatasetError, match=r"(?s)max_bad_images.*2\.jpg: ValueError: mask .*preprocessed/2\.png: values must be class indices 0\.\.18"):
+    with pytest.raises(DatasetError, match=r"(?s)max_bad_images.*2\.jpg: ValueError: mask .*preprocessed/2\.png: "
+                                           r"values must be class indices 0\.\.18"):
         _source("mmceleba", root, "train", tmp_path / "c", max_bad_images=0)
 
 

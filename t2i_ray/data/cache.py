@@ -207,34 +207,34 @@ def build_cache(spec: DatasetSpec, items: Sequence[Item], folder: Path, expected
                    if spec.layout_classes else None)
         records: dict[str, Any] = {"keys": [], "captions": [], "meta": [], "skipped": []}
         bad = records["skipped"]
-        threads = num_threads or min(8, os.cpu_count() or 1)
         # Threads, not processes: PIL releases the GIL while decoding and resizing.
-        with ThreadPoolExecutor(threads) as pool, \
-                tqdm(total=n, desc=f"[data] caching {spec.name}/{split} at {r}px", unit="img",
-                     mininterval=1.0) as bar:
-            results = pool.map(lambda it: _decode(spec, it, r), items)
-            for item, out in zip(items, results):
-                bar.update(1)
-                if isinstance(out, Exception):
-                    bad.append({"key": item.key, "path": str(item.image_path),
-                                "reason": f"{type(out).__name__}: {out}"})
-                    log(f"[data] skipping unreadable {item.image_path}: {type(out).__name__}: {out}")
-                    if len(bad) > max_bad_images:
-                        pool.shutdown(wait=False, cancel_futures=True)
-                        raise _bad_images_error(spec, split, bad, max_bad_images)
-                    continue
-                captions = list(out.captions if out.captions is not None else item.captions)
-                if not captions:
-                    raise DatasetError(f"{spec.name}/{split}: item {item.key} has no caption")
-                k = len(records["keys"])
-                images[k] = out.image
-                if layouts is not None:
-                    if out.layout is None or out.layout.shape != (r, r):
-                        raise DatasetError(f"{spec.name}: reader gave no ({r}, {r}) layout for {item.key}")
-                    layouts[k] = out.layout
-                records["keys"].append(item.key)
-                records["captions"].append(captions)
-                records["meta"].append(dict(item.meta))
+        pool = ThreadPoolExecutor(num_threads or min(8, os.cpu_count() or 1))
+        try:
+            with tqdm(total=n, desc=f"[data] caching {spec.name}/{split} at {r}px", unit="img",
+                      mininterval=1.0) as bar:
+                for item, out in zip(items, pool.map(lambda it: _decode(spec, it, r), items)):
+                    bar.update(1)
+                    if isinstance(out, Exception):
+                        bad.append({"key": item.key, "path": str(item.image_path),
+                                    "reason": f"{type(out).__name__}: {out}"})
+                        log(f"[data] skipping unreadable {item.image_path}: {type(out).__name__}: {out}")
+                        if len(bad) > max_bad_images:
+                            raise _bad_images_error(spec, split, bad, max_bad_images)
+                        continue
+                    captions = list(out.captions if out.captions is not None else item.captions)
+                    if not captions:
+                        raise DatasetError(f"{spec.name}/{split}: item {item.key} has no caption")
+                    k = len(records["keys"])
+                    images[k] = out.image
+                    if layouts is not None:
+                        if out.layout is None or out.layout.shape != (r, r):
+                            raise DatasetError(f"{spec.name}: reader gave no ({r}, {r}) layout for {item.key}")
+                        layouts[k] = out.layout
+                    records["keys"].append(item.key)
+                    records["captions"].append(captions)
+                    records["meta"].append(dict(item.meta))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # on an error: do not decode the rest
         kept = len(records["keys"])
         if kept == 0:
             raise DatasetError(f"{spec.name}/{split}: no readable image")

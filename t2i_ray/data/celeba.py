@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from t2i_ray.data.reading import (DatasetError, DatasetSpec, Decoded, Item, center_square, open_image,
-                                  read_captions_jsonl, read_index_png, read_split_list, require, resize_labels, resize_rgb)
+                                  read_captions_jsonl, read_index_png, read_split_list, require, resize_labels,
+                                  resize_rgb)
 
 LAYOUT_CLASSES: tuple[str, ...] = (
     "background", "skin", "nose", "eye_g", "l_eye", "r_eye", "l_brow", "r_brow", "l_ear", "r_ear",

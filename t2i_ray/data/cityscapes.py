@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from t2i_ray.data.reading import (DatasetError, DatasetSpec, Decoded, Item, open_image, read_captions_jsonl, read_index_png,
-                                  require, resize_labels, resize_rgb, tree_error)
+from t2i_ray.data.reading import (DatasetError, DatasetSpec, Decoded, Item, open_image, read_captions_jsonl,
+                                  read_index_png, require, resize_labels, resize_rgb, tree_error)
 
 TRAIN_CLASSES: tuple[str, ...] = (
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",

@@ -25,7 +25,8 @@ from t2i_ray.data.text import Vocabulary, pad_ids
 
 
 class TextImageDataset(Dataset):
-    def __init__(self, source: ShapesSource | CachedSource, vocab: Vocabulary, words_num: int, train: bool, seed: int = 0):
+    def __init__(self, source: ShapesSource | CachedSource, vocab: Vocabulary, words_num: int, train: bool,
+                 seed: int = 0):
         if words_num < 1:
             raise ValueError(f"words_num: must be >= 1, got {words_num}")
         if seed < 0:

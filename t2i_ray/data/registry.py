@@ -22,8 +22,6 @@ from t2i_ray.data.text import Vocabulary
 
 READERS: dict[str, DatasetSpec] = {s.name: s for s in (CUB, OXFORD102, COCO, MMCELEBA, CITYSCAPES)}
 
-Source = "shapes.ShapesSource | CachedSource"
-
 
 def layout_classes(dataset: str) -> tuple[str, ...] | None:
     """Class names by layout index (SPEC 1 table); None where the dataset has no layouts."""
@@ -51,7 +49,7 @@ def _reader(data_cfg: DataConfig) -> tuple[DatasetSpec, Path]:
 
 
 def build_source(data_cfg: DataConfig, split: Literal["train", "test"], cache_root: str | Path | None = None,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print) -> shapes.ShapesSource | CachedSource:
     """The split's source; a real dataset is decoded into the cache first if needed."""
     if data_cfg.dataset == "shapes":
         return shapes.build_source(data_cfg, split)
