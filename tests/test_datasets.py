@@ -412,6 +412,18 @@ def test_cache_is_built_once_reused_and_invalidated(cub_root, tmp_path):
     assert any("no cache yet" in m for m in logs) and not dead.exists()
 
 
+def test_a_worker_without_the_dataset_uses_the_prepared_cache(cub_root, tmp_path):
+    built = _source("cub", cub_root, "train", tmp_path / "c")
+    cub_root.rename(tmp_path / "moved")  # as on a node that mounts the cache but not the data
+    logs: list[str] = []
+    again = R.build_source(DataConfig(dataset="cub", data_root=str(cub_root), resolution=32), "train",
+                           tmp_path / "c", log=logs.append)
+    assert again.folder == built.folder and np.array_equal(again.images(), built.images())
+    assert "is not on this machine" in logs[0]
+    with pytest.raises(DatasetError, match="is not a directory"):  # no cache for this split: the tree error
+        _source("cub", cub_root, "test", tmp_path / "c")
+
+
 def test_data_cache_root_and_prepare_data(cub_root, tmp_path):
     cfg = build_config("smoke", {"data.dataset": "cub", "data.data_root": str(cub_root),
                                  "output_dir": str(tmp_path / "out")})

@@ -274,6 +274,21 @@ def _truncate_rows(path: Path, rows: int) -> None:
     os.replace(part, path)
 
 
+def open_prebuilt(spec: DatasetSpec, data_root: Path, split: str, resolution: int,
+                  cache_root: str | Path) -> CachedSource | str:
+    """A complete cache of this split, without reading the dataset (which may not be on this machine).
+
+    Checks everything but the source fingerprint: for Ray workers on nodes that see the shared
+    cache but not `data_root`; the driver verified the fingerprint when it prepared the cache.
+    """
+    folder = cache_folder(cache_root, spec.name, split, resolution, data_root)
+    expected = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "dataset": spec.name, "split": split,
+                "resolution": resolution, "crop_rule": spec.crop_rule,
+                "num_layout_classes": len(spec.layout_classes) if spec.layout_classes else 0,
+                "data_root": str(data_root.expanduser().resolve())}
+    return open_cache(folder, expected, spec.layout_classes)
+
+
 def load_or_build(spec: DatasetSpec, items: Sequence[Item], data_root: Path, split: str, resolution: int,
                   cache_root: str | Path, max_bad_images: int,
                   log: Callable[[str], None] = print, num_threads: int | None = None) -> CachedSource:

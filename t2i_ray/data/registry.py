@@ -12,7 +12,7 @@ from typing import Callable, Literal
 
 from t2i_ray.config import ConfigError, DataConfig, ExperimentConfig
 from t2i_ray.data import shapes
-from t2i_ray.data.cache import CachedSource, load_or_build
+from t2i_ray.data.cache import CachedSource, load_or_build, open_prebuilt
 from t2i_ray.data.celeba import MMCELEBA
 from t2i_ray.data.cityscapes import CITYSCAPES
 from t2i_ray.data.coco import COCO
@@ -60,6 +60,11 @@ def build_source(data_cfg: DataConfig, split: Literal["train", "test"], cache_ro
     if where is None:
         raise ConfigError(f"data.cache_dir: data.dataset={data_cfg.dataset!r} is read through a decoded-image "
                           f"cache; set data.cache_dir or pass cache_root (data_cache_root(cfg))")
+    if not root.exists():  # e.g. a Ray worker on a node that sees the shared cache only
+        cached = open_prebuilt(spec, root, split, data_cfg.resolution, where)
+        if isinstance(cached, CachedSource):
+            log(f"[data] {root} is not on this machine; using the cache the driver built ({cached.folder})")
+            return cached
     items = spec.index(root, split, data_cfg)
     return load_or_build(spec, items, root, split, data_cfg.resolution, where, data_cfg.max_bad_images, log)
 
