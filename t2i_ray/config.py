@@ -14,7 +14,8 @@ import math
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any, Mapping
 
-DATASETS = ("shapes",)
+DATASETS = ("shapes", "cub", "oxford102", "coco", "mmceleba", "cityscapes")  # readers: t2i_ray/data/registry.py
+CAPTION_FILE_DATASETS = ("mmceleba", "cityscapes")  # the ones with a captions JSONL
 ARCHITECTURES = ("dfgan",)
 TEXT_EMBEDDINGS = ("pretrained", "shared", "dual")
 IMAGE_ENCODER_BACKBONES = ("cnn", "inception")
@@ -34,6 +35,12 @@ class DataConfig:
     data_seed: int = 0  # `shapes`: the dataset is a pure function of (data_seed, n, resolution)
     words_num: int = 18  # max words per caption (longer: random ordered subset in training)
     loader_workers: int = 0  # DataLoader processes per Train worker
+    # Real datasets only. Decoded-image cache (default <output_dir>/cache/data); unreadable images
+    # skipped at most this many times per split, then the build stops naming them; captions JSONL
+    # relative to data_root (mmceleba/cityscapes; default captions.jsonl).
+    cache_dir: str | None = None
+    max_bad_images: int = 10
+    captions_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -265,6 +272,15 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     d, m, l, t, e, p = cfg.data, cfg.model, cfg.loss, cfg.train, cfg.eval, cfg.damsm
     _check(d.dataset in DATASETS, "data.dataset",
            f"unknown dataset {d.dataset!r}; available: {', '.join(DATASETS)}")
+    real = d.dataset != "shapes"
+    _check(not real or bool(d.data_root), "data.data_root",
+           f"required for data.dataset={d.dataset!r}: the dataset's folder (README, 'Using a real dataset')")
+    _check(real or d.data_root is None, "data.data_root",
+           "the shapes dataset is generated and reads no files; set data.dataset too (e.g. cub) or drop it")
+    _check(d.max_bad_images >= 0, "data.max_bad_images", f"must be >= 0, got {d.max_bad_images}")
+    _check(d.captions_file is None or d.dataset in CAPTION_FILE_DATASETS, "data.captions_file",
+           f"only {', '.join(CAPTION_FILE_DATASETS)} read a captions JSONL, not {d.dataset!r}")
+    _check(d.cache_dir is None or bool(d.cache_dir), "data.cache_dir", "must be a non-empty path or none")
     r = d.resolution
     _check(32 <= r <= 256 and r & (r - 1) == 0, "data.resolution",
            f"must be a power of two in 32..256 (32, 64, 128, 256), got {r}")
@@ -306,7 +322,9 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     _check(t.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
     _check(e.num_images >= 2, "eval.num_images", f"must be >= 2, got {e.num_images}")
     _check(e.batch_size >= 1, "eval.batch_size", "must be >= 1")
-    _check(2 <= e.r_precision_candidates <= d.num_test, "eval.r_precision_candidates",
+    # The split sizes of real datasets are known only from their files (checked at evaluation).
+    _check(2 <= e.r_precision_candidates and (real or e.r_precision_candidates <= d.num_test),
+           "eval.r_precision_candidates",
            f"must be in 2..data.num_test ({d.num_test}) so mismatched captions come from other "
            f"test images, got {e.r_precision_candidates}")
     _check(e.r_precision_folds >= 1 and e.num_images >= e.r_precision_folds,

@@ -1,4 +1,7 @@
-"""torch Dataset of (image, caption ids, second caption ids, attributes) from a ShapesSource.
+"""torch Dataset of (image, caption ids, second caption ids, attributes) from a source.
+
+A source is the built-in ShapesSource or a real dataset's CachedSource (data/registry.py); only
+`shapes` has ground-truth attributes, so items of real datasets have no "attributes" entry.
 
 Training picks a random caption of the image per epoch (and a second, different one for the
 F2F loss) and, for captions longer than `words_num`, a random ordered subset of their words
@@ -17,11 +20,13 @@ import torch
 from torch.utils.data import Dataset
 
 from t2i_ray.data.shapes import ShapesSource, attribute_vector
+from t2i_ray.data.cache import CachedSource
 from t2i_ray.data.text import Vocabulary, pad_ids
 
 
 class TextImageDataset(Dataset):
-    def __init__(self, source: ShapesSource, vocab: Vocabulary, words_num: int, train: bool, seed: int = 0):
+    def __init__(self, source: ShapesSource | CachedSource, vocab: Vocabulary, words_num: int, train: bool,
+                 seed: int = 0):
         if words_num < 1:
             raise ValueError(f"words_num: must be >= 1, got {words_num}")
         if seed < 0:
@@ -39,9 +44,12 @@ class TextImageDataset(Dataset):
                     # length-0 encoding the LSTM could pack.
                     raise ValueError(f"vocab: caption {k} of item {i} ({cap!r}) has no word in the "
                                      f"vocabulary ({len(vocab)} words); build the vocabulary from this data")
-        self.attributes = np.stack([attribute_vector(source.meta(i)) for i in range(n)])  # (n, A) float32
+        self.attributes: np.ndarray | None = None  # (n, A) float32, shapes only
+        if isinstance(source, ShapesSource):
+            self.attributes = np.stack([attribute_vector(source.meta(i)) for i in range(n)])
         # Rendered now rather than lazily: DataLoader workers forked afterwards share these pages
-        # instead of each re-rendering the whole source every epoch.
+        # instead of each re-rendering the whole source every epoch. A real dataset's images are a
+        # read-only memory map of its cache, shared the same way without loading it into RAM.
         self.images: np.ndarray = source.images()  # (n, H, W, 3) uint8
 
     def __len__(self) -> int:
@@ -70,15 +78,20 @@ class TextImageDataset(Dataset):
             rng, k1, k2 = None, 0, 1
         caption, caption_len = self._encode(caps[k1], rng)
         caption2, caption2_len = self._encode(caps[k2], rng)
-        image = torch.from_numpy(self.images[i]).permute(2, 0, 1).contiguous()  # (3, H, W) uint8
+        pixels = self.images[i]
+        if not pixels.flags.writeable:  # memory-mapped cache: torch wants a writable buffer
+            pixels = np.array(pixels)
+        image = torch.from_numpy(pixels).permute(2, 0, 1).contiguous()  # (3, H, W) uint8
         image = image.float() / 127.5 - 1.0  # [-1, 1]
-        return {
+        item = {
             "image": image,  # (3, H, W) float32
             "caption": caption,  # (words_num,) int64, zero-padded
             "caption_len": caption_len,  # () int64, >= 1
             "caption2": caption2,
             "caption2_len": caption2_len,
-            "attributes": torch.tensor(self.attributes[i]),  # (NUM_ATTRIBUTES,) float32
             "index": torch.tensor(i, dtype=torch.int64),
         }
+        if self.attributes is not None:
+            item["attributes"] = torch.tensor(self.attributes[i])  # (NUM_ATTRIBUTES,) float32
+        return item
 

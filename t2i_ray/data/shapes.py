@@ -30,7 +30,7 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
-from t2i_ray.config import ConfigError, DataConfig
+from t2i_ray.config import DataConfig
 from t2i_ray.data.text import Vocabulary, tokenize
 
 SHAPE_NAMES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross")
@@ -111,10 +111,12 @@ _MOTTLE_GRID = 5  # control points per axis of the smooth noise
 
 @dataclass
 class Sample:
+    """One item; real datasets (data/cache.py) give the same record, with their own meta."""
+
     image: np.ndarray  # (H, W, 3) uint8
-    captions: list[str]  # exactly NUM_CAPTIONS
-    layout: np.ndarray  # (H, W) uint8: 0 background, 1 + shape index
-    meta: dict[str, Any]  # {"index", "objects": [{"shape", "color", "size", "cx", "cy"}]}
+    captions: list[str]  # shapes: exactly NUM_CAPTIONS
+    layout: np.ndarray | None  # (H, W) uint8 class indices; shapes: 0 background, 1 + shape index
+    meta: dict[str, Any]  # shapes: {"index", "objects": [{"shape", "color", "size", "cx", "cy"}]}
 
 
 @dataclass(frozen=True)
@@ -702,8 +704,10 @@ def split_seed(data_seed: int, split: str) -> int:
 
 
 def build_source(data_cfg: DataConfig, split: Literal["train", "test"]) -> ShapesSource:
-    if data_cfg.dataset != "shapes":
-        raise ConfigError(f"data.dataset: {data_cfg.dataset!r} has no source yet; available: shapes")
+    if data_cfg.dataset != "shapes":  # real datasets: the registry (which needs a cache location)
+        from t2i_ray.data import registry
+
+        return registry.build_source(data_cfg, split)
     n = data_cfg.num_train if split == "train" else data_cfg.num_test
     return ShapesSource(n, data_cfg.resolution, split_seed(data_cfg.data_seed, split))
 

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from t2i_ray.config import ExperimentConfig
 from t2i_ray.data.dataset import TextImageDataset
-from t2i_ray.data.shapes import build_source
+from t2i_ray.data.registry import build_source, data_cache_root
 from t2i_ray.eval.features import attribute_scores, load_or_train_domain_evaluator
 from t2i_ray.eval.fid import feature_stats, frechet_distance, kernel_inception_distance
 from t2i_ray.eval.r_precision import r_precision
@@ -51,7 +51,8 @@ def build_eval_context(cfg: ExperimentConfig, damsm: Damsm) -> EvalContext:
     evaluator, info = load_or_train_domain_evaluator(cfg.data, cfg.eval.evaluator_steps, cfg.eval.evaluator_images,
                                                      cache_dir)
     evaluator.eval()
-    test_set = TextImageDataset(build_source(cfg.data, "test"), damsm.vocab, cfg.data.words_num, train=False)
+    test_set = TextImageDataset(build_source(cfg.data, "test", data_cache_root(cfg)), damsm.vocab,
+                                cfg.data.words_num, train=False)
     feats, caps = [], []
     with torch.no_grad():
         for batch in DataLoader(test_set, batch_size=cfg.eval.batch_size):

@@ -20,6 +20,9 @@ def base_parser(description: str) -> argparse.ArgumentParser:
                    help="seeds per configuration (default per preset: smoke 0; local 0 1; paper 0 1 2)")
     p.add_argument("--output-dir", default=None, help="results, checkpoints, caches, samples, logs "
                    "(default t2i_runs; on a multi-node cluster use shared storage)")
+    p.add_argument("--dataset", default=None, help="shapes (built in), cub, oxford102, coco, mmceleba or "
+                   "cityscapes (README: 'Using a real dataset'); same as --set data.dataset=...")
+    p.add_argument("--data-root", default=None, help="folder of a real dataset (same as --set data.data_root=...)")
     p.add_argument("--resolution", type=int, default=None, help="image size: 32, 64, 128 or 256")
     p.add_argument("--steps", type=int, default=None, help="training steps per trial")
     p.add_argument("--num-workers", type=int, default=None, help="Ray Train workers (data parallel) per trial")
@@ -35,14 +38,23 @@ def base_parser(description: str) -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> ExperimentConfig:
     overrides: dict[str, Any] = dict(parse_override(o) for o in args.overrides)
-    for flag, key in (("output_dir", "output_dir"), ("resolution", "data.resolution"),
+    for flag, key in (("output_dir", "output_dir"), ("dataset", "data.dataset"), ("data_root", "data.data_root"),
+                      ("resolution", "data.resolution"),
                       ("steps", "train.steps"), ("num_workers", "train.num_workers"),
                       ("use_gpu", "train.use_gpu")):
         value = getattr(args, flag)
         if value is not None:
             overrides[key] = value
+    for key in ("data.data_root", "data.cache_dir"):
+        # Absolute, so that Ray workers (other working directory) and the cache keys see one path.
+        if overrides.get(key):
+            overrides[key] = str(Path(str(overrides[key])).expanduser().resolve())
     overrides.update(extra or {})
-    return build_config(args.preset, overrides)
+    cfg = build_config(args.preset, overrides)
+    from t2i_ray.data.registry import check_dataset
+
+    check_dataset(cfg.data)  # a missing or malformed real dataset fails here, before Ray (DatasetError)
+    return cfg
 
 
 def fail(message: str) -> None:
@@ -58,7 +70,7 @@ def report_locations(output_dir: str | Path, experiment: str) -> str:
         f"Tune experiment (resume state, trial logs):  {out / 'ray' / 'tune' / experiment}",
         f"sample grids (PNG + captions JSON):          {out / 'samples'}",
         f"TensorBoard logs:                            tensorboard --logdir {out / 'tensorboard'}",
-        f"cached DAMSM encoders and evaluator:         {out / 'cache'}",
+        f"cached DAMSM encoders, evaluator, datasets:  {out / 'cache'}",
     ])
 
 

@@ -94,9 +94,11 @@ def prepare_assets(cfg: ExperimentConfig, log: Callable[[str], None] = print) ->
     One after the other: side by side with half the cores each was slower on 2 cores (the DAMSM
     pre-training scales well with threads).
     """
+    from t2i_ray.data.registry import prepare_data
     from t2i_ray.eval.features import load_or_train_domain_evaluator
     from t2i_ray.train.damsm import ensure_damsm
 
+    prepare_data(cfg, log)  # a real dataset is checked and decoded into its cache here, once
     damsm_path = ensure_damsm(cfg, log)
     e = cfg.eval
     _, info = load_or_train_domain_evaluator(cfg.data, e.evaluator_steps, e.evaluator_images, f"{cfg.output_dir}/cache",
@@ -164,7 +166,11 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, max_concurrent: in
 
     base = spec.base
     output_dir = Path(base.output_dir).resolve()
-    base = apply_overrides(base, {"output_dir": str(output_dir)})
+    paths = {"output_dir": str(output_dir)}
+    for key in ("data_root", "cache_dir"):  # workers run in other working directories
+        if getattr(base.data, key):
+            paths[f"data.{key}"] = str(Path(getattr(base.data, key)).expanduser().resolve())
+    base = apply_overrides(base, paths)
     damsm_path = prepare_assets(base, log)
     # Intermediate training reports carry losses, not the final metric the searcher optimises.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")

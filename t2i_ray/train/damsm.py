@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from t2i_ray.config import ExperimentConfig
 from t2i_ray.data.dataset import TextImageDataset
-from t2i_ray.data.shapes import build_source, build_vocabulary
+from t2i_ray.data.registry import build_source, build_vocabulary, data_cache_root
 from t2i_ray.data.text import Vocabulary
 from t2i_ray.eval.r_precision import r_precision
 from t2i_ray.losses.damsm import damsm_loss
@@ -47,7 +47,10 @@ class Damsm:
 
 def damsm_key(cfg: ExperimentConfig) -> str:
     d = cfg.to_dict()
-    data = {k: v for k, v in d["data"].items() if k not in ("loader_workers",)}
+    # Where/how strictly the cache is built does not change the encoders; an unset captions_file
+    # (the default file) is left out so that keys, and caches, from before that field stay valid.
+    data = {k: v for k, v in d["data"].items()
+            if k not in ("loader_workers", "cache_dir", "max_bad_images") and not (k == "captions_file" and v is None)}
     blob = json.dumps({"v": DAMSM_VERSION, "data": data, "damsm": d["damsm"],
                        "embed_dim": cfg.model.embed_dim, "seed": cfg.seed}, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
@@ -68,9 +71,9 @@ def pretrain_damsm(cfg: ExperimentConfig, out_dir: str | Path, log: Callable[[st
     """Train DAMSM text+image encoders on real (image, caption) pairs; write them to `out_dir`."""
     p = cfg.damsm
     torch.manual_seed(cfg.seed)
-    vocab = build_vocabulary(cfg.data)
-    train_set = TextImageDataset(build_source(cfg.data, "train"), vocab, cfg.data.words_num,
-                                 train=True, seed=cfg.seed)
+    vocab = build_vocabulary(cfg.data, data_cache_root(cfg), log)
+    train_set = TextImageDataset(build_source(cfg.data, "train", data_cache_root(cfg), log), vocab,
+                                 cfg.data.words_num, train=True, seed=cfg.seed)
     text, image = _make_encoders(cfg, len(vocab))
     params = [q for q in list(text.parameters()) + list(image.parameters()) if q.requires_grad]
     loader = DataLoader(train_set, batch_size=p.batch_size, shuffle=True, drop_last=True,
@@ -120,7 +123,8 @@ def pretrain_damsm(cfg: ExperimentConfig, out_dir: str | Path, log: Callable[[st
 def real_r_precision(cfg: ExperimentConfig, text: TextEncoder, image: ImageEncoder,
                      vocab: Vocabulary) -> tuple[float, float]:
     """R-precision of the real test images: the ceiling a generator can reach with these encoders."""
-    test_set = TextImageDataset(build_source(cfg.data, "test"), vocab, cfg.data.words_num, train=False)
+    test_set = TextImageDataset(build_source(cfg.data, "test", data_cache_root(cfg)), vocab, cfg.data.words_num,
+                                train=False)
     img_feats, txt_feats = [], []
     for batch in DataLoader(test_set, batch_size=128):
         img_feats.append(image(batch["image"])[1])

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from t2i_ray.config import ExperimentConfig
 from t2i_ray.data.dataset import TextImageDataset
-from t2i_ray.data.shapes import build_source
+from t2i_ray.data.registry import build_source, data_cache_root
 from t2i_ray.models.factory import GANModels, build_gan_models
 from t2i_ray.train import checkpoint as ckpt
 from t2i_ray.train.damsm import load_damsm
@@ -140,8 +140,8 @@ def run_training(cfg: ExperimentConfig, env: RunEnv, damsm_path: str, run_name: 
         torch.set_num_threads(t.torch_threads)
     torch.manual_seed(cfg.seed * 1000 + env.world_rank)
     damsm = load_damsm(damsm_path)
-    train_set = TextImageDataset(build_source(cfg.data, "train"), damsm.vocab, cfg.data.words_num,
-                                 train=True, seed=cfg.seed)
+    train_set = TextImageDataset(build_source(cfg.data, "train", data_cache_root(cfg)), damsm.vocab,
+                                 cfg.data.words_num, train=True, seed=cfg.seed)
     sampler = DistributedSampler(train_set, num_replicas=env.world_size, rank=env.world_rank,
                                  shuffle=True, seed=cfg.seed, drop_last=True)
     loader = DataLoader(train_set, batch_size=t.batch_size, sampler=sampler, drop_last=True,

@@ -1,0 +1,102 @@
+"""Dataset name -> source. The one place that knows every dataset.
+
+`build_source(data_cfg, split, cache_root)` returns the built-in `ShapesSource` for `shapes` and,
+for a real dataset, its reader's items decoded through the cache (cache.py): both have the same
+interface (`len`, `[i]` -> Sample(image, captions, layout, meta), `captions(i)`, `images()`, ...),
+which is all TextImageDataset, the training loop and DAMSM pre-training use.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Literal
+
+from t2i_ray.config import ConfigError, DataConfig, ExperimentConfig
+from t2i_ray.data import shapes
+from t2i_ray.data.cache import CachedSource, load_or_build, open_prebuilt
+from t2i_ray.data.celeba import MMCELEBA
+from t2i_ray.data.cityscapes import CITYSCAPES
+from t2i_ray.data.coco import COCO
+from t2i_ray.data.cub import CUB, OXFORD102
+from t2i_ray.data.reading import DatasetSpec
+from t2i_ray.data.text import Vocabulary
+
+READERS: dict[str, DatasetSpec] = {s.name: s for s in (CUB, OXFORD102, COCO, MMCELEBA, CITYSCAPES)}
+
+
+def layout_classes(dataset: str) -> tuple[str, ...] | None:
+    """Class names by layout index (SPEC 1 table); None where the dataset has no layouts."""
+    if dataset == "shapes":
+        return shapes.LAYOUT_CLASSES
+    if dataset not in READERS:
+        raise ConfigError(f"data.dataset: unknown dataset {dataset!r}; available: shapes, {', '.join(READERS)}")
+    return READERS[dataset].layout_classes
+
+
+def data_cache_root(cfg: ExperimentConfig) -> Path:
+    """Where decoded real datasets live: `data.cache_dir`, else `<output_dir>/cache/data`."""
+    return Path(cfg.data.cache_dir) if cfg.data.cache_dir else Path(cfg.output_dir) / "cache" / "data"
+
+
+def _reader(data_cfg: DataConfig) -> tuple[DatasetSpec, Path]:
+    spec = READERS.get(data_cfg.dataset)
+    if spec is None:
+        raise ConfigError(f"data.dataset: unknown dataset {data_cfg.dataset!r}; available: shapes, "
+                          f"{', '.join(READERS)}")
+    if not data_cfg.data_root:
+        raise ConfigError(f"data.data_root: required for data.dataset={data_cfg.dataset!r}; set it to the "
+                          f"folder that holds\n{spec.tree}")
+    return spec, Path(data_cfg.data_root).expanduser()
+
+
+def build_source(data_cfg: DataConfig, split: Literal["train", "test"], cache_root: str | Path | None = None,
+                 log: Callable[[str], None] = print) -> shapes.ShapesSource | CachedSource:
+    """The split's source; a real dataset is decoded into the cache first if needed."""
+    if data_cfg.dataset == "shapes":
+        return shapes.build_source(data_cfg, split)
+    spec, root = _reader(data_cfg)
+    if split not in ("train", "test"):
+        raise ValueError(f"split: must be 'train' or 'test', got {split!r}")
+    where = data_cfg.cache_dir or cache_root
+    if where is None:
+        raise ConfigError(f"data.cache_dir: data.dataset={data_cfg.dataset!r} is read through a decoded-image "
+                          f"cache; set data.cache_dir or pass cache_root (data_cache_root(cfg))")
+    if not root.exists():  # e.g. a Ray worker on a node that sees the shared cache only
+        cached = open_prebuilt(spec, root, split, data_cfg.resolution, where)
+        if isinstance(cached, CachedSource):
+            log(f"[data] {root} is not on this machine; using the cache the driver built ({cached.folder})")
+            return cached
+    items = spec.index(root, split, data_cfg)
+    return load_or_build(spec, items, root, split, data_cfg.resolution, where, data_cfg.max_bad_images, log)
+
+
+def build_vocabulary(data_cfg: DataConfig, cache_root: str | Path | None = None,
+                     log: Callable[[str], None] = print) -> Vocabulary:
+    """The vocabulary of the train + test captions (as AttnGAN's build_dictionary)."""
+    if data_cfg.dataset == "shapes":
+        return shapes.build_vocabulary(data_cfg)
+    train, test = (build_source(data_cfg, s, cache_root, log) for s in ("train", "test"))
+    return Vocabulary.build([*train.all_captions(), *test.all_captions()])
+
+
+def check_dataset(data_cfg: DataConfig) -> None:
+    """Cheap start-up check of a real dataset's tree and lists (no decoding); no-op for shapes."""
+    if data_cfg.dataset == "shapes":
+        return
+    spec, root = _reader(data_cfg)
+    for split in ("train", "test"):
+        spec.index(root, split, data_cfg)
+
+
+def prepare_data(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict[str, int]:
+    """Build or validate both splits' caches (before Ray starts); split -> number of images."""
+    if cfg.data.dataset == "shapes":
+        return {"train": cfg.data.num_train, "test": cfg.data.num_test}
+    root = data_cache_root(cfg)
+    sizes = {s: len(build_source(cfg.data, s, root, log)) for s in ("train", "test")}
+    log(f"[data] {cfg.data.dataset}: {sizes['train']} train / {sizes['test']} test images at "
+        f"{cfg.data.resolution}px, cached under {root}")
+    return sizes
+
+
+__all__ = ["READERS", "build_source", "build_vocabulary", "check_dataset", "data_cache_root", "layout_classes",
+           "prepare_data", "CachedSource", "DatasetSpec"]
