@@ -3,7 +3,6 @@ statistics cache, and the paper protocols. Offline: the weights are random, writ
 The Inception forward costs ~0.3-0.5 s per image on a 2-core CPU, so image counts stay tiny."""
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -13,46 +12,22 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 from torch_fidelity.metric_isc import isc_features_to_metric
 
 from t2i_ray import config as config_mod
 from t2i_ray.config import ConfigError, apply_overrides, build_config, protocol_overrides, resolved_eval_backbone
-from t2i_ray.eval import inception as inc_mod
 from t2i_ray.eval.fid import feature_stats, frechet_distance
 from t2i_ray.eval.inception import (WEIGHTS_ENV, WEIGHTS_FILE, WEIGHTS_URL, InceptionWeightsError, extract_inception,
-                                    load_inception, resolve_inception_weights)
+                                    load_inception, random_inception_state_dict, resolve_inception_weights)
 from t2i_ray.eval.inception_score import inception_score
 from t2i_ray.eval.reference_stats import load_or_compute_reference_stats
 
 
-class _RandomInitInception(FeatureExtractorInceptionV3):
-    """torch-fidelity's exact module, keeping its random init (the constructor insists on loading)."""
-
-    def load_state_dict(self, state_dict, strict=True, assign=False):
-        return None
-
-
 @pytest.fixture(scope="module")
 def weights_path(tmp_path_factory):
-    """A weights file of the right keys and shapes, random values scaled so that activations
-    neither vanish nor explode over 40 layers (PyTorch's default conv init shrinks them to ~1e-8)."""
-    empty = io.BytesIO()
-    torch.save({}, empty)
-    empty.seek(0)
-    model = _RandomInitInception("inception-v3-compat", ["2048"], feature_extractor_weights_path=empty)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("conv.weight"):
-                fan_in = p[0].numel()
-                p.copy_(torch.randn(p.shape, generator=gen) * math.sqrt(2.0 / fan_in))
-            elif name.endswith("bn.bias"):
-                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
-            elif name == "fc.weight":
-                p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(p.shape[1]))
+    """A weights file of the right keys and shapes with random values, written by the test."""
     path = tmp_path_factory.mktemp("weights") / WEIGHTS_FILE
-    torch.save(model.state_dict(), path)
+    torch.save(random_inception_state_dict(seed=0), path)
     return str(path)
 
 
@@ -102,6 +77,19 @@ def test_fid_end_to_end_from_local_weights_matches_independent_float64(backbone)
     # The same images given as floats in [-1, 1] (same batch) give bit-identical features.
     again, _ = extract_inception(backbone, [torch.from_numpy(real_u8[:4]).permute(0, 3, 1, 2).float() / 127.5 - 1])
     np.testing.assert_array_equal(again, real_f[:4])
+
+
+def test_frechet_distance_equals_torchmetrics():
+    # torchmetrics' FrechetInceptionDistance ends in `_compute_fid` (eigvals of S1 S2); on the same
+    # float64 statistics it must give our number (its extractor is the same torch-fidelity module).
+    from torchmetrics.image.fid import _compute_fid
+
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(300, 40)), 0.7 * rng.normal(size=(300, 40)) + 0.2
+    mu1, s1 = feature_stats(x)
+    mu2, s2 = feature_stats(y)
+    theirs = _compute_fid(*(torch.from_numpy(v) for v in (mu1, s1, mu2, s2))).item()
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(theirs, rel=1e-9)
 
 
 def test_pil_bicubic_resize_feeds_299_and_differs(weights_path, backbone):

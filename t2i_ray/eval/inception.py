@@ -142,6 +142,32 @@ def load_inception(weights_path: str, resize: str = "tf1_bilinear",
     return InceptionBackbone(model.to(device), info)
 
 
+def random_inception_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A state dict with the exact keys and shapes of the FID Inception and random values (He-normal
+    convs, so activations keep their scale over the 40 layers; PyTorch's default init shrinks them
+    to ~1e-8). For offline tests and cross-checks of the code path only: it measures nothing."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    class _KeepRandomInit(FeatureExtractorInceptionV3):
+        def load_state_dict(self, state_dict, strict=True, assign=False):  # the constructor insists on loading
+            return None
+
+    empty = io.BytesIO()
+    torch.save({}, empty)
+    empty.seek(0)
+    model = _KeepRandomInit("inception-v3-compat", ["2048"], feature_extractor_weights_path=empty)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("conv.weight"):
+                p.copy_(torch.randn(p.shape, generator=gen) * np.sqrt(2.0 / p[0].numel()))
+            elif name.endswith("bn.bias"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+            elif name == "fc.weight":
+                p.copy_(torch.randn(p.shape, generator=gen) / np.sqrt(p.shape[1]))
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
 def to_uint8_nchw(images: torch.Tensor | np.ndarray) -> torch.Tensor:
     """uint8 (B, H, W, 3) / (B, 3, H, W), or float (B, 3, H, W) in [-1, 1] -> uint8 (B, 3, H, W).
 

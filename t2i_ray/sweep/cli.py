@@ -40,10 +40,12 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> ExperimentConfig:
-    """The validated config of the command line; with eval.backbone=inception, the Inception weights
-    are resolved here (flag, config field or $T2I_INCEPTION_WEIGHTS) and pinned into the config as an
-    absolute path, so a missing file refuses before Ray or any training starts (also on --dry-run)."""
+def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = None,
+                     check_eval_weights: bool = True) -> ExperimentConfig:
+    """The validated config of the command line; with eval.backbone=inception (and
+    `check_eval_weights`, off for scripts that never evaluate), the Inception weights are resolved
+    here (flag, config field or $T2I_INCEPTION_WEIGHTS) and pinned into the config as an absolute
+    path, so a missing file refuses before Ray or any training starts (also on --dry-run)."""
     overrides: dict[str, Any] = {}
     if getattr(args, "eval_protocol", None):
         overrides.update(protocol_overrides(args.eval_protocol))
@@ -56,7 +58,7 @@ def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = No
             overrides[key] = value
     overrides.update(extra or {})
     cfg = build_config(args.preset, overrides)
-    if resolved_eval_backbone(cfg) == "inception":
+    if check_eval_weights and resolved_eval_backbone(cfg) == "inception":
         from t2i_ray.eval.inception import resolve_inception_weights
 
         cfg = apply_overrides(cfg, {"eval.inception_weights": resolve_inception_weights(cfg.eval.inception_weights)})
