@@ -183,6 +183,13 @@ def test_cli_and_sweep_refuse_before_training(tmp_path, monkeypatch, weights_pat
     args = parser.parse_args(["--preset", "smoke", "--set", "eval.backbone=inception"])
     assert config_from_args(args).eval.inception_weights == os.path.abspath(weights_path)
 
+    # Where the file lives is not part of the sweep's identity: a moved file still resumes.
+    from t2i_ray.sweep.run import SweepSpec
+
+    cfg_a = build_config("smoke", {"eval.backbone": "inception", "eval.inception_weights": "/a/w.pth"})
+    cfg_b = apply_overrides(cfg_a, {"eval.inception_weights": "/b/w.pth"})
+    assert SweepSpec("s", cfg_a, "grid").name == SweepSpec("s", cfg_b, "grid").name
+
     monkeypatch.delenv(WEIGHTS_ENV)
 
     def no_training(*a, **k):

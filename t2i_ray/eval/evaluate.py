@@ -159,8 +159,12 @@ def evaluate_generator(generate: GenerateFn, ctx: EvalContext, cfg: ExperimentCo
     kid_size = min(e.kid_subset_size, len(fake_np), len(ctx.real_features))
     kid, kid_std = kernel_inception_distance(fake_np, ctx.real_features, e.kid_subsets, kid_size, rng)
     ids_np = np.asarray(image_ids)
-    rp, rp_std = r_precision(torch.cat(fake_img_global).numpy(), ctx.caption_feats[ids_np], ids_np,
-                             ctx.caption_feats, np.arange(n_test), num_candidates=e.r_precision_candidates,
+    # DM-GAN draws the mismatched captions from other *classes* on CUB/flowers (reference
+    # gan_anchors.md 3.6): a test set with classes exposes `class_ids` (N_test,); else other images.
+    class_ids = getattr(ctx.test_set, "class_ids", None)
+    pool_ids = np.arange(n_test) if class_ids is None else np.asarray(class_ids)
+    rp, rp_std = r_precision(torch.cat(fake_img_global).numpy(), ctx.caption_feats[ids_np], pool_ids[ids_np],
+                             ctx.caption_feats, pool_ids, num_candidates=e.r_precision_candidates,
                              num_folds=e.r_precision_folds, rng=rng)
     info = ctx.backbone_info
     backbone = info["backbone"]
@@ -177,6 +181,7 @@ def evaluate_generator(generate: GenerateFn, ctx: EvalContext, cfg: ExperimentCo
         "r_precision": float(rp), "r_precision_std": float(rp_std),
         "r_precision_num_images": len(ids_np), "r_precision_candidates": e.r_precision_candidates,
         "r_precision_folds": e.r_precision_folds,
+        "r_precision_mismatch_from": "other images" if class_ids is None else "other classes",
         "r_precision_backbone": f"damsm-{ctx.damsm.meta['key']}",
     }
     if ctx.backbone == "domain":

@@ -39,7 +39,11 @@ class SweepSpec:
     max_failures: int = 1  # Train-level restarts from the last checkpoint
 
     def spec_hash(self) -> str:
-        blob = json.dumps({"sweep": self.sweep, "base": self.base.to_dict(), "search": self.search,
+        base = self.base.to_dict()
+        # Where the Inception weights file lives is not what the sweep is (its digest is in every
+        # row): moving the file, or naming it by flag instead of $T2I_INCEPTION_WEIGHTS, must resume.
+        base["eval"] = {k: v for k, v in base["eval"].items() if k != "inception_weights"}
+        blob = json.dumps({"sweep": self.sweep, "base": base, "search": self.search,
                            "grid": self.grid, "space": repr(self.optuna_space), "n": self.num_trials,
                            "objective": self.objective}, sort_keys=True, default=str)
         return hashlib.sha1(blob.encode()).hexdigest()[:8]
