@@ -16,10 +16,11 @@ from scipy import stats as sps
 # The papers' column order: IS up, FID down, R-precision up (then KID and the oracle attribute recall).
 DEFAULT_METRICS: tuple[str, ...] = ("is", "fid", "r_precision", "kid", "attr_pair_recall")
 
-_FID_PROVENANCE = ("fid_backbone", "fid_num_fake", "fid_num_real", "fid_real_set", "config.data.dataset")
+_FID_PROVENANCE = ("fid_backbone", "fid_num_fake", "fid_num_real", "fid_real_set", "fid_resize",
+                   "config.data.dataset")
 _RP_PROVENANCE = ("r_precision_backbone", "r_precision_num_images", "r_precision_candidates", "config.data.dataset")
 _ATTR_PROVENANCE = ("attr_backbone", "attr_num_images", "config.data.dataset")
-_IS_PROVENANCE = ("is_backbone", "is_num_images", "is_splits", "config.data.dataset")
+_IS_PROVENANCE = ("is_backbone", "is_num_images", "is_splits", "is_resize", "config.data.dataset")
 
 
 def provenance_columns(metric: str) -> tuple[str, ...]:

@@ -19,6 +19,14 @@ CAPTION_FILE_DATASETS = ("mmceleba", "cityscapes")  # the ones with a captions J
 ARCHITECTURES = ("dfgan",)
 TEXT_EMBEDDINGS = ("pretrained", "shared", "dual")
 IMAGE_ENCODER_BACKBONES = ("cnn", "inception")
+# Feature backbones of FID/KID (t2i_ray/eval): `domain` (trained on `shapes`, that dataset only) or
+# the standard TF-ported FID Inception (needs its weights file locally); "auto" = domain on shapes,
+# inception on every real dataset.
+EVAL_BACKBONES = ("auto", "domain", "inception")
+# How images reach Inception's 299x299 input (recorded with every number, reference
+# diffusion_metrics.md B.5 item 3 / Part C item 5): tf1_bilinear = torch-fidelity's TF1-exact
+# bilinear (TTUR-comparable), pil_bicubic = PIL bicubic to 299 then uint8 (clean-fid's filter).
+INCEPTION_RESIZE_MODES = ("tf1_bilinear", "pil_bicubic")
 
 
 class ConfigError(ValueError):
@@ -103,6 +111,14 @@ class EvalConfig:
     kid_subset_size: int = 256
     evaluator_steps: int = 1500  # training steps of the `domain` evaluator (cached)
     evaluator_images: int = 16384  # its training pool: fresh procedural images, own seed
+    backbone: str = "auto"  # FID/KID features: auto | domain | inception (EVAL_BACKBONES)
+    # Local TF-ported FID Inception weights (weights-/pt_inception-2015-12-05-6726825d.pth); None:
+    # the T2I_INCEPTION_WEIGHTS environment variable. Never downloaded.
+    inception_weights: str | None = None
+    inception_resize: str = "tf1_bilinear"  # INCEPTION_RESIZE_MODES
+    is_splits: int = 10  # Inception Score: mean and std over this many splits
+    # A named paper protocol (EVAL_PROTOCOLS) the eval fields must match; None: free settings.
+    protocol: str | None = None
 
 
 @dataclass(frozen=True)
@@ -333,6 +349,28 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
            "must be >= 1 and >= 2")
     _check(e.evaluator_steps >= 1, "eval.evaluator_steps", "must be >= 1")
     _check(e.evaluator_images >= 64, "eval.evaluator_images", "must be >= 64 (one evaluator batch)")
+    _check(e.backbone in EVAL_BACKBONES, "eval.backbone",
+           f"must be one of {', '.join(EVAL_BACKBONES)}, got {e.backbone!r}")
+    _check(not (e.backbone == "domain" and d.dataset != "shapes"), "eval.backbone",
+           f"the domain evaluator is trained on `shapes` images and exists for data.dataset=shapes only; "
+           f"use eval.backbone=inception (or auto) for {d.dataset!r}")
+    _check(e.inception_resize in INCEPTION_RESIZE_MODES, "eval.inception_resize",
+           f"must be one of {', '.join(INCEPTION_RESIZE_MODES)}, got {e.inception_resize!r}")
+    _check(e.inception_weights is None or bool(e.inception_weights.strip()), "eval.inception_weights",
+           "must be a file path or None (then T2I_INCEPTION_WEIGHTS is used)")
+    _check(2 <= e.is_splits <= e.num_images, "eval.is_splits",
+           f"must be in 2..eval.num_images ({e.num_images}), got {e.is_splits}")
+    if e.protocol is not None:
+        _check(e.protocol in EVAL_PROTOCOLS, "eval.protocol",
+               f"unknown protocol {e.protocol!r}; available: {', '.join(EVAL_PROTOCOLS)} (or None)")
+        proto = EVAL_PROTOCOLS[e.protocol]
+        _check(d.dataset == proto["dataset"], "eval.protocol",
+               f"{e.protocol!r} is the protocol of data.dataset={proto['dataset']!r}, not {d.dataset!r}")
+        for key, want in proto["eval"].items():
+            _check(getattr(e, key) == want, f"eval.{key}",
+                   f"eval.protocol={e.protocol!r} requires {want!r}, got {getattr(e, key)!r}; apply the "
+                   f"protocol's values with --eval-protocol {e.protocol} (protocol_overrides) or unset "
+                   f"eval.protocol")
     _check(p.image_backbone in IMAGE_ENCODER_BACKBONES, "damsm.image_backbone",
            f"must be one of {', '.join(IMAGE_ENCODER_BACKBONES)}, got {p.image_backbone!r}")
     _check(p.epochs >= 1, "damsm.epochs", "must be >= 1")
@@ -382,6 +420,43 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# Paper evaluation protocols as named eval presets (`protocol_overrides(name)` gives the overrides;
+# `eval.protocol=name` then makes validation hold every field to them). The real set is always the
+# dataset's test split at data.resolution. Sources: reference/gan_anchors.md §3.6 (DM-GAN
+# R-precision: 30,000 images, 1 true + 99 other-class captions, 10 folds), §1.6 DF-GAN FID ("~30k
+# generated"; CUB 2933//32*32*10 = 29,120; the *_FIDK0.npz real stats are of the test set, COCO test
+# = val2014; CUB/flowers test images were flip/shift-augmented to ~30k, which we do not reproduce),
+# §6 (AttnGAN/DM-GAN rows: 30k); diffusion_metrics.md B.3 (IS: 10 splits, ddof-0 std; CUB papers
+# use a fine-tuned Inception, so our CUB IS is not comparable with theirs) and B.2 (torch-fidelity's
+# KID defaults: 100 subsets of 1000). FID uses torch-fidelity's TF1 bilinear resize (TTUR numbers).
+_T2I_PAPER_EVAL: dict[str, Any] = {
+    "num_images": 30000, "backbone": "inception", "inception_resize": "tf1_bilinear", "is_splits": 10,
+    "r_precision_candidates": 100, "r_precision_folds": 10, "kid_subsets": 100, "kid_subset_size": 1000,
+}
+EVAL_PROTOCOLS: dict[str, dict[str, Any]] = {
+    "cub": {"dataset": "cub", "eval": dict(_T2I_PAPER_EVAL),
+            "real_set": "test split (2,933 images), 30k fakes from its captions"},
+    "oxford102": {"dataset": "oxford102", "eval": dict(_T2I_PAPER_EVAL),
+                  "real_set": "test split, 30k fakes from its captions"},
+    "coco": {"dataset": "coco", "eval": dict(_T2I_PAPER_EVAL),
+             "real_set": "test split = val2014 (~40k images), 30k fakes from its captions"},
+}
+
+
+def protocol_overrides(name: str) -> dict[str, Any]:
+    """Dotted overrides that apply paper protocol `name` (and record it in eval.protocol)."""
+    if name not in EVAL_PROTOCOLS:
+        raise ConfigError(f"eval.protocol: unknown protocol {name!r}; available: {', '.join(EVAL_PROTOCOLS)}")
+    return {**{f"eval.{k}": v for k, v in EVAL_PROTOCOLS[name]["eval"].items()}, "eval.protocol": name}
+
+
+def resolved_eval_backbone(cfg: ExperimentConfig) -> str:
+    """eval.backbone with "auto" resolved: domain on `shapes`, inception on real datasets."""
+    if cfg.eval.backbone != "auto":
+        return cfg.eval.backbone
+    return "domain" if cfg.data.dataset == "shapes" else "inception"
+
+
 def build_config(preset: str = "local", overrides: Mapping[str, Any] | None = None) -> ExperimentConfig:
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; available: {', '.join(PRESETS)}")
@@ -391,6 +466,6 @@ def build_config(preset: str = "local", overrides: Mapping[str, Any] | None = No
 
 __all__ = [
     "ConfigError", "DataConfig", "ModelConfig", "LossWeights", "TrainConfig", "EvalConfig",
-    "DamsmConfig", "ExperimentConfig", "PRESETS", "build_config", "apply_overrides",
-    "parse_override", "validate", "replace",
+    "DamsmConfig", "ExperimentConfig", "PRESETS", "EVAL_PROTOCOLS", "build_config", "apply_overrides",
+    "parse_override", "protocol_overrides", "resolved_eval_backbone", "validate", "replace",
 ]

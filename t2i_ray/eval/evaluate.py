@@ -1,18 +1,23 @@
 """One entry point: a generator -> a dict of metrics, each with its sample count and backbone.
 
-On `shapes` (SPEC 6):
-- FID and KID on the features of the `domain` evaluator (trained on real shapes images, frozen,
-  cached, versioned), fakes vs the real test split;
-- oracle attribute accuracy: the evaluator's (shape, colour) detections in each fake vs the
-  objects its caption names;
-- R-precision with the frozen DAMSM encoders: 1 true + (candidates-1) captions of other test
-  images, top-1, mean and std over folds.
-IS needs an ImageNet classifier (the Inception weights of issue "real datasets"); it is not
-reported on `shapes` rather than faked with another network.
+The FID/KID feature backbone is `eval.backbone` (auto: `domain` on shapes, `inception` on real
+datasets; `config.resolved_eval_backbone`):
+- `domain` (`shapes` only, SPEC 6): the project's evaluator trained on real shapes images (frozen,
+  cached, versioned); FID and KID on its features, fakes vs the real test split, and the oracle
+  attribute accuracy (the evaluator's (shape, colour) detections vs the caption's objects). No IS:
+  that needs an ImageNet classifier, and faking it with another network would mislead.
+- `inception`: the standard TF-ported FID Inception from local weights (`eval/inception.py`);
+  FID/KID on pool3, IS (10 splits) on its logits; the real test split's statistics are computed
+  once and cached under (dataset hash, split, resolution, detector) (`eval/reference_stats.py`).
+Both: R-precision with the frozen DAMSM encoders, 1 true + (candidates-1) captions of other test
+images, top-1, mean and std over folds. Every number carries N, the real set, the resize, the
+backbone and the library versions in its row (`fid_*`, `is_*`, `r_precision_*` columns).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import json
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -20,12 +25,16 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from t2i_ray.config import ExperimentConfig
+from t2i_ray.config import ExperimentConfig, resolved_eval_backbone
 from t2i_ray.data.dataset import TextImageDataset
 from t2i_ray.data.registry import build_source, data_cache_root
 from t2i_ray.eval.features import attribute_scores, load_or_train_domain_evaluator
 from t2i_ray.eval.fid import feature_stats, frechet_distance, kernel_inception_distance
+from t2i_ray.eval.inception import (InceptionBackbone, extract_inception, load_inception, metric_library_versions,
+                                    resolve_inception_weights, to_uint8_nchw)
+from t2i_ray.eval.inception_score import inception_score
 from t2i_ray.eval.r_precision import r_precision
+from t2i_ray.eval.reference_stats import load_or_compute_reference_stats
 from t2i_ray.train.damsm import Damsm
 
 # generate(caption_ids (B,T), caption_lens (B,), z (B,z_dim)) -> images (B,3,H,W) in [-1, 1]
@@ -36,36 +45,88 @@ GenerateFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 class EvalContext:
     """Everything evaluation needs that does not depend on the generator (built once)."""
 
-    evaluator: torch.nn.Module
-    evaluator_info: dict
+    backbone: str  # "domain" | "inception"
+    # images (B,3,H,W) in [-1, 1] -> (features (B, F) float64, logits (B, A|1008) float64)
+    extract: Callable[[Tensor], tuple[np.ndarray, np.ndarray]]
+    backbone_info: dict  # "backbone" (name with weights digest), "resize", "libraries", ...
     damsm: Damsm
     test_set: TextImageDataset
-    real_features: np.ndarray  # (N_real, F) float64, evaluator features of the real test split
+    real_features: np.ndarray  # (N_real, F) features of the real test split
     real_mu: np.ndarray
     real_sigma: np.ndarray
     caption_feats: np.ndarray  # (N_real, E) DAMSM sentence features of each test image's caption 0
+    reference: dict = field(default_factory=dict)  # real-set provenance: name, N, cache hit, dataset hash
+
+
+def _eval_device(cfg: ExperimentConfig) -> torch.device:
+    return torch.device("cuda" if cfg.train.use_gpu and torch.cuda.is_available() else "cpu")
+
+
+def check_eval_assets(cfg: ExperimentConfig) -> str | None:
+    """Fail before any training when the configured backbone cannot run; returns the resolved
+    Inception weights path (absolute) for eval.backbone=inception, else None."""
+    if resolved_eval_backbone(cfg) == "inception":
+        return resolve_inception_weights(cfg.eval.inception_weights)
+    return None
 
 
 def build_eval_context(cfg: ExperimentConfig, damsm: Damsm) -> EvalContext:
     cache_dir = f"{cfg.output_dir}/cache"
-    evaluator, info = load_or_train_domain_evaluator(cfg.data, cfg.eval.evaluator_steps, cfg.eval.evaluator_images,
-                                                     cache_dir)
-    evaluator.eval()
+    backbone = resolved_eval_backbone(cfg)
+    weights_path = check_eval_assets(cfg)  # refuse before the test-set pass
     test_set = TextImageDataset(build_source(cfg.data, "test", data_cache_root(cfg)), damsm.vocab,
                                 cfg.data.words_num, train=False)
-    feats, caps = [], []
+    loader = DataLoader(test_set, batch_size=cfg.eval.batch_size)
+    # One pass: DAMSM caption features and a content hash of the real images as the evaluator sees
+    # them (uint8 levels), which keys the cached reference statistics.
+    caps, content = [], hashlib.sha256()
     with torch.no_grad():
-        for batch in DataLoader(test_set, batch_size=cfg.eval.batch_size):
-            feats.append(evaluator(batch["image"])[0].double())
+        for batch in loader:
             caps.append(damsm.text_encoder(batch["caption"], batch["caption_len"])[1])
-    real = torch.cat(feats).numpy()
-    mu, sigma = feature_stats(real)
-    return EvalContext(evaluator, info, damsm, test_set, real, mu, sigma, torch.cat(caps).numpy())
+            content.update(to_uint8_nchw(batch["image"]).numpy().tobytes())
+    dataset_hash = f"{cfg.data.dataset}-n{len(test_set)}-{content.hexdigest()[:16]}"
+    real_set = f"{cfg.data.dataset}/test"
+
+    if backbone == "domain":
+        evaluator, info = load_or_train_domain_evaluator(cfg.data, cfg.eval.evaluator_steps,
+                                                         cfg.eval.evaluator_images, cache_dir)
+        evaluator.eval()
+
+        def extract(images: Tensor) -> tuple[np.ndarray, np.ndarray]:
+            with torch.no_grad():
+                f, logits = evaluator(images)
+            return f.double().numpy(), logits.double().numpy()
+
+        backbone_info = {**info, "resize": f"none (native {cfg.data.resolution}px)",
+                         "libraries": metric_library_versions()}
+        real = np.concatenate([extract(batch["image"])[0] for batch in loader])
+        mu, sigma = feature_stats(real)
+        reference = {"real_set": real_set, "num_images": len(real), "cache_hit": False, "dataset_hash": dataset_hash}
+    else:
+        inc: InceptionBackbone = load_inception(weights_path, cfg.eval.inception_resize, _eval_device(cfg))
+
+        def extract(images: Tensor) -> tuple[np.ndarray, np.ndarray]:
+            return extract_inception(inc, [images])
+
+        backbone_info = dict(inc.info)
+        detector = f"{inc.name}/{inc.info['resize']}"
+        stats = load_or_compute_reference_stats(
+            cache_dir, dataset=cfg.data.dataset, dataset_hash=dataset_hash, split="test",
+            resolution=cfg.data.resolution, detector=detector,
+            compute_features=lambda: extract_inception(inc, (b["image"] for b in loader))[0],
+            provenance={"backbone": inc.name, "weights_sha256": inc.info["weights_sha256"],
+                        "resize": inc.info["resize"], "libraries": inc.info["libraries"],
+                        "dataset_hash": dataset_hash, "data_root": cfg.data.data_root})
+        real, mu, sigma = stats.features.astype(np.float64), stats.mu, stats.sigma
+        reference = {"real_set": real_set, "num_images": len(real), "cache_hit": stats.cache_hit,
+                     "dataset_hash": dataset_hash}
+    return EvalContext(backbone, extract, backbone_info, damsm, test_set, real, mu, sigma,
+                       torch.cat(caps).numpy(), reference)
 
 
 @torch.no_grad()
 def evaluate_generator(generate: GenerateFn, ctx: EvalContext, cfg: ExperimentConfig,
-                       z_dim: int, seed: int = 0) -> dict[str, float | int | str]:
+                       z_dim: int, seed: int = 0) -> dict[str, float | int | str | bool]:
     """Generate eval.num_images fakes for test captions (cycling over the test split) and score them."""
     e = cfg.eval
     n_test = len(ctx.test_set)
@@ -79,33 +140,57 @@ def evaluate_generator(generate: GenerateFn, ctx: EvalContext, cfg: ExperimentCo
         lens = torch.stack([it["caption_len"] for it in items])
         z = torch.randn(len(idx), z_dim, generator=noise)
         fake = generate(ids, lens, z).float().cpu().clamp(-1, 1)
-        f, logits = ctx.evaluator(fake)
-        fake_feats.append(f.double())
+        f, logits = ctx.extract(fake)
+        fake_feats.append(f)
         fake_logits.append(logits)
-        targets.append(torch.stack([it["attributes"] for it in items]))
+        if ctx.backbone == "domain":
+            targets.append(torch.stack([it["attributes"] for it in items]))
         fake_img_global.append(ctx.damsm.image_encoder(fake)[1])
         image_ids.extend(idx)
         done += len(idx)
-    fake_np = torch.cat(fake_feats).numpy()
-    mu, sigma = feature_stats(fake_np)
+    fake_np = np.concatenate(fake_feats)
+    mu, sigma = feature_stats(fake_np)  # warns below N = F (rank-deficient covariance)
+    feature_dim = fake_np.shape[1]
+    below = min(len(fake_np), len(ctx.real_features)) < feature_dim
+    if below:
+        print(f"[eval] WARNING: FID from N_fake={len(fake_np)}, N_real={len(ctx.real_features)} < feature "
+              f"dimension {feature_dim}: rank-deficient covariances, FID strongly biased in N; compare only at "
+              f"equal N and prefer KID", flush=True)
     rng = np.random.default_rng(seed)
     kid_size = min(e.kid_subset_size, len(fake_np), len(ctx.real_features))
     kid, kid_std = kernel_inception_distance(fake_np, ctx.real_features, e.kid_subsets, kid_size, rng)
     ids_np = np.asarray(image_ids)
-    rp, rp_std = r_precision(torch.cat(fake_img_global).numpy(), ctx.caption_feats[ids_np], ids_np,
-                             ctx.caption_feats, np.arange(n_test), num_candidates=e.r_precision_candidates,
+    # DM-GAN draws the mismatched captions from other *classes* on CUB/flowers (reference
+    # gan_anchors.md 3.6): a test set with classes exposes `class_ids` (N_test,); else other images.
+    class_ids = getattr(ctx.test_set, "class_ids", None)
+    pool_ids = np.arange(n_test) if class_ids is None else np.asarray(class_ids)
+    rp, rp_std = r_precision(torch.cat(fake_img_global).numpy(), ctx.caption_feats[ids_np], pool_ids[ids_np],
+                             ctx.caption_feats, pool_ids, num_candidates=e.r_precision_candidates,
                              num_folds=e.r_precision_folds, rng=rng)
-    attrs = attribute_scores(torch.cat(fake_logits).numpy(), torch.cat(targets).numpy())
-    backbone = ctx.evaluator_info["backbone"]
-    out: dict[str, float | int | str] = {
+    info = ctx.backbone_info
+    backbone = info["backbone"]
+    libraries = json.dumps(info["libraries"], sort_keys=True)
+    out: dict[str, float | int | str | bool] = {
         "fid": frechet_distance(mu, sigma, ctx.real_mu, ctx.real_sigma),
-        "kid": float(kid), "kid_std": float(kid_std), "kid_subset_size": int(kid_size),
+        "kid": float(kid), "kid_std": float(kid_std), "kid_subset_size": int(kid_size), "kid_subsets": e.kid_subsets,
         "fid_backbone": backbone, "fid_num_fake": len(fake_np), "fid_num_real": len(ctx.real_features),
-        "fid_real_set": "shapes/test",
+        "fid_real_set": ctx.reference["real_set"], "fid_resize": info["resize"], "fid_feature_dim": feature_dim,
+        "fid_below_feature_dim": bool(below), "fid_library_versions": libraries,
+        "fid_reference_cached": bool(ctx.reference["cache_hit"]),
+        "fid_reference_dataset_hash": ctx.reference["dataset_hash"],
+        "eval_protocol": e.protocol or "",
         "r_precision": float(rp), "r_precision_std": float(rp_std),
         "r_precision_num_images": len(ids_np), "r_precision_candidates": e.r_precision_candidates,
+        "r_precision_folds": e.r_precision_folds,
+        "r_precision_mismatch_from": "other images" if class_ids is None else "other classes",
         "r_precision_backbone": f"damsm-{ctx.damsm.meta['key']}",
-        "attr_backbone": backbone, "attr_num_images": len(ids_np),
     }
-    out.update({k: float(v) for k, v in attrs.items()})
+    if ctx.backbone == "domain":
+        attrs = attribute_scores(np.concatenate(fake_logits), torch.cat(targets).numpy())
+        out.update({"attr_backbone": backbone, "attr_num_images": len(ids_np)})
+        out.update({k: float(v) for k, v in attrs.items()})
+    else:
+        is_mean, is_std = inception_score(np.concatenate(fake_logits), e.is_splits, np.random.default_rng(seed))
+        out.update({"is": is_mean, "is_std": is_std, "is_splits": e.is_splits, "is_num_images": len(fake_np),
+                    "is_backbone": backbone, "is_resize": info["resize"], "is_library_versions": libraries})
     return out

@@ -33,10 +33,18 @@ def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mu, np.atleast_2d(sigma)
 
 
+def _round_off_floor(eigvals: np.ndarray) -> float:
+    """Eigenvalues below this are round-off of exact zeros (numpy's matrix_rank tolerance,
+    F * eps * lambda_max). Their square roots (~1e-8 * sqrt(lambda_max) each) would otherwise add up
+    over the ~2000 null directions of a rank-deficient (N < F) covariance."""
+    return float(eigvals.size * np.finfo(np.float64).eps * max(float(eigvals.max(initial=0.0)), 0.0))
+
+
 def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:
-    """Symmetric square root of a symmetric PSD matrix; tiny negative eigenvalues (round-off) -> 0."""
+    """Symmetric square root of a symmetric PSD matrix; round-off eigenvalues (see above) -> 0."""
     eigvals, eigvecs = np.linalg.eigh(sigma)
-    return (eigvecs * np.sqrt(np.clip(eigvals, 0.0, None))) @ eigvecs.T
+    eigvals = np.where(eigvals > _round_off_floor(eigvals), eigvals, 0.0)
+    return (eigvecs * np.sqrt(eigvals)) @ eigvecs.T
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
@@ -45,7 +53,8 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     S1 S2 is not symmetric, but it is similar to the symmetric PSD M = S1^{1/2} S2 S1^{1/2}, so
     tr((S1 S2)^{1/2}) = sum_i sqrt(lambda_i(M)) with `eigvalsh`: real by construction, no
     complex parts to discard and no scipy.linalg.sqrtm (whose regressions broke pytorch-fid,
-    Part C item 4). Round-off negative eigenvalues of rank-deficient covariances are clipped to 0.
+    Part C item 4). Round-off eigenvalues of rank-deficient covariances (below F * eps * lambda_max,
+    either sign) count as 0.
     """
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
@@ -58,7 +67,8 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     root1 = _psd_sqrt(sigma1)  # (F, F)
     m = root1 @ sigma2 @ root1
     m = (m + m.T) / 2  # symmetric in exact arithmetic; remove round-off asymmetry before eigvalsh
-    tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh(m), 0.0, None)).sum()
+    eig_m = np.linalg.eigvalsh(m)
+    tr_covmean = np.sqrt(np.where(eig_m > _round_off_floor(eig_m), eig_m, 0.0)).sum()
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
 

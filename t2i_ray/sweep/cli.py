@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from t2i_ray.config import PRESETS, ConfigError, ExperimentConfig, build_config, parse_override
+from t2i_ray.config import (EVAL_PROTOCOLS, PRESETS, ConfigError, ExperimentConfig, apply_overrides, build_config,
+                            parse_override, protocol_overrides, resolved_eval_backbone)
 
 DEFAULT_SEEDS = {"smoke": [0], "local": [0, 1], "paper": [0, 1, 2]}
 
@@ -28,6 +29,12 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=None, help="Ray Train workers (data parallel) per trial")
     p.add_argument("--use-gpu", action=argparse.BooleanOptionalAction, default=None,
                    help="one GPU per Train worker")
+    p.add_argument("--inception-weights", default=None, metavar="PATH",
+                   help="local TF-ported FID Inception weights (weights-inception-2015-12-05-6726825d.pth) "
+                        "for eval.backbone=inception (default: $T2I_INCEPTION_WEIGHTS); never downloaded")
+    p.add_argument("--eval-protocol", choices=list(EVAL_PROTOCOLS), default=None,
+                   help="apply a paper evaluation protocol (sample counts, real set, IS splits, R-precision "
+                        "candidates/folds; see config.EVAL_PROTOCOLS) and hold the config to it")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="any config field, e.g. --set model.nf=32 --set eval.num_images=2048")
     p.add_argument("--address", default=None, help="Ray cluster address (e.g. auto); default: local Ray")
@@ -36,13 +43,21 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> ExperimentConfig:
-    overrides: dict[str, Any] = dict(parse_override(o) for o in args.overrides)
+def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = None,
+                     check_eval_weights: bool = True) -> ExperimentConfig:
+    """The validated config of the command line; with eval.backbone=inception (and
+    `check_eval_weights`, off for scripts that never evaluate), the Inception weights are resolved
+    here (flag, config field or $T2I_INCEPTION_WEIGHTS) and pinned into the config as an absolute
+    path, so a missing file refuses before Ray or any training starts (also on --dry-run)."""
+    overrides: dict[str, Any] = {}
+    if getattr(args, "eval_protocol", None):
+        overrides.update(protocol_overrides(args.eval_protocol))
+    overrides.update(dict(parse_override(o) for o in args.overrides))
     for flag, key in (("output_dir", "output_dir"), ("dataset", "data.dataset"), ("data_root", "data.data_root"),
                       ("resolution", "data.resolution"),
                       ("steps", "train.steps"), ("num_workers", "train.num_workers"),
-                      ("use_gpu", "train.use_gpu")):
-        value = getattr(args, flag)
+                      ("use_gpu", "train.use_gpu"), ("inception_weights", "eval.inception_weights")):
+        value = getattr(args, flag, None)
         if value is not None:
             overrides[key] = value
     for key in ("data.data_root", "data.cache_dir"):
@@ -54,6 +69,10 @@ def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = No
     from t2i_ray.data.registry import check_dataset
 
     check_dataset(cfg.data)  # a missing or malformed real dataset fails here, before Ray (DatasetError)
+    if check_eval_weights and resolved_eval_backbone(cfg) == "inception":
+        from t2i_ray.eval.inception import resolve_inception_weights
+
+        cfg = apply_overrides(cfg, {"eval.inception_weights": resolve_inception_weights(cfg.eval.inception_weights)})
     return cfg
 
 

@@ -39,7 +39,11 @@ class SweepSpec:
     max_failures: int = 1  # Train-level restarts from the last checkpoint
 
     def spec_hash(self) -> str:
-        blob = json.dumps({"sweep": self.sweep, "base": self.base.to_dict(), "search": self.search,
+        base = self.base.to_dict()
+        # Where the Inception weights file lives is not what the sweep is (its digest is in every
+        # row): moving the file, or naming it by flag instead of $T2I_INCEPTION_WEIGHTS, must resume.
+        base["eval"] = {k: v for k, v in base["eval"].items() if k != "inception_weights"}
+        blob = json.dumps({"sweep": self.sweep, "base": base, "search": self.search,
                            "grid": self.grid, "space": repr(self.optuna_space), "n": self.num_trials,
                            "objective": self.objective}, sort_keys=True, default=str)
         return hashlib.sha1(blob.encode()).hexdigest()[:8]
@@ -93,17 +97,27 @@ def prepare_assets(cfg: ExperimentConfig, log: Callable[[str], None] = print) ->
 
     One after the other: side by side with half the cores each was slower on 2 cores (the DAMSM
     pre-training scales well with threads).
+    With eval.backbone=inception the weights file is checked first (a missing one refuses before
+    any training) and loaded once, so an unreadable file fails here rather than in every trial.
     """
+    from t2i_ray.config import resolved_eval_backbone
     from t2i_ray.data.registry import prepare_data
+    from t2i_ray.eval.evaluate import check_eval_assets
     from t2i_ray.eval.features import load_or_train_domain_evaluator
+    from t2i_ray.eval.inception import load_inception
     from t2i_ray.train.damsm import ensure_damsm
 
+    weights_path = check_eval_assets(cfg)
+    if weights_path is not None:
+        inc = load_inception(weights_path, cfg.eval.inception_resize)
+        log(f"[eval] Inception {inc.name} ready ({weights_path})")
     prepare_data(cfg, log)  # a real dataset is checked and decoded into its cache here, once
     damsm_path = ensure_damsm(cfg, log)
     e = cfg.eval
-    _, info = load_or_train_domain_evaluator(cfg.data, e.evaluator_steps, e.evaluator_images, f"{cfg.output_dir}/cache",
-                                             log=log)
-    log(f"[eval] domain evaluator {info['backbone']} ready")
+    if resolved_eval_backbone(cfg) == "domain":
+        _, info = load_or_train_domain_evaluator(cfg.data, e.evaluator_steps, e.evaluator_images,
+                                                 f"{cfg.output_dir}/cache", log=log)
+        log(f"[eval] domain evaluator {info['backbone']} ready")
     return str(Path(damsm_path).resolve())
 
 
@@ -171,6 +185,11 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, max_concurrent: in
         if getattr(base.data, key):
             paths[f"data.{key}"] = str(Path(getattr(base.data, key)).expanduser().resolve())
     base = apply_overrides(base, paths)
+    from t2i_ray.eval.evaluate import check_eval_assets
+
+    weights_path = check_eval_assets(base)  # refuse before any training; pin $T2I_INCEPTION_WEIGHTS
+    if weights_path is not None:  # into the config, which workers on other nodes receive
+        base = apply_overrides(base, {"eval.inception_weights": weights_path})
     damsm_path = prepare_assets(base, log)
     # Intermediate training reports carry losses, not the final metric the searcher optimises.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")

@@ -249,9 +249,10 @@ def evaluate_models(cfg: ExperimentConfig, models: GANModels, damsm, writer, ste
         for k, v in metrics.items():
             if isinstance(v, (int, float)):
                 writer.add_scalar(f"eval/{k}", v, step)
+    extra = (f"attr_pair_recall={metrics['attr_pair_recall']:.3f}" if "attr_pair_recall" in metrics
+             else f"is={metrics['is']:.3f}")  # domain backbone: oracle attributes; inception: IS
     print(f"[{run_name}] eval: fid={metrics['fid']:.3f} kid={metrics['kid']:.4f} "
-          f"r_precision={metrics['r_precision']:.3f} attr_pair_recall={metrics['attr_pair_recall']:.3f} "
-          f"({metrics['eval_seconds']:.0f}s)", flush=True)
+          f"r_precision={metrics['r_precision']:.3f} {extra} ({metrics['eval_seconds']:.0f}s)", flush=True)
     return metrics
 
 
