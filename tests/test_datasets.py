@@ -457,6 +457,9 @@ def test_cli_dataset_shorthand_checks_the_tree_before_anything_runs(tmp_path, mo
     root = tmp_path / "celeba"
     write_celeba(root)
     monkeypatch.chdir(tmp_path)
+    # real datasets are scored with the Inception backbone: its weights file must exist (not loaded here)
+    (tmp_path / "inception.pth").write_bytes(b"")
+    monkeypatch.setenv("T2I_INCEPTION_WEIGHTS", str(tmp_path / "inception.pth"))
     args = base_parser("x").parse_args(["--preset", "smoke", "--dataset", "mmceleba", "--data-root", "celeba"])
     cfg = config_from_args(args)
     assert (cfg.data.dataset, cfg.data.data_root) == ("mmceleba", str(root.resolve()))  # made absolute

@@ -14,7 +14,6 @@ import scipy.linalg
 import torch
 from torch_fidelity.metric_isc import isc_features_to_metric
 
-from t2i_ray import config as config_mod
 from t2i_ray.config import ConfigError, apply_overrides, build_config, protocol_overrides, resolved_eval_backbone
 from t2i_ray.eval.fid import feature_stats, frechet_distance
 from t2i_ray.eval.inception import (WEIGHTS_ENV, WEIGHTS_FILE, WEIGHTS_URL, InceptionWeightsError, extract_inception,
@@ -248,7 +247,7 @@ def test_reference_stats_cache_hit_miss_and_provenance(tmp_path):
 
 # ------------------------------------------------------------------------- config, protocols
 
-def test_backbone_choice_and_paper_protocols(monkeypatch):
+def test_backbone_choice_and_paper_protocols():
     cfg = build_config("smoke")
     assert cfg.eval.backbone == "auto" and resolved_eval_backbone(cfg) == "domain"
     assert resolved_eval_backbone(apply_overrides(cfg, {"eval.backbone": "inception"})) == "inception"
@@ -259,9 +258,8 @@ def test_backbone_choice_and_paper_protocols(monkeypatch):
     with pytest.raises(ConfigError, match="eval.protocol"):
         apply_overrides(cfg, protocol_overrides("cub"))  # the CUB protocol on shapes
 
-    # Real datasets (registered by their readers): auto means inception, domain is refused.
-    monkeypatch.setattr(config_mod, "DATASETS", (*config_mod.DATASETS, "cub"))
-    cub = apply_overrides(cfg, {"data.dataset": "cub"})
+    # Real datasets: auto means inception, domain is refused (config checks data_root's presence only).
+    cub = apply_overrides(cfg, {"data.dataset": "cub", "data.data_root": "/data/birds"})
     assert resolved_eval_backbone(cub) == "inception"
     with pytest.raises(ConfigError, match="eval.backbone.*shapes only"):
         apply_overrides(cub, {"eval.backbone": "domain"})
