@@ -492,3 +492,31 @@ def test_damsm_pretraining_and_a_gan_step_run_on_a_real_dataset(cub_root, tmp_pa
     models = build_gan_models(cfg, damsm.text_encoder, damsm.image_encoder)
     losses = gan_step(models, build_optimizers(models, cfg), batch, cfg, torch.Generator().manual_seed(0))
     assert all(np.isfinite(v) for v in losses.values()) and "loss_d" in losses
+
+
+def test_the_training_loop_runs_end_to_end_on_a_real_dataset_with_inception_metrics(cub_root, tmp_path):
+    """The main job's worker loop (in-process, one worker) on a CUB tree: cache, DAMSM, training,
+    checkpoint, and the standard-Inception evaluation (random weights of the right shapes)."""
+    from t2i_ray.eval.inception import random_inception_state_dict
+    from t2i_ray.train.damsm import ensure_damsm
+    from t2i_ray.train.loop import LocalEnv, run_training
+
+    weights = tmp_path / "inception.pth"
+    torch.save(random_inception_state_dict(seed=0), weights)
+    cfg = build_config("smoke", {"data.dataset": "cub", "data.data_root": str(cub_root),
+                                 "output_dir": str(tmp_path / "out"), "model.nf": 4, "train.batch_size": 4,
+                                 "train.steps": 2, "train.report_every": 1, "train.checkpoint_every": 2,
+                                 "damsm.epochs": 1, "damsm.batch_size": 4, "eval.inception_weights": str(weights),
+                                 "eval.num_images": 8, "eval.batch_size": 8, "eval.r_precision_candidates": 2,
+                                 "eval.r_precision_folds": 1, "eval.kid_subsets": 2, "eval.kid_subset_size": 2,
+                                 "eval.is_splits": 2})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        damsm_path = str(ensure_damsm(cfg, log=_quiet))
+        final = run_training(cfg, LocalEnv(tmp_path / "run"), damsm_path, "cub-run")
+    assert final["step"] == 2 and final["finished"] == 1
+    assert final["fid_backbone"].startswith("inception-v3") and final["fid_real_set"] == "cub/test"
+    assert final["fid_num_fake"] == 8 and final["fid_below_feature_dim"]
+    for key in ("fid", "kid", "is", "r_precision"):
+        assert np.isfinite(final[key]), key
+    assert (tmp_path / "run" / "checkpoint").is_dir()
