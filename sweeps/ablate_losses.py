@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
             raise ConfigError(f"--trials must be >= 1, got {args.trials}")
     except ConfigError as exc:
         fail(str(exc))
-    from t2i_ray.sweep.run import SweepSpec, format_table, run_sweep, summarize
+    from t2i_ray.sweep.run import ResumeError, SweepSpec, format_table, run_sweep, summarize
 
     spec = SweepSpec(sweep="ablate_losses", base=apply_overrides(base, {"seed": seeds[0]}),
                      search=args.search, grid=grid,
@@ -55,7 +55,11 @@ def main(argv: list[str] | None = None) -> None:
         if args.search == "optuna":
             print(f"  {args.trials} Optuna TPE trials over {list(spec.optuna_space)}")
         return
-    rows = run_sweep(spec, address=args.address, max_concurrent=args.max_concurrent)
+    try:
+        rows = run_sweep(spec, address=args.address, max_concurrent=args.max_concurrent, resume=args.resume,
+                         storage_path=args.storage_path)
+    except (ConfigError, ResumeError) as exc:
+        fail(str(exc))
     order = list(LOSS_ROWS) + ["optuna"]
     table = format_table(summarize(rows, order))
     out = Path(base.output_dir) / "tables"

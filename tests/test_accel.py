@@ -83,7 +83,7 @@ def _one_step(cfg, models, batch, amp: str, channels_last: str):
     return losses, delta
 
 
-def test_bf16_autocast_and_channels_last_steps_match_float32_on_cpu(tiny_cfg, tiny_damsm):
+def test_bf16_autocast_and_channels_last_steps_match_float32_on_cpu(one_thread, tiny_cfg, tiny_damsm):
     # F2R on, so every region is exercised: autocast D, head and G, float32 DAMSM image encoder.
     cfg = apply_overrides(tiny_cfg, {"loss.f2r": 0.2})
     models, batch = _models_and_batch(cfg, tiny_damsm)

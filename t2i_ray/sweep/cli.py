@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from t2i_ray.config import PRESETS, ConfigError, ExperimentConfig, build_config, parse_override
+from t2i_ray.config import PRESETS, ConfigError, ExperimentConfig, build_config_with_file, parse_override
 
 DEFAULT_SEEDS = {"smoke": [0], "local": [0, 1], "paper": [0, 1, 2]}
 
@@ -28,11 +28,20 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=None, help="Ray Train workers (data parallel) per trial")
     p.add_argument("--use-gpu", action=argparse.BooleanOptionalAction, default=None,
                    help="one GPU per Train worker")
+    p.add_argument("--config", default=None, metavar="PATH.yaml",
+                   help="YAML file of config fields (train: {steps: 300}); precedence: preset < file "
+                        "< --set and the flags above")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="any config field, e.g. --set model.nf=32 --set eval.num_images=2048")
     p.add_argument("--address", default=None, help="Ray cluster address (e.g. auto); default: local Ray")
     p.add_argument("--max-concurrent", type=int, default=None, help="cap on trials running at once")
     p.add_argument("--dry-run", action="store_true", help="validate and print the trials, run nothing")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted sweep these options name; an error if there is none "
+                        "(without --resume a saved sweep is resumed too, and a missing one started)")
+    p.add_argument("--storage-path", default=None, metavar="PATH_OR_URI",
+                   help="Ray Tune state and Train checkpoints (default <output-dir>/ray); may be "
+                        "s3://bucket/prefix or gs://... on a cluster")
     return p
 
 
@@ -50,7 +59,7 @@ def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = No
         if overrides.get(key):
             overrides[key] = str(Path(str(overrides[key])).expanduser().resolve())
     overrides.update(extra or {})
-    cfg = build_config(args.preset, overrides)
+    cfg = build_config_with_file(args.preset, args.config, overrides)
     from t2i_ray.data.registry import check_dataset
 
     check_dataset(cfg.data)  # a missing or malformed real dataset fails here, before Ray (DatasetError)
