@@ -183,6 +183,7 @@ def train_driver(config: dict[str, Any]) -> None:
     if done is not None and done.get("status") == "ok" and done.get("config_json") == json.dumps(cfg.to_dict(), sort_keys=True):
         # Its row is already written (the sweep was killed before Tune recorded the trial as
         # finished): report the stored metrics instead of training and evaluating again.
+        print(f"[{run_name}] already finished (its row is in the results table): not rerun", flush=True)
         ray.tune.report({k: v for k, v in done.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
                          and math.isfinite(v)})
         return
