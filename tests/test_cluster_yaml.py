@@ -80,3 +80,13 @@ def test_validation_catches_the_usual_mistakes(mutate, error):
     mutate(config)
     with pytest.raises(error):
         _validate(config)
+
+
+def test_trial_drivers_go_to_the_head_only_when_the_cluster_has_the_resource():
+    from t2i_ray.sweep.run import DRIVER_CPUS, DRIVER_RESOURCE, driver_resources
+
+    for name in FILES:
+        config = _load(name)
+        assert DRIVER_RESOURCE in config["available_node_types"][config["head_node_type"]]["resources"]
+    assert driver_resources({"CPU": 104.0, "GPU": 9.0, DRIVER_RESOURCE: 1000.0}) == {"cpu": DRIVER_CPUS, DRIVER_RESOURCE: 1}
+    assert driver_resources({"CPU": 2.0}) == {"cpu": DRIVER_CPUS}  # a laptop: no such resource, no hang

@@ -80,7 +80,8 @@ def fit_resources(total_cpus: float, total_gpus: float, num_workers: int, cpus_p
     if use_gpu and num_workers > total_gpus:
         raise ConfigError(f"train.num_workers={num_workers} GPU workers per trial, but the Ray cluster "
                           f"has {total_gpus:g} GPUs; lower train.num_workers, set train.use_gpu=false, "
-                          f"or add GPU nodes")
+                          f"or add GPU nodes (an autoscaling cluster counts the nodes that are up when "
+                          f"the sweep starts: raise the GPU node type's min_workers in cluster.yaml)")
     k = max(1, int(total_cpus // need_cpu + 1e-9))
     if use_gpu:
         k = min(k, int(total_gpus // num_workers))
@@ -277,7 +278,6 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, max_concurrent: in
         if getattr(base.data, key):
             paths[f"data.{key}"] = str(Path(getattr(base.data, key)).expanduser().resolve())
     base = apply_overrides(base, paths)
-    damsm_path = prepare_assets(base, log)
     # Intermediate training reports carry losses, not the final metric the searcher optimises.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     # Ray Train's print patch tees worker prints to both the (wrapped) stdout and its logger, so
@@ -298,6 +298,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, max_concurrent: in
     log(f"[sweep] {spec.name}: {n_trials} trials, {concurrency} at a time, "
         f"{base.train.num_workers} worker(s)/trial with {fit.worker_resources} each "
         f"(cluster: {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs)")
+    damsm_path = prepare_assets(base, log)  # after the fit check: a sweep that cannot fit fails at once
     param_space: dict[str, Any] = {
         "base": base.to_dict(), "damsm_path": damsm_path, "experiment": spec.name,
         "storage_path": f"{storage}/train", "worker_resources": fit.worker_resources,
