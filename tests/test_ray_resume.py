@@ -66,7 +66,8 @@ def test_killed_sweep_resumes_without_rerunning_or_duplicating(tiny_cfg, tiny_da
         sys.path.remove(str(tmp_path))
     name = sweep_driver.spec(str(out)).name
     first_row = store.results_dir(out) / f"{name}-baseline-s0.parquet"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_DEDUP_LOGS": "1"}
+    # RAY_ADDRESS=local: a Ray cluster of its own, even when another one runs on this machine
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_DEDUP_LOGS": "1", "RAY_ADDRESS": "local"}
 
     log1 = open(tmp_path / "first.log", "w")
     proc = subprocess.Popen([sys.executable, str(script), str(out), "new"], cwd=tmp_path, env=env,
