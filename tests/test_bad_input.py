@@ -142,3 +142,26 @@ def test_dataset_assets_vanishing_mid_run_fail_on_restart_with_the_path(tiny_cfg
     with pytest.raises(FileNotFoundError, match=r"DAMSM folder .*damsm is incomplete \(missing .*\); "
                                                 r"delete it and rerun, or run sweeps/pretrain_damsm.py"):
         run_training(tiny_cfg, LocalEnv(tmp_path / "run"), str(damsm_copy), "vanish")
+
+
+def test_real_dataset_folder_vanishing_mid_run(tmp_path):
+    """A real dataset is decoded once, before the trials, into the cache; a worker that (re)starts
+    after `data_root` vanished reads that cache and says so. With the cache gone too, it fails
+    with the dataset's expected tree."""
+    from t2i_ray.config import DataConfig
+    from t2i_ray.data import registry
+    from t2i_ray.data.reading import DatasetError
+    from tests.test_datasets import write_cub
+
+    root = tmp_path / "birds"
+    write_cub(root)
+    data_cfg = DataConfig(dataset="cub", data_root=str(root), resolution=32)
+    built = registry.build_source(data_cfg, "train", tmp_path / "cache", log=lambda s: None)
+    shutil.rmtree(root)  # vanishes mid-run
+    logs: list[str] = []
+    again = registry.build_source(data_cfg, "train", tmp_path / "cache", log=logs.append)
+    assert again.images().shape == built.images().shape
+    assert "is not on this machine; using the cache the driver built" in logs[0]
+    shutil.rmtree(tmp_path / "cache")
+    with pytest.raises(DatasetError, match=r"birds.*is not a directory"):
+        registry.build_source(data_cfg, "train", tmp_path / "cache", log=lambda s: None)
