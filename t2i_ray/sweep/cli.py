@@ -71,12 +71,15 @@ def fail(message: str) -> None:
     raise SystemExit(2)
 
 
-def report_locations(output_dir: str | Path, experiment: str) -> str:
+def report_locations(output_dir: str | Path, experiment: str, storage_path: str | None = None) -> str:
+    from t2i_ray.sweep.run import storage_root
+
     out = Path(output_dir).resolve()
+    ray_dir = storage_root(out, storage_path)
     return "\n".join([
         f"results table (one parquet file per trial): {out / 'results'}",
-        f"checkpoints (Ray Train, per trial):         {out / 'ray' / 'train'}",
-        f"Tune experiment (resume state, trial logs):  {out / 'ray' / 'tune' / experiment}",
+        f"checkpoints (Ray Train, per trial):         {ray_dir}/train",
+        f"Tune experiment (resume state, trial logs):  {ray_dir}/tune/{experiment}",
         f"sample grids (PNG + captions JSON):          {out / 'samples'}",
         f"TensorBoard logs:                            tensorboard --logdir {out / 'tensorboard'}",
         f"cached DAMSM encoders, evaluator, datasets:  {out / 'cache'}",

@@ -181,12 +181,13 @@ def train_driver(config: dict[str, Any]) -> None:
         run_name = f"{config['experiment']}-{ray.tune.get_context().get_trial_id()}"
     cfg = apply_overrides(base, {**overrides, "seed": seed, "name": row})
     done = store.read_row(cfg.output_dir, run_name)
-    if done is not None and done.get("status") == "ok" and done.get("config_json") == json.dumps(cfg.to_dict(), sort_keys=True):
+    same_config = done is not None and done.get("config_json") == json.dumps(cfg.to_dict(), sort_keys=True)
+    if same_config and done.get("status") == "ok":
         # Its row is already written (the sweep was killed before Tune recorded the trial as
         # finished): report the stored metrics instead of training and evaluating again.
         print(f"[{run_name}] already finished (its row is in the results table): not rerun", flush=True)
-        ray.tune.report({k: v for k, v in done.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-                         and math.isfinite(v)})
+        ray.tune.report({k: v for k, v in done.items() if not k.startswith(("config.", "lib."))
+                         and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)})
         return
     trainer = TorchTrainer(
         ray_worker,
@@ -226,7 +227,7 @@ def train_driver(config: dict[str, Any]) -> None:
     ray.tune.report({k: v for k, v in final.items() if isinstance(v, (int, float)) and math.isfinite(v)})
 
 
-def _storage_root(output_dir: Path, storage_path: str | None) -> str:
+def storage_root(output_dir: Path, storage_path: str | None) -> str:
     """Ray's storage (Tune state, Train checkpoints): a local folder or a URI (s3://, gs://)."""
     if not storage_path:
         return str(output_dir / "ray")
@@ -235,7 +236,7 @@ def _storage_root(output_dir: Path, storage_path: str | None) -> str:
 
 def experiment_path(spec: SweepSpec, storage_path: str | None = None) -> str:
     output_dir = Path(spec.base.output_dir).resolve()
-    return f"{_storage_root(output_dir, storage_path)}/tune/{spec.name}"
+    return f"{storage_root(output_dir, storage_path)}/tune/{spec.name}"
 
 
 def check_resumable(spec: SweepSpec, storage_path: str | None = None) -> str:
@@ -272,7 +273,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, max_concurrent: in
     check_output_dir(output_dir)
     if resume:
         check_resumable(spec, storage_path)
-    storage = _storage_root(output_dir, storage_path)
+    storage = storage_root(output_dir, storage_path)
     paths = {"output_dir": str(output_dir)}
     for key in ("data_root", "cache_dir"):  # workers run in other working directories
         if getattr(base.data, key):
