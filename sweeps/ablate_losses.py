@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from t2i_ray.config import ConfigError, apply_overrides
+from t2i_ray.config import ConfigError, apply_overrides, build_config
 from t2i_ray.sweep.cli import base_parser, config_from_args, fail, report_locations, seeds_for
-from t2i_ray.sweep.space import DEFAULT_WEIGHTS, LOSS_ROWS, loss_row_overrides, optuna_space
+from t2i_ray.sweep.space import DEFAULT_WEIGHTS, LOSS_ROWS, WEIGHT_KEYS, loss_row_overrides, optuna_space
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,6 +33,14 @@ def main(argv: list[str] | None = None) -> None:
             if not w >= 0:
                 raise ConfigError(f"--{name}: loss weight must be >= 0, got {w}")
         base = config_from_args(args)
+        # The swept weights come from the rows (--l1/--l2/--l3) or Optuna: a value set in --config or
+        # --set would be silently replaced, so it is refused.
+        preset = build_config(args.preset)
+        for name, key in WEIGHT_KEYS.items():
+            field = key.split(".")[1]
+            if getattr(base.loss, field) != getattr(preset.loss, field):
+                raise ConfigError(f"{key}: set per ablation row by this sweep; pass --{name} (the weight a row "
+                                  f"uses when its term is on) instead of setting {key} in --config/--set")
         seeds = list(seeds_for(args))
         grid = [{"row": row, "seed": s, "overrides": loss_row_overrides(row, weights)}
                 for row in args.rows for s in seeds]

@@ -165,3 +165,11 @@ def test_real_dataset_folder_vanishing_mid_run(tmp_path):
     shutil.rmtree(tmp_path / "cache")
     with pytest.raises(DatasetError, match=r"birds.*is not a directory"):
         registry.build_source(data_cfg, "train", tmp_path / "cache", log=lambda s: None)
+
+
+def test_swept_loss_weight_in_the_config_file_is_refused_not_silently_replaced(tmp_path, capsys):
+    main = _ablate_main()
+    with pytest.raises(SystemExit) as code:
+        main(["--preset", "smoke", "--config", str(_yaml(tmp_path, "loss: {f2r: 0.3}\n")), "--dry-run"])
+    assert code.value.code == 2
+    assert "loss.f2r: set per ablation row by this sweep; pass --l2" in capsys.readouterr().err
