@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> None:
           f"R-precision with the DAMSM encoders):\n{table}")
     if len(failed):
         print(f"\n{len(failed)} trial(s) failed: " + "; ".join(f"{r.run_name}: {r.error}" for r in failed.itertuples()))
-    print(f"\ntable: {out / (spec.name + '.md')} (+ .csv with every trial)\n" + report_locations(base.output_dir, spec.name, args.storage_path))
+    print(f"\ntable: {out / (spec.name + '.md')} (+ .csv with every trial)\n"
+          + report_locations(base.output_dir, spec.name, args.storage_path))
 
 
 if __name__ == "__main__":

@@ -88,5 +88,6 @@ def test_trial_drivers_go_to_the_head_only_when_the_cluster_has_the_resource():
     for name in FILES:
         config = _load(name)
         assert DRIVER_RESOURCE in config["available_node_types"][config["head_node_type"]]["resources"]
-    assert driver_resources({"CPU": 104.0, "GPU": 9.0, DRIVER_RESOURCE: 1000.0}) == {"cpu": DRIVER_CPUS, DRIVER_RESOURCE: 1}
+    head_and_gpus = {"CPU": 104.0, "GPU": 9.0, DRIVER_RESOURCE: 1000.0}
+    assert driver_resources(head_and_gpus) == {"cpu": DRIVER_CPUS, DRIVER_RESOURCE: 1}
     assert driver_resources({"CPU": 2.0}) == {"cpu": DRIVER_CPUS}  # a laptop: no such resource, no hang

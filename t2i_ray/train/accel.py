@@ -60,7 +60,8 @@ class Accel:
             torch.backends.cudnn.benchmark = True
 
     def describe(self) -> dict[str, Any]:
-        return {"device": str(self.device), "amp": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "off",
+        amp = str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "off"
+        return {"device": str(self.device), "amp": amp,
                 "channels_last": self.channels_last, "cudnn_benchmark": self.cudnn_benchmark}
 
 
