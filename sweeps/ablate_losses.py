@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from t2i_ray.config import ConfigError, apply_overrides
+from t2i_ray.config import ConfigError, apply_overrides, build_config
 from t2i_ray.sweep.cli import base_parser, config_from_args, fail, report_locations, seeds_for
-from t2i_ray.sweep.space import DEFAULT_WEIGHTS, LOSS_ROWS, loss_row_overrides, optuna_space
+from t2i_ray.sweep.space import DEFAULT_WEIGHTS, LOSS_ROWS, WEIGHT_KEYS, loss_row_overrides, optuna_space
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,6 +33,14 @@ def main(argv: list[str] | None = None) -> None:
             if not w >= 0:
                 raise ConfigError(f"--{name}: loss weight must be >= 0, got {w}")
         base = config_from_args(args)
+        # The swept weights come from the rows (--l1/--l2/--l3) or Optuna: a value set in --config or
+        # --set would be silently replaced, so it is refused.
+        preset = build_config(args.preset)
+        for name, key in WEIGHT_KEYS.items():
+            field = key.split(".")[1]
+            if getattr(base.loss, field) != getattr(preset.loss, field):
+                raise ConfigError(f"{key}: set per ablation row by this sweep; pass --{name} (the weight a row "
+                                  f"uses when its term is on) instead of setting {key} in --config/--set")
         seeds = list(seeds_for(args))
         grid = [{"row": row, "seed": s, "overrides": loss_row_overrides(row, weights)}
                 for row in args.rows for s in seeds]
@@ -42,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
             raise ConfigError(f"--trials must be >= 1, got {args.trials}")
     except ConfigError as exc:
         fail(str(exc))
-    from t2i_ray.sweep.run import SweepSpec, format_table, run_sweep, summarize
+    from t2i_ray.sweep.run import ResumeError, SweepSpec, format_table, run_sweep, summarize
 
     spec = SweepSpec(sweep="ablate_losses", base=apply_overrides(base, {"seed": seeds[0]}),
                      search=args.search, grid=grid,
@@ -55,7 +63,11 @@ def main(argv: list[str] | None = None) -> None:
         if args.search == "optuna":
             print(f"  {args.trials} Optuna TPE trials over {list(spec.optuna_space)}")
         return
-    rows = run_sweep(spec, address=args.address, max_concurrent=args.max_concurrent)
+    try:
+        rows = run_sweep(spec, address=args.address, max_concurrent=args.max_concurrent, resume=args.resume,
+                         storage_path=args.storage_path)
+    except (ConfigError, ResumeError) as exc:
+        fail(str(exc))
     order = list(LOSS_ROWS) + ["optuna"]
     table = format_table(summarize(rows, order))
     out = Path(base.output_dir) / "tables"
@@ -67,7 +79,8 @@ def main(argv: list[str] | None = None) -> None:
           f"R-precision with the DAMSM encoders):\n{table}")
     if len(failed):
         print(f"\n{len(failed)} trial(s) failed: " + "; ".join(f"{r.run_name}: {r.error}" for r in failed.itertuples()))
-    print(f"\ntable: {out / (spec.name + '.md')} (+ .csv with every trial)\n" + report_locations(base.output_dir, spec.name))
+    print(f"\ntable: {out / (spec.name + '.md')} (+ .csv with every trial)\n"
+          + report_locations(base.output_dir, spec.name, args.storage_path))
 
 
 if __name__ == "__main__":

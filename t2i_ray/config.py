@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
 from typing import Any, Mapping
 
 DATASETS = ("shapes", "cub", "oxford102", "coco", "mmceleba", "cityscapes")  # readers: t2i_ray/data/registry.py
@@ -27,6 +28,7 @@ EVAL_BACKBONES = ("auto", "domain", "inception")
 # diffusion_metrics.md B.5 item 3 / Part C item 5): tf1_bilinear = torch-fidelity's TF1-exact
 # bilinear (TTUR-comparable), pil_bicubic = PIL bicubic to 299 then uint8 (clean-fid's filter).
 INCEPTION_RESIZE_MODES = ("tf1_bilinear", "pil_bicubic")
+AMP_MODES = ("auto", "bf16", "off")
 
 
 class ConfigError(ValueError):
@@ -95,6 +97,10 @@ class TrainConfig:
     beta2: float = 0.9
     num_workers: int = 1  # Ray Train workers per trial (data parallel)
     use_gpu: bool = False
+    # GPU speed-ups (t2i_ray/train/accel.py); "auto" turns each on only where it helps (CUDA).
+    amp: str = "auto"  # auto | bf16 | off: bf16 autocast of the forward passes (no GradScaler needed)
+    channels_last: str = "auto"  # auto | on | off: NHWC memory format for G, D and image batches
+    cudnn_benchmark: bool = True  # let cuDNN pick the fastest conv algorithms (CUDA only)
     cpus_per_worker: float = 1.0
     torch_threads: int = 1  # intra-op threads per worker (CPU)
     report_every: int = 100  # steps between ray.train.report / TensorBoard scalars
@@ -332,6 +338,9 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         _check(getattr(t, name) > 0, f"train.{name}", "must be > 0")
     _check(0 <= t.beta1 < 1 and 0 <= t.beta2 < 1, "train.beta1/beta2", "must be in [0, 1)")
     _check(t.num_workers >= 1, "train.num_workers", f"must be >= 1, got {t.num_workers}")
+    _check(t.amp in AMP_MODES, "train.amp", f"must be one of {', '.join(AMP_MODES)}, got {t.amp!r}")
+    _check(t.channels_last in ("auto", "on", "off"), "train.channels_last",
+           f"must be one of auto, on, off, got {t.channels_last!r}")
     _check(t.cpus_per_worker > 0, "train.cpus_per_worker", "must be > 0")
     _check(t.torch_threads >= 1, "train.torch_threads", "must be >= 1")
     _check(t.report_every >= 1, "train.report_every", "must be >= 1")
@@ -464,8 +473,85 @@ def build_config(preset: str = "local", overrides: Mapping[str, Any] | None = No
     return apply_overrides(cfg, dict(overrides or {}))
 
 
+class _YamlLeaf:
+    """A leaf value of a config file and the line it came from (for error messages)."""
+
+    def __init__(self, value: Any, line: int):
+        self.value, self.line = value, line
+
+
+def read_config_file(path: str | Path) -> dict[str, _YamlLeaf]:
+    """Read a YAML config file into dotted keys (`{"train.steps": leaf}`), strictly.
+
+    The file mirrors the config tree (`train: {steps: 300}`; dotted keys such as `train.steps: 300`
+    are accepted too). Syntax errors, duplicate keys (YAML would silently keep the last) and
+    non-mapping sections raise ConfigError with `file:line`. Unknown keys and wrong types are
+    caught by `build_config`, which `config_file_overrides` maps back to their lines.
+    """
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot read it ({exc.strerror or exc})") from None
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return {}
+        out: dict[str, _YamlLeaf] = {}
+        sections = {k for k, v in ExperimentConfig().to_dict().items() if isinstance(v, dict)}
+
+        def walk(node, prefix: str) -> None:
+            if not isinstance(node, yaml.MappingNode):
+                where = prefix.rstrip(".") or "the top level"
+                raise ConfigError(f"{path}:{node.start_mark.line + 1}: {where} must be a mapping of "
+                                  f"config keys (e.g. train: {{steps: 300}}), got a {node.id}")
+            for key_node, value_node in node.value:
+                key = prefix + str(loader.construct_object(key_node))
+                line = key_node.start_mark.line + 1
+                if isinstance(value_node, yaml.MappingNode):
+                    walk(value_node, key + ".")
+                    continue
+                if key in sections:
+                    raise ConfigError(f"{path}:{line}: {key} is a config section: give its keys as a "
+                                      f"mapping (e.g. {key}: {{...}}), got a {value_node.id}")
+                if key in out:
+                    raise ConfigError(f"{path}:{line}: duplicate key {key!r} (first set on line "
+                                      f"{out[key].line}); YAML would silently keep the last one")
+                out[key] = _YamlLeaf(loader.construct_object(value_node, deep=True), line)
+
+        walk(root, "")
+        return out
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
+    finally:
+        loader.dispose()
+
+
+def build_config_with_file(preset: str, config_file: str | Path | None,
+                           overrides: Mapping[str, Any] | None = None) -> ExperimentConfig:
+    """preset < config file < explicit overrides; an error in the file names its line."""
+    leaves = read_config_file(config_file) if config_file else {}
+    try:
+        cfg = build_config(preset, {k: leaf.value for k, leaf in leaves.items()})
+    except ConfigError as exc:
+        msg = str(exc)
+        # The failing dotted key is the message's subject: "train.steps: ..." or "unknown config key 'x.y'".
+        for key, leaf in leaves.items():
+            if msg.startswith(f"{key}:") or f"'{key}'" in msg or f" {key};" in msg or f" {key}," in msg:
+                raise ConfigError(f"{config_file}:{leaf.line}: {msg}") from None
+        raise ConfigError(f"{config_file}: {msg}") from None
+    return apply_overrides(cfg, dict(overrides or {}))
+
+
 __all__ = [
     "ConfigError", "DataConfig", "ModelConfig", "LossWeights", "TrainConfig", "EvalConfig",
     "DamsmConfig", "ExperimentConfig", "PRESETS", "EVAL_PROTOCOLS", "build_config", "apply_overrides",
-    "parse_override", "protocol_overrides", "resolved_eval_backbone", "validate", "replace",
+    "parse_override", "protocol_overrides", "resolved_eval_backbone", "validate", "replace", "read_config_file",
+    "build_config_with_file",
 ]

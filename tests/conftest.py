@@ -66,3 +66,15 @@ def tiny_grid_sweep(tiny_cfg, tiny_damsm, local_ray):
     grid = [{"row": r, "seed": 0, "overrides": loss_row_overrides(r)} for r in ("baseline", "+F2R")]
     spec = SweepSpec(sweep="test_sweep", base=tiny_cfg, search="grid", grid=grid)
     return spec, run_sweep(spec, log=lambda s: None)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models: intra-op threads only add contention on a shared 2-core machine (the loop
+    also runs one thread per worker)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from t2i_ray.config import (EVAL_PROTOCOLS, PRESETS, ConfigError, ExperimentConfig, apply_overrides, build_config,
-                            parse_override, protocol_overrides, resolved_eval_backbone)
+from t2i_ray.config import (EVAL_PROTOCOLS, PRESETS, ConfigError, ExperimentConfig, apply_overrides,
+                            build_config_with_file, parse_override, protocol_overrides, resolved_eval_backbone)
 
 DEFAULT_SEEDS = {"smoke": [0], "local": [0, 1], "paper": [0, 1, 2]}
 
@@ -35,11 +35,20 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--eval-protocol", choices=list(EVAL_PROTOCOLS), default=None,
                    help="apply a paper evaluation protocol (sample counts, real set, IS splits, R-precision "
                         "candidates/folds; see config.EVAL_PROTOCOLS) and hold the config to it")
+    p.add_argument("--config", default=None, metavar="PATH.yaml",
+                   help="YAML file of config fields (train: {steps: 300}); precedence: preset < file "
+                        "< --set and the flags above")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="any config field, e.g. --set model.nf=32 --set eval.num_images=2048")
     p.add_argument("--address", default=None, help="Ray cluster address (e.g. auto); default: local Ray")
     p.add_argument("--max-concurrent", type=int, default=None, help="cap on trials running at once")
     p.add_argument("--dry-run", action="store_true", help="validate and print the trials, run nothing")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted sweep these options name; an error if there is none "
+                        "(without --resume a saved sweep is resumed too, and a missing one started)")
+    p.add_argument("--storage-path", default=None, metavar="PATH_OR_URI",
+                   help="Ray Tune state and Train checkpoints (default <output-dir>/ray); may be "
+                        "s3://bucket/prefix or gs://... on a cluster")
     return p
 
 
@@ -65,7 +74,7 @@ def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = No
         if overrides.get(key):
             overrides[key] = str(Path(str(overrides[key])).expanduser().resolve())
     overrides.update(extra or {})
-    cfg = build_config(args.preset, overrides)
+    cfg = build_config_with_file(args.preset, args.config, overrides)
     from t2i_ray.data.registry import check_dataset
 
     check_dataset(cfg.data)  # a missing or malformed real dataset fails here, before Ray (DatasetError)
@@ -81,12 +90,15 @@ def fail(message: str) -> None:
     raise SystemExit(2)
 
 
-def report_locations(output_dir: str | Path, experiment: str) -> str:
+def report_locations(output_dir: str | Path, experiment: str, storage_path: str | None = None) -> str:
+    from t2i_ray.sweep.run import storage_root
+
     out = Path(output_dir).resolve()
+    ray_dir = storage_root(out, storage_path)
     return "\n".join([
         f"results table (one parquet file per trial): {out / 'results'}",
-        f"checkpoints (Ray Train, per trial):         {out / 'ray' / 'train'}",
-        f"Tune experiment (resume state, trial logs):  {out / 'ray' / 'tune' / experiment}",
+        f"checkpoints (Ray Train, per trial):         {ray_dir}/train",
+        f"Tune experiment (resume state, trial logs):  {ray_dir}/tune/{experiment}",
         f"sample grids (PNG + captions JSON):          {out / 'samples'}",
         f"TensorBoard logs:                            tensorboard --logdir {out / 'tensorboard'}",
         f"cached DAMSM encoders, evaluator, datasets:  {out / 'cache'}",

@@ -25,6 +25,14 @@ from t2i_ray.config import ConfigError, ExperimentConfig, apply_overrides
 from t2i_ray.sweep import store
 
 DRIVER_CPUS = 0.01  # the Tune trial itself only waits on its TorchTrainer
+# Custom resource that cluster.yaml gives only to the on-demand head node: when the cluster has
+# it, trial drivers (and their Train controllers, which Ray pins to the driver's node) stay off
+# spot nodes, so a vanished node costs only its Train workers.
+DRIVER_RESOURCE = "t2i_driver"
+
+
+class ResumeError(RuntimeError):
+    """`--resume` was asked for, but there is no saved sweep to resume."""
 
 
 @dataclass
@@ -76,7 +84,8 @@ def fit_resources(total_cpus: float, total_gpus: float, num_workers: int, cpus_p
     if use_gpu and num_workers > total_gpus:
         raise ConfigError(f"train.num_workers={num_workers} GPU workers per trial, but the Ray cluster "
                           f"has {total_gpus:g} GPUs; lower train.num_workers, set train.use_gpu=false, "
-                          f"or add GPU nodes")
+                          f"or add GPU nodes (an autoscaling cluster counts the nodes that are up when "
+                          f"the sweep starts: raise the GPU node type's min_workers in cluster.yaml)")
     k = max(1, int(total_cpus // need_cpu + 1e-9))
     if use_gpu:
         k = min(k, int(total_gpus // num_workers))
@@ -86,6 +95,51 @@ def fit_resources(total_cpus: float, total_gpus: float, num_workers: int, cpus_p
     if use_gpu:
         resources["GPU"] = 1.0
     return Fit(resources, k)
+
+
+def driver_resources(cluster: dict[str, float]) -> dict[str, float]:
+    """What one trial driver asks for: a sliver of CPU, plus the head-only resource if present."""
+    out = {"cpu": DRIVER_CPUS}
+    if cluster.get(DRIVER_RESOURCE, 0) >= 1:
+        out[DRIVER_RESOURCE] = 1
+    return out
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """Fail before any expensive work when the results folder cannot be written."""
+    probe = output_dir / "results" / ".write_probe"
+    try:
+        probe.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"output_dir: cannot write results under {output_dir} ({type(exc).__name__}: "
+                          f"{exc.strerror or exc}); pass --output-dir on a writable path "
+                          f"(on a multi-node cluster: a shared file system every node mounts)") from None
+
+
+def failure_reason(exc: BaseException) -> tuple[str, bool]:
+    """(one-line reason, deterministic?) for a failed Train run.
+
+    Ray Train wraps worker exceptions (WorkerGroupError.worker_failures, each possibly wrapped
+    again by Ray); the user-facing reason is the innermost exception's type and message. A
+    FloatingPointError (non-finite loss, raised by the loop) is deterministic: rerunning the trial
+    diverges again, so it is a result of the trial, not a crash to retry.
+    """
+    failures = list(getattr(exc, "worker_failures", {}).values()) or [exc]
+    reasons, diverged = [], False
+    for err in failures:
+        inner = err
+        while inner.__cause__ is not None and inner.__cause__ is not inner:
+            inner = inner.__cause__
+        text = f"{type(inner).__name__}: {inner}"
+        # Ray's wrappers carry the worker's traceback as text: keep its last "Type: message" line.
+        tail = re.findall(r"^(\w+(?:Error|Exception): .+)$", str(err), flags=re.M)
+        if tail:
+            text = tail[-1]
+        diverged |= isinstance(inner, FloatingPointError) or text.startswith("FloatingPointError")
+        reasons.append(text.strip())
+    return "; ".join(dict.fromkeys(reasons)), diverged
 
 
 def _slug(text: str) -> str:
@@ -140,6 +194,15 @@ def train_driver(config: dict[str, Any]) -> None:
         overrides = {k: v for k, v in config.items() if "." in k}
         run_name = f"{config['experiment']}-{ray.tune.get_context().get_trial_id()}"
     cfg = apply_overrides(base, {**overrides, "seed": seed, "name": row})
+    done = store.read_row(cfg.output_dir, run_name)
+    same_config = done is not None and done.get("config_json") == json.dumps(cfg.to_dict(), sort_keys=True)
+    if same_config and done.get("status") == "ok":
+        # Its row is already written (the sweep was killed before Tune recorded the trial as
+        # finished): report the stored metrics instead of training and evaluating again.
+        print(f"[{run_name}] already finished (its row is in the results table): not rerun", flush=True)
+        ray.tune.report({k: v for k, v in done.items() if not k.startswith(("config.", "lib."))
+                         and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)})
+        return
     trainer = TorchTrainer(
         ray_worker,
         train_loop_config={"experiment": cfg.to_dict(), "damsm_path": config["damsm_path"],
@@ -152,7 +215,7 @@ def train_driver(config: dict[str, Any]) -> None:
             failure_config=ray.train.FailureConfig(max_failures=config["max_failures"])),
     )
     final: dict[str, Any] = {}
-    status, error, checkpoint_path = "ok", None, ""
+    status, error, checkpoint_path, diverged = "ok", None, "", False
     try:
         result = trainer.fit()
         final = dict(result.metrics or {})
@@ -160,26 +223,71 @@ def train_driver(config: dict[str, Any]) -> None:
         if not final.get("finished"):
             status, error = "error", "training ended without final evaluation metrics"
     except Exception as exc:  # the row records the failure; Tune marks the trial errored below
-        status, error = "error", f"{type(exc).__name__}: {exc}"
+        error, diverged = failure_reason(exc)
+        status = "error"
     row_data = store.make_row(
         run_name=run_name, sweep=config["experiment"], row=row, seed=seed, status=status, error=error,
         wall_time_s=time.time() - start, config=cfg.to_dict(), metrics=final, version=config["code_version"],
         extra={"checkpoint_path": checkpoint_path, "curves_path": str(curves_path(cfg.output_dir, run_name)),
                "tensorboard_dir": str(Path(cfg.output_dir) / "tensorboard" / run_name)})
     store.write_row(cfg.output_dir, row_data)
+    if diverged:
+        # A finished (failed) result, not a crash: Tune records the trial as done, the sweep goes
+        # on, and --resume does not rerun it (it would diverge again).
+        ray.tune.report({"diverged": 1})
+        return
     if status != "ok":
         raise RuntimeError(f"trial {run_name} failed: {error}")
     ray.tune.report({k: v for k, v in final.items() if isinstance(v, (int, float)) and math.isfinite(v)})
 
 
+def storage_root(output_dir: Path, storage_path: str | None) -> str:
+    """Ray's storage (Tune state, Train checkpoints): a local folder or a URI (s3://, gs://)."""
+    if not storage_path:
+        return str(output_dir / "ray")
+    return storage_path.rstrip("/") if "://" in storage_path else str(Path(storage_path).resolve())
+
+
+def experiment_path(spec: SweepSpec, storage_path: str | None = None) -> str:
+    output_dir = Path(spec.base.output_dir).resolve()
+    return f"{storage_root(output_dir, storage_path)}/tune/{spec.name}"
+
+
+def check_resumable(spec: SweepSpec, storage_path: str | None = None) -> str:
+    """The saved experiment's path; ResumeError (naming what exists) when there is none."""
+    from ray import tune
+
+    path = experiment_path(spec, storage_path)
+    if tune.Tuner.can_restore(path):
+        return path
+    parent = Path(path).parent
+    others = sorted(p.name for p in parent.glob(f"{spec.sweep}-*") if (p / "tuner.pkl").is_file()) \
+        if "://" not in path and parent.is_dir() else []
+    hint = (f"; saved sweeps of {spec.sweep} there: {', '.join(others)} (the name is a hash of the "
+            f"sweep's settings: resume with the options that started it)") if others else ""
+    raise ResumeError(f"--resume: no saved sweep {spec.name} at {path}, so there is nothing to resume"
+                      f"{hint}. Run without --resume to start it")
+
+
 def run_sweep(spec: SweepSpec, *, address: str | None = None, max_concurrent: int | None = None,
+              resume: bool = False, storage_path: str | None = None,
               log: Callable[[str], None] = print) -> pd.DataFrame:
-    """Run (or resume) a sweep and return its rows from the results table."""
+    """Run (or resume) a sweep and return its rows from the results table.
+
+    Without `resume`, a saved experiment of the same name is resumed when there is one and a new
+    one started otherwise; with `resume=True` a missing one is an error (ResumeError), raised
+    before any work. Either way finished trials are not rerun and unfinished ones continue from
+    their last Train checkpoint.
+    """
     import ray
     from ray import tune
 
     base = spec.base
     output_dir = Path(base.output_dir).resolve()
+    check_output_dir(output_dir)
+    if resume:
+        check_resumable(spec, storage_path)
+    storage = storage_root(output_dir, storage_path)
     paths = {"output_dir": str(output_dir)}
     for key in ("data_root", "cache_dir"):  # workers run in other working directories
         if getattr(base.data, key):
@@ -190,7 +298,6 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, max_concurrent: in
     weights_path = check_eval_assets(base)  # refuse before any training; pin $T2I_INCEPTION_WEIGHTS
     if weights_path is not None:  # into the config, which workers on other nodes receive
         base = apply_overrides(base, {"eval.inception_weights": weights_path})
-    damsm_path = prepare_assets(base, log)
     # Intermediate training reports carry losses, not the final metric the searcher optimises.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     # Ray Train's print patch tees worker prints to both the (wrapped) stdout and its logger, so
@@ -211,9 +318,10 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, max_concurrent: in
     log(f"[sweep] {spec.name}: {n_trials} trials, {concurrency} at a time, "
         f"{base.train.num_workers} worker(s)/trial with {fit.worker_resources} each "
         f"(cluster: {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs)")
+    damsm_path = prepare_assets(base, log)  # after the fit check: a sweep that cannot fit fails at once
     param_space: dict[str, Any] = {
         "base": base.to_dict(), "damsm_path": damsm_path, "experiment": spec.name,
-        "storage_path": str(output_dir / "ray" / "train"), "worker_resources": fit.worker_resources,
+        "storage_path": f"{storage}/train", "worker_resources": fit.worker_resources,
         "max_failures": spec.max_failures, "code_version": store.code_version(),
     }
     tune_kwargs: dict[str, Any] = {"max_concurrent_trials": concurrency}
@@ -231,18 +339,22 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, max_concurrent: in
             mode = "min" if spec.objective == "fid" else "max"
             searcher = OptunaSearch(metric=spec.objective, mode=mode, sampler=TPESampler(seed=base.seed))
         tune_kwargs.update(search_alg=searcher, num_samples=spec.num_trials)
-    trainable = tune.with_resources(train_driver, {"cpu": DRIVER_CPUS})
-    exp_path = output_dir / "ray" / "tune" / spec.name
-    if tune.Tuner.can_restore(str(exp_path)):
+    trainable = tune.with_resources(train_driver, driver_resources(res))
+    exp_path = f"{storage}/tune/{spec.name}"
+    if tune.Tuner.can_restore(exp_path):
         log(f"[sweep] resuming {exp_path}: finished trials are kept, unfinished ones continue")
-        tuner = tune.Tuner.restore(str(exp_path), trainable=trainable, resume_unfinished=True,
+        tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True,
                                    resume_errored=True)
     else:
         tuner = tune.Tuner(
             trainable, param_space=param_space,
             tune_config=tune.TuneConfig(trial_dirname_creator=lambda t: f"trial_{t.trial_id}", **tune_kwargs),
-            run_config=tune.RunConfig(name=spec.name, storage_path=str(output_dir / "ray" / "tune"),
-                                      verbose=0, callbacks=[_progress_callback(n_trials, log)]))
+            run_config=tune.RunConfig(
+                name=spec.name, storage_path=f"{storage}/tune", verbose=0,
+                callbacks=[_progress_callback(n_trials, log)],
+                # A trial driver lost with its node (or crashed) is restarted; its Train run then
+                # resumes from its last checkpoint (same run name).
+                failure_config=tune.FailureConfig(max_failures=spec.max_failures)))
     tuner.fit()
     return store.load_results(output_dir, sweep=spec.name)
 
@@ -262,6 +374,10 @@ def _progress_callback(total: int, log: Callable[[str], None]):
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.ended += 1
             r = trial.last_result or {}
+            if r.get("diverged"):
+                log(f"[sweep] {self.ended}/{total} FAILED: {self._label(trial)}: the loss became non-finite "
+                    f"(see the results table's error column); the sweep goes on")
+                return
             log(f"[sweep] {self.ended}/{total} done: {self._label(trial)}: fid={r.get('fid', float('nan')):.3f} "
                 f"r_precision={r.get('r_precision', float('nan')):.3f} "
                 f"attr_pair_recall={r.get('attr_pair_recall', float('nan')):.3f} "

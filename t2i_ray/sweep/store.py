@@ -87,6 +87,14 @@ def write_row(output_dir: str | Path, row: Mapping[str, Any]) -> Path:
     return path
 
 
+def read_row(output_dir: str | Path, run_name: str) -> dict[str, Any] | None:
+    """The row of one run, or None when it has none yet."""
+    path = results_dir(output_dir) / f"{run_name}.parquet"
+    if not path.is_file():
+        return None
+    return pq.read_table(path).to_pylist()[0]
+
+
 def make_row(*, run_name: str, sweep: str, row: str, seed: int, status: str, error: str | None,
              wall_time_s: float, config: Mapping[str, Any], metrics: Mapping[str, Any],
              version: str, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -8,7 +8,8 @@ module so DDP's gradient sync only sees the passes that train it.
 """
 from __future__ import annotations
 
-from typing import Mapping
+import contextlib
+from typing import Callable, ContextManager, Mapping
 
 import torch
 from torch import Tensor
@@ -27,11 +28,21 @@ from t2i_ray.train.checkpoint import unwrap
 
 
 def encode_text(encoder, ids: Tensor, lengths: Tensor, trainable: bool) -> tuple[Tensor, Tensor]:
-    """(words (B,E,T), sentence (B,E)); gradients only when the encoder is being trained."""
-    if trainable:
-        return encoder(ids, lengths)
-    with torch.no_grad():
-        return unwrap(encoder)(ids, lengths)
+    """(words (B,E,T), sentence (B,E)); gradients only when the encoder is being trained.
+    Always in float32, also inside an autocast region (a small LSTM: nothing to gain from bf16)."""
+    with torch.autocast(ids.device.type, enabled=False):
+        if trainable:
+            return encoder(ids, lengths)
+        with torch.no_grad():
+            return unwrap(encoder)(ids, lengths)
+
+
+def damsm_image_features(encoder, images: Tensor) -> tuple[Tensor, Tensor]:
+    """The frozen DAMSM image encoder in float32 even inside autocast: it scores the loss terms
+    under ablation, so they are measured at full precision (and its antialiased resize has no
+    bf16 kernel on CPUs)."""
+    with torch.autocast(images.device.type, enabled=False):
+        return encoder(images.float())
 
 
 def sample_noise(batch: int, z_dim: int, generator: torch.Generator, device) -> Tensor:
@@ -46,7 +57,10 @@ def gan_step(
     batch: Mapping[str, Tensor],
     cfg: ExperimentConfig,
     noise_gen: torch.Generator,
+    autocast: Callable[[], ContextManager] = contextlib.nullcontext,
 ) -> dict[str, float]:
+    """One D update then one G update; returns the losses as floats. `autocast` wraps the forward
+    passes (the loop passes bf16 autocast on GPUs that have it); backward runs outside it."""
     lw, align_w = cfg.loss, cfg.model.align_weight
     real = batch["image"]
     ids, lens = batch["caption"], batch["caption_len"]
@@ -59,29 +73,33 @@ def gan_step(
     # ---- D step --------------------------------------------------------------------------
     for opt in optimizers.values():
         opt.zero_grad(set_to_none=True)
+    # Text encoding stays outside autocast (a small LSTM; keeps embeddings in float32).
     _, sent_g = encode_text(models.text_g, ids, lens, trainable_text)  # (B, E)
     if not trainable_text:
         sent_g = sent_g.detach().requires_grad_()  # MA-GP differentiates w.r.t. the sentence
     real_in = real.detach().requires_grad_()
-    real_feat = D(real_in)  # (B, 8nf, 4, 4)
-    real_logits = head(real_feat, sent_g)
-    mismatch_logits = head(mismatched(real_feat), sent_g)
     z = sample_noise(bsz, cfg.model.z_dim, noise_gen, real.device)
-    # One G forward per iteration, as DF-GAN: D sees it detached, the G step reuses its graph
-    # (only D's parameters change in between, and G's output does not depend on them).
-    fake = G(z, sent_g.detach())
-    fake_logits = head(D(fake.detach()), sent_g)
-    loss_adv_d = discriminator_hinge_loss(real_logits, fake_logits, mismatch_logits)
-    loss_gp = ma_gradient_penalty(real_logits, real_in, sent_g, k=lw.magp_k, p=lw.magp_p)
-    loss_d = loss_adv_d + loss_gp
-    if use_align:
-        if models.text_a is models.text_g:
-            sent_a = sent_g
-        else:
-            _, sent_a = models.text_a(ids, lens)
-        loss_align_d = info_nce(models.align_proj(real_feat), sent_a, cfg.model.align_temperature)
-        loss_d = loss_d + align_w * loss_align_d
-        out["loss_align_d"] = loss_align_d.item()
+    with autocast():
+        real_feat = D(real_in)  # (B, 8nf, 4, 4)
+        # Logits go to float32 before the losses: bf16 keeps ~3 digits, MA-GP raises to the 6th power.
+        real_logits = head(real_feat, sent_g).float()
+        mismatch_logits = head(mismatched(real_feat), sent_g).float()
+        # One G forward per iteration, as DF-GAN: D sees it detached, the G step reuses its graph
+        # (only D's parameters change in between, and G's output does not depend on them).
+        fake = G(z, sent_g.detach())
+        fake_logits = head(D(fake.detach()), sent_g).float()
+        loss_adv_d = discriminator_hinge_loss(real_logits, fake_logits, mismatch_logits)
+        loss_gp = ma_gradient_penalty(real_logits, real_in, sent_g, k=lw.magp_k, p=lw.magp_p)
+        loss_d = loss_adv_d + loss_gp
+        if use_align:
+            if models.text_a is models.text_g:
+                sent_a = sent_g
+            else:
+                _, sent_a = encode_text(models.text_a, ids, lens, trainable=True)
+            loss_align_d = info_nce(models.align_proj(real_feat).float(), sent_a.float(),
+                                    cfg.model.align_temperature)
+            loss_d = loss_d + align_w * loss_align_d
+            out["loss_align_d"] = loss_align_d.item()
     loss_d.backward()
     optimizers["d"].step()
     if "text" in optimizers:
@@ -98,39 +116,8 @@ def gan_step(
         p.requires_grad_(False)
     try:
         sent = sent_g.detach()
-        fake_feat = d_plain(fake)
-        loss_adv_g = generator_hinge_loss(head_plain(fake_feat, sent))
-        loss_g = loss_adv_g
-        out["loss_g_adv"] = loss_adv_g.item()
-        need_fake_img_feats = lw.damsm > 0 or lw.f2r > 0 or lw.f2f > 0
-        if need_fake_img_feats:
-            fake_regions, fake_global = models.damsm_image(fake)  # frozen encoder, grads reach G
-        if lw.damsm > 0:
-            words, sent_damsm = encode_text(models.damsm_text, ids, lens, trainable=False)
-            loss_damsm = damsm_loss(fake_regions, fake_global, words, sent_damsm, lens,
-                                    lw.gamma1, lw.gamma2, lw.gamma3)
-            loss_g = loss_g + lw.damsm * loss_damsm
-            out["loss_damsm"] = loss_damsm.item()
-        if lw.f2r > 0:
-            with torch.no_grad():
-                _, real_global = models.damsm_image(real)
-            loss_f2r = nt_xent(fake_global, real_global, lw.temperature)
-            loss_g = loss_g + lw.f2r * loss_f2r
-            out["loss_f2r"] = loss_f2r.item()
-        if lw.f2f > 0:
-            # A second fake from the same noise and another caption of the same image.
-            _, sent2 = encode_text(models.text_g, batch["caption2"], batch["caption2_len"], trainable=False)
-            _, fake2_global = models.damsm_image(G(z, sent2.detach()))
-            loss_f2f = nt_xent(fake_global, fake2_global, lw.temperature)
-            loss_g = loss_g + lw.f2f * loss_f2f
-            out["loss_f2f"] = loss_f2f.item()
-        if use_align:
-            with torch.no_grad():
-                _, sent_a = unwrap(models.text_a)(ids, lens)
-            loss_align_g = info_nce(unwrap(models.align_proj)(fake_feat), sent_a,
-                                    cfg.model.align_temperature)
-            loss_g = loss_g + align_w * loss_align_g
-            out["loss_align_g"] = loss_align_g.item()
+        with autocast():
+            loss_g = _generator_loss(models, batch, cfg, fake, sent, z, real, out)
         loss_g.backward()
         optimizers["g"].step()
     finally:
@@ -138,6 +125,47 @@ def gan_step(
             p.requires_grad_(True)
     out["loss_g"] = loss_g.item()
     return out
+
+
+def _generator_loss(models: GANModels, batch: Mapping[str, Tensor], cfg: ExperimentConfig, fake: Tensor,
+                    sent: Tensor, z: Tensor, real: Tensor, out: dict[str, float]) -> Tensor:
+    """L_G = -E[D(G(z,e),e)] + l1 L_DAMSM + l2 L_F2R + l3 L_F2F [+ a_w L_align(fake)], D frozen.
+    Features go to float32 before every loss (they may come out of bf16 autocast)."""
+    lw, align_w = cfg.loss, cfg.model.align_weight
+    ids, lens = batch["caption"], batch["caption_len"]
+    d_plain, head_plain = unwrap(models.discriminator), unwrap(models.head)
+    fake_feat = d_plain(fake)
+    loss_adv_g = generator_hinge_loss(head_plain(fake_feat, sent).float())
+    loss_g = loss_adv_g
+    out["loss_g_adv"] = loss_adv_g.item()
+    if lw.damsm > 0 or lw.f2r > 0 or lw.f2f > 0:
+        fake_regions, fake_global = damsm_image_features(models.damsm_image, fake)  # frozen, grads reach G
+    if lw.damsm > 0:
+        words, sent_damsm = encode_text(models.damsm_text, ids, lens, trainable=False)
+        loss_damsm = damsm_loss(fake_regions, fake_global, words.float(), sent_damsm.float(), lens,
+                                lw.gamma1, lw.gamma2, lw.gamma3)
+        loss_g = loss_g + lw.damsm * loss_damsm
+        out["loss_damsm"] = loss_damsm.item()
+    if lw.f2r > 0:
+        with torch.no_grad():
+            _, real_global = damsm_image_features(models.damsm_image, real)
+        loss_f2r = nt_xent(fake_global, real_global, lw.temperature)
+        loss_g = loss_g + lw.f2r * loss_f2r
+        out["loss_f2r"] = loss_f2r.item()
+    if lw.f2f > 0:
+        # A second fake from the same noise and another caption of the same image.
+        _, sent2 = encode_text(models.text_g, batch["caption2"], batch["caption2_len"], trainable=False)
+        _, fake2_global = damsm_image_features(models.damsm_image, models.generator(z, sent2.detach()))
+        loss_f2f = nt_xent(fake_global, fake2_global, lw.temperature)
+        loss_g = loss_g + lw.f2f * loss_f2f
+        out["loss_f2f"] = loss_f2f.item()
+    if models.text_trainable and align_w > 0:
+        _, sent_a = encode_text(models.text_a, ids, lens, trainable=False)
+        loss_align_g = info_nce(unwrap(models.align_proj)(fake_feat).float(), sent_a.float(),
+                                cfg.model.align_temperature)
+        loss_g = loss_g + align_w * loss_align_g
+        out["loss_align_g"] = loss_align_g.item()
+    return loss_g
 
 
 def build_optimizers(models: GANModels, cfg: ExperimentConfig) -> dict[str, torch.optim.Optimizer]:

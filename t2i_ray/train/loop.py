@@ -26,6 +26,7 @@ from t2i_ray.data.dataset import TextImageDataset
 from t2i_ray.data.registry import build_source, data_cache_root
 from t2i_ray.models.factory import GANModels, build_gan_models
 from t2i_ray.train import checkpoint as ckpt
+from t2i_ray.train.accel import Accel, resolve_accel, select_device
 from t2i_ray.train.damsm import load_damsm
 from t2i_ray.train.gan import build_optimizers, gan_step
 
@@ -103,8 +104,9 @@ class RayEnv(RunEnv):
                 yield Path(d)
 
 
-def _wrap(models: GANModels, env: RunEnv) -> GANModels:
-    """Move every module to the device; DDP-wrap the trainable ones (each once)."""
+def _wrap(models: GANModels, env: RunEnv, accel: Accel) -> GANModels:
+    """Move every module to the device (conv nets in channels_last when on); DDP-wrap the
+    trainable ones (each once)."""
     wrapped: dict[int, torch.nn.Module] = {}
     trainable_ids = {id(m) for m in models.trainable().values()}
     for name in ("generator", "discriminator", "head", "text_g", "text_a", "align_proj",
@@ -112,6 +114,8 @@ def _wrap(models: GANModels, env: RunEnv) -> GANModels:
         module = getattr(models, name)
         if module is None:
             continue
+        if name in ("generator", "discriminator", "damsm_image"):
+            module = accel.prepare_module(module)
         if id(module) not in wrapped:
             wrapped[id(module)] = env.prepare_model(module) if id(module) in trainable_ids else module.to(env.device)
         setattr(models, name, wrapped[id(module)])
@@ -119,7 +123,7 @@ def _wrap(models: GANModels, env: RunEnv) -> GANModels:
 
 
 def _batches(loader: DataLoader, dataset: TextImageDataset, start_step: int,
-             device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
+             accel: Accel) -> Iterator[dict[str, torch.Tensor]]:
     """Endless batches; epoch = step // len(loader), so a resume replays the same data order."""
     per_epoch = len(loader)
     epoch, skip = divmod(start_step, per_epoch)
@@ -129,13 +133,17 @@ def _batches(loader: DataLoader, dataset: TextImageDataset, start_step: int,
         for i, batch in enumerate(loader):
             if i < skip:
                 continue
-            yield {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            yield accel.prepare_batch(batch)
         epoch, skip = epoch + 1, 0
 
 
 def run_training(cfg: ExperimentConfig, env: RunEnv, damsm_path: str, run_name: str) -> dict[str, Any]:
     """Train (or resume) one GAN run, evaluate it on rank 0, report everything through `env`."""
     t = cfg.train
+    if t.use_gpu and env.device.type != "cuda":
+        env.device = select_device(True)  # in-process run: ConfigError when no GPU is visible
+    accel = resolve_accel(t, env.device)
+    accel.apply_backend_flags()
     if env.device.type == "cpu":
         torch.set_num_threads(t.torch_threads)
     torch.manual_seed(cfg.seed * 1000 + env.world_rank)
@@ -161,7 +169,9 @@ def run_training(cfg: ExperimentConfig, env: RunEnv, damsm_path: str, run_name: 
             noise_gen.set_state(rng[f"noise_{env.world_rank}"] if f"noise_{env.world_rank}" in rng else rng["noise_0"])
             torch.set_rng_state(rng["torch"])
             print(f"[{run_name}] resumed from checkpoint at step {step}")
-    models = _wrap(models, env)
+    models = _wrap(models, env, accel)
+    if env.world_rank == 0:
+        print(f"[{run_name}] {accel.describe()}", flush=True)
     writer = _tensorboard(cfg, run_name) if env.world_rank == 0 else None
 
     def save_and_report(metrics: dict[str, Any]) -> None:
@@ -177,10 +187,10 @@ def run_training(cfg: ExperimentConfig, env: RunEnv, damsm_path: str, run_name: 
 
     window: dict[str, list[float]] = {}
     tick, tick_step = time.time(), step
-    for batch in (_batches(loader, train_set, step, env.device) if step < t.steps else ()):
+    for batch in (_batches(loader, train_set, step, accel) if step < t.steps else ()):
         for m in models.trainable().values():
             m.train()
-        losses = gan_step(models, optimizers, batch, cfg, noise_gen)
+        losses = gan_step(models, optimizers, batch, cfg, noise_gen, autocast=accel.autocast)
         step += 1
         bad = [k for k, v in losses.items() if not math.isfinite(v)]
         if bad:
