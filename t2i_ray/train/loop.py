@@ -162,8 +162,11 @@ def run_training(cfg: ExperimentConfig, env: RunEnv, damsm_path: str, run_name: 
                                  cfg.data.words_num, train=True, seed=cfg.seed)
     sampler = DistributedSampler(train_set, num_replicas=env.world_size, rank=env.world_rank,
                                  shuffle=True, seed=cfg.seed, drop_last=True)
+    # Its own generator: a DataLoader iterator otherwise draws a seed from torch's global RNG,
+    # which a resume would then replay differently (G's per-pixel noise inputs use that RNG).
     loader = DataLoader(train_set, batch_size=t.batch_size, sampler=sampler, drop_last=True,
-                        num_workers=cfg.data.loader_workers)
+                        num_workers=cfg.data.loader_workers,
+                        generator=torch.Generator().manual_seed(cfg.seed * 1000 + env.world_rank))
     if len(loader) == 0:
         raise ValueError(f"data.num_train={cfg.data.num_train} gives no full batch of train.batch_size="
                          f"{t.batch_size} per worker over {env.world_size} workers")
@@ -268,9 +271,13 @@ def evaluate_models(cfg: ExperimentConfig, models: GANModels, damsm, writer, ste
     start = time.time()
     ctx = build_eval_context(cfg, damsm)
     generate = make_generate_fn(models)
-    metrics = evaluate_generator(generate, ctx, cfg, cfg.model.z_dim, seed=cfg.seed)
-    metrics["eval_seconds"] = time.time() - start
-    samples = save_samples(cfg, generate, ctx, run_name, mask_fn=make_mask_fn(models))
+    # Randomness inside G (StyleGAN2 noise inputs) comes from torch's global RNG: seed it so that
+    # evaluation is a function of the weights and the seed, without disturbing the training RNG.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        metrics = evaluate_generator(generate, ctx, cfg, cfg.model.z_dim, seed=cfg.seed)
+        metrics["eval_seconds"] = time.time() - start
+        samples = save_samples(cfg, generate, ctx, run_name, mask_fn=make_mask_fn(models))
     metrics["samples_path"] = str(samples)
     if writer is not None:
         for k, v in metrics.items():
