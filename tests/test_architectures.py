@@ -288,12 +288,11 @@ class KillAfterCheckpoint(LocalEnv):
 def test_resumed_run_equals_uninterrupted_run(tiny_cfg, tiny_damsm, tmp_path, arch):
     from pathlib import Path
 
-    cfg = apply_overrides(tiny_cfg, {"model.arch": arch, "loss.f2f": 0.2,
-                                     "output_dir": str(tmp_path / "out")})
-    run_training(cfg, LocalEnv(tmp_path / "straight"), tiny_damsm, "straight")
+    cfg = apply_overrides(tiny_cfg, {"model.arch": arch, "loss.f2f": 0.2})
+    run_training(cfg, LocalEnv(tmp_path / "straight"), tiny_damsm, f"straight-{arch}")
     with pytest.raises(Killed):
-        run_training(cfg, KillAfterCheckpoint(tmp_path / "resumed"), tiny_damsm, "resumed")
-    final = run_training(cfg, LocalEnv(tmp_path / "resumed"), tiny_damsm, "resumed")
+        run_training(cfg, KillAfterCheckpoint(tmp_path / "resumed"), tiny_damsm, f"resumed-{arch}")
+    final = run_training(cfg, LocalEnv(tmp_path / "resumed"), tiny_damsm, f"resumed-{arch}")
     a = ckpt.load_state(tmp_path / "straight" / "checkpoint")
     b = ckpt.load_state(tmp_path / "resumed" / "checkpoint")
     assert a["step"] == b["step"] == cfg.train.steps
@@ -301,7 +300,7 @@ def test_resumed_run_equals_uninterrupted_run(tiny_cfg, tiny_damsm, tmp_path, ar
         for key, value in a["modules"][name].items():
             assert torch.equal(value, b["modules"][name][key]), f"{name}.{key} differs after resume"
     assert math.isfinite(final["fid"])
-    masks_png = Path(cfg.output_dir) / "samples" / "resumed_masks.png"
+    masks_png = Path(cfg.output_dir) / "samples" / f"resumed-{arch}_masks.png"
     assert masks_png.is_file() == (arch == "ssagan")
     if arch == "ssagan":
         from PIL import Image
@@ -334,11 +333,10 @@ def test_new_architectures_train_with_two_ddp_workers(tiny_cfg, tiny_damsm, loca
 
     for arch in NEW_ARCHS:
         cfg = apply_overrides(tiny_cfg, {"model.arch": arch, "train.num_workers": 2, "train.batch_size": 4,
-                                         "train.steps": 2, "loss.f2f": 0.2,
-                                         "output_dir": str(tmp_path / arch)})
+                                         "train.steps": 2, "loss.f2f": 0.2})
         trainer = TorchTrainer(
             ray_worker,
-            train_loop_config={"experiment": cfg.to_dict(), "damsm_path": tiny_damsm, "run_name": arch},
+            train_loop_config={"experiment": cfg.to_dict(), "damsm_path": tiny_damsm, "run_name": f"ray-{arch}"},
             scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
             run_config=ray.train.RunConfig(name=arch, storage_path=str(tmp_path / "storage")),
         )
