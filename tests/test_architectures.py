@@ -311,18 +311,6 @@ def test_resumed_run_equals_uninterrupted_run(tiny_cfg, tiny_damsm, tmp_path, ar
 
 # ---- Ray: 2 DDP workers on CPU ------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def local_ray():
-    from pathlib import Path
-
-    import ray
-
-    ray.init(num_cpus=2, object_store_memory=200 * 1024**2, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}})
-    yield
-    ray.shutdown()
-
-
 def test_new_architectures_train_with_two_ddp_workers(tiny_cfg, tiny_damsm, local_ray, tmp_path):
     """One TorchTrainer per new architecture, 2 workers x 0.5 CPU, 2 steps, F2F on (two G
     forwards before the G backward, the case that needs broadcast_buffers=False with BN)."""
