@@ -243,7 +243,7 @@ def test_config_lists_and_refuses_architectures(tiny_cfg):
         apply_overrides(tiny_cfg, {"model.arch": "stylegan3"})
 
 
-# ---- each new architecture x text embedding through the real training step (DF-GAN: test_train_loop) ---------------------
+# ---- each new architecture x text embedding through the real training step ------------------
 
 @pytest.mark.parametrize("mode", ["pretrained", "shared", "dual"])
 @pytest.mark.parametrize("arch", NEW_ARCHS)
