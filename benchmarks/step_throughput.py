@@ -1,6 +1,8 @@
 """Images/s of one GAN training step (one D + one G update) on this machine, per setting.
 
     python benchmarks/step_throughput.py --out benchmarks/results/step_throughput.json
+    python benchmarks/step_throughput.py --arch dfgan ssagan attngan_style --settings 1 \
+        --untrained-encoders --out benchmarks/results/step_throughput_archs.json
 
 SPEC 3's anchor: the reference DF-GAN code does 86 images/s at 32x32, batch 32, nf=32 on a
 2-core CPU (hinge + mismatch + MA-GP).
@@ -9,16 +11,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
-from t2i_ray.config import build_config
+from t2i_ray.config import ARCHITECTURES, build_config
 from t2i_ray.data.dataset import TextImageDataset
-from t2i_ray.data.shapes import build_source
+from t2i_ray.data.shapes import build_source, build_vocabulary
 from t2i_ray.models.factory import build_gan_models
+from t2i_ray.models.text import ImageEncoder, TextEncoder
 from t2i_ray.train.damsm import ensure_damsm, load_damsm
 from t2i_ray.train.gan import build_optimizers, gan_step
 
@@ -50,21 +55,39 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--arch", nargs="+", default=["dfgan"], choices=ARCHITECTURES,
+                   help="model.arch values to measure, each with every setting")
+    p.add_argument("--settings", type=int, nargs="+", default=None,
+                   help=f"indices into SETTINGS (0..{len(SETTINGS) - 1}) to measure; default all")
+    p.add_argument("--untrained-encoders", action="store_true",
+                   help="use freshly initialised DAMSM encoders instead of pre-training them first: "
+                        "a step's cost does not depend on their weights")
     p.add_argument("--out", default="benchmarks/results/step_throughput.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     base = build_config("local")
-    damsm = load_damsm(ensure_damsm(base))
+    if args.untrained_encoders:
+        vocab = build_vocabulary(base.data)
+        text, image = (TextEncoder(len(vocab), hidden_per_dir=base.model.embed_dim // 2),
+                       ImageEncoder(embed_dim=base.model.embed_dim))
+        damsm = SimpleNamespace(text_encoder=text, image_encoder=image, vocab=vocab)
+    else:
+        damsm = load_damsm(ensure_damsm(base))
     rows = []
-    for setting in SETTINGS:
-        cfg = build_config("local", setting)
-        ips = measure(cfg, damsm, args.steps)
-        rows.append({"setting": setting, "resolution": cfg.data.resolution,
-                     "batch_size": cfg.train.batch_size, "images_per_s": round(ips, 1)})
-        print(rows[-1], flush=True)
+    chosen = [SETTINGS[i] for i in args.settings] if args.settings is not None else SETTINGS
+    for arch in args.arch:
+        for setting in chosen:
+            cfg = build_config("local", {**setting, "model.arch": arch})
+            ips = measure(cfg, damsm, args.steps)
+            rows.append({"arch": arch, "setting": setting, "resolution": cfg.data.resolution,
+                         "batch_size": cfg.train.batch_size, "images_per_s": round(ips, 1)})
+            print(rows[-1], flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"threads": args.threads, "machine": platform.processor() or platform.machine(),
+    # the 1-minute load average: on a shared machine, figures taken under load are lower bounds
+    out.write_text(json.dumps({"load_avg_1min": round(os.getloadavg()[0], 2),
+                               "encoders": "untrained" if args.untrained_encoders else "pretrained",
+                               "threads": args.threads, "machine": platform.processor() or platform.machine(),
                                "torch": torch.__version__, "rows": rows}, indent=1))
 
 

@@ -17,7 +17,11 @@ from typing import Any, Mapping
 
 DATASETS = ("shapes", "cub", "oxford102", "coco", "mmceleba", "cityscapes")  # readers: t2i_ray/data/registry.py
 CAPTION_FILE_DATASETS = ("mmceleba", "cityscapes")  # the ones with a captions JSONL
-ARCHITECTURES = ("dfgan",)
+ARCHITECTURES = ("dfgan", "ssagan", "attngan_style")
+# model.nf of each architecture at its reference setting (256x256). The presets set model.nf for
+# every architecture alike (smoke 8, local 16, paper 32): set model.nf=64 for SSA-GAN's widths
+# (512 .. 64) or StyleGAN2's 256x256 config-e widths (attngan_style, w_dim = 8nf = 512).
+REFERENCE_NF = {"dfgan": 32, "ssagan": 64, "attngan_style": 64}
 TEXT_EMBEDDINGS = ("pretrained", "shared", "dual")
 IMAGE_ENCODER_BACKBONES = ("cnn", "inception")
 # Feature backbones of FID/KID (t2i_ray/eval): `domain` (trained on `shapes`, that dataset only) or
@@ -55,8 +59,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = "dfgan"
-    nf: int = 32  # base width (DF-GAN's ngf = ndf)
+    arch: str = "dfgan"  # dfgan | ssagan | attngan_style (t2i_ray/models/factory.py)
+    nf: int = 32  # base width (ngf = ndf); reference per architecture: REFERENCE_NF
     z_dim: int = 100
     embed_dim: int = 256  # DAMSM sentence/word embedding size
     # pretrained: frozen DAMSM text encoder. shared: one encoder trained with the GAN.

@@ -79,8 +79,8 @@ def test_config_rebuilds_the_modules():
     D = Discriminator(nf=4, resolution=64)
     C = ConditionalHead(nf=4, cond_dim=6)
     assert G.config == dict(nf=4, z_dim=8, cond_dim=6, resolution=64)
-    assert D.config == dict(nf=4, resolution=64)
-    assert C.config == dict(nf=4, cond_dim=6)
+    assert D.config == dict(nf=4, resolution=64, max_mult=8)
+    assert C.config == dict(nf=4, cond_dim=6, in_channels=32)
     for m in (G, D, C):
         type(m)(**m.config).load_state_dict(m.state_dict())  # same keys and shapes
 

@@ -19,19 +19,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def channel_schedule(nf: int, resolution: int) -> list[int]:
-    """Widths from the image side to the 4x4 side: nf * min(2^k, 8), k = 0 .. log2(res) - 2.
+def channel_schedule(nf: int, resolution: int, max_mult: int = 8) -> list[int]:
+    """Widths from the image side to the 4x4 side: nf * min(2^k, max_mult), k = 0 .. log2(res) - 2.
 
     `get_G_in_out_chs` / `get_D_in_out_chs` (§1.2, §1.3). D walks the list forwards (one
     halving per step: 256 -> 4 is 6 steps), G walks it backwards. Resolution 32 gives
     [nf, 2nf, 4nf, 8nf]: 3 blocks, consistent with the 64/128/256 tables; below 32 the 4x4 end
-    would be narrower than 8nf, which the head assumes.
+    would be narrower than 8nf, which the head assumes. max_mult=16 is DF-GAN-v1's D (SSA-GAN).
     """
     if resolution < 32 or resolution & (resolution - 1):
         raise ValueError(
             f"resolution must be a power of two >= 32 (32, 64, 128, 256), got {resolution}")
     num_widths = int(math.log2(resolution)) - 1
-    return [nf * min(2**k, 8) for k in range(num_widths)]
+    return [nf * min(2**k, max_mult) for k in range(num_widths)]
 
 
 def _affine_mlp(cond_dim: int, channels: int) -> nn.Sequential:
@@ -131,8 +131,10 @@ class Generator(nn.Module):
         )
         self.to_rgb = nn.Conv2d(widths[-1], 3, 3, 1, 1)
 
-    def forward(self, z: torch.Tensor, sent: torch.Tensor) -> torch.Tensor:
-        # z: (B, z_dim), sent: (B, cond_dim) -> images (B, 3, res, res) in [-1, 1]
+    def forward(self, z: torch.Tensor, sent: torch.Tensor, words: torch.Tensor | None = None,
+                word_mask: torch.Tensor | None = None) -> torch.Tensor:
+        # z: (B, z_dim), sent: (B, cond_dim) -> images (B, 3, res, res) in [-1, 1].
+        # words/word_mask: the generator interface shared by all architectures; unused here.
         h = self.fc(z).view(z.shape[0], -1, 4, 4)  # (B, 8nf, 4, 4)
         cond = torch.cat((z, sent), dim=1)  # (B, z_dim + cond_dim): CVPR-2022 conditions on both
         for block in self.blocks:
@@ -141,12 +143,16 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """NetD: conv3x3(3 -> nf) then DownBlocks to features (B, 8nf, 4, 4) (§1.3)."""
+    """NetD: conv3x3(3 -> nf) then DownBlocks to features (B, 8nf, 4, 4) (§1.3).
 
-    def __init__(self, nf: int = 32, resolution: int = 256):
+    max_mult=16 gives DF-GAN-v1's wider D (top 16nf at 256), which SSA-GAN uses (§2.1).
+    """
+
+    def __init__(self, nf: int = 32, resolution: int = 256, max_mult: int = 8):
         super().__init__()
-        self.config = dict(nf=nf, resolution=resolution)
-        widths = channel_schedule(nf, resolution)  # nf ... 8nf
+        self.config = dict(nf=nf, resolution=resolution, max_mult=max_mult)
+        widths = channel_schedule(nf, resolution, max_mult)  # nf ... 8nf
+        self.out_channels = widths[-1]
         self.conv_img = nn.Conv2d(3, nf, 3, 1, 1)
         self.blocks = nn.Sequential(
             *(DownBlock(c_in, c_out) for c_in, c_out in zip(widths[:-1], widths[1:])))
@@ -160,16 +166,24 @@ class ConditionalHead(nn.Module):
     """NetC: concat(features, sentence tiled to 4x4) -> conv3x3 -> LReLU -> conv4x4 -> logit (§1.3).
 
     One conditional output only (no unconditional branch), both convs without bias.
+    in_channels: the D's feature width (8nf for DF-GAN's D; default).
     """
 
-    def __init__(self, nf: int = 32, cond_dim: int = 256):
+    def __init__(self, nf: int = 32, cond_dim: int = 256, in_channels: int | None = None):
         super().__init__()
-        self.config = dict(nf=nf, cond_dim=cond_dim)
-        self.joint_conv = nn.Conv2d(8 * nf + cond_dim, 2 * nf, 3, 1, 1, bias=False)
+        in_channels = 8 * nf if in_channels is None else in_channels
+        self.config = dict(nf=nf, cond_dim=cond_dim, in_channels=in_channels)
+        self.joint_conv = nn.Conv2d(in_channels + cond_dim, 2 * nf, 3, 1, 1, bias=False)
         self.out_conv = nn.Conv2d(2 * nf, 1, 4, 1, 0, bias=False)
 
     def forward(self, features: torch.Tensor, sent: torch.Tensor) -> torch.Tensor:
-        # features: (B, 8nf, 4, 4), sent: (B, cond_dim) -> logits (B,)
+        # features: (B, in_channels, 4, 4), sent: (B, cond_dim) -> logits (B,)
         tiled = sent[:, :, None, None].expand(-1, -1, *features.shape[2:])  # (B, cond_dim, 4, 4)
         h = F.leaky_relu(self.joint_conv(torch.cat((features, tiled), dim=1)), 0.2)  # (B, 2nf, 4, 4)
         return self.out_conv(h).flatten()  # (B,)
+
+
+def build(nf: int, z_dim: int, cond_dim: int, resolution: int) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """(G, D, head) at one setting; the factory's entry point for `dfgan`."""
+    return (Generator(nf, z_dim, cond_dim, resolution), Discriminator(nf, resolution),
+            ConditionalHead(nf, cond_dim))

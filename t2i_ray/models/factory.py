@@ -14,6 +14,13 @@ Text embedding modes (SPEC 2; DTE-GAN has no public code, so this is our reading
 In both trainable modes G sees detached embeddings (as SSA-GAN's end-to-end variant), so text
 encoders are trained by D-side losses only. The DAMSM encoders stay frozen in every mode: they
 score l1*DAMSM, l2*F2R, l3*F2F and R-precision.
+
+Architectures (`model.arch`, SPEC 3): `dfgan` (dfgan.py), `ssagan` (ssagan.py), `attngan_style`
+(stylegan_attn.py). Each module's `build(nf, z_dim, cond_dim, resolution)` returns (G, D, head)
+with one interface: G(z, sentence, words, word_mask) -> images; D(images) -> features
+(B, D.out_channels, 4, 4); head(features, sentence) -> logits. Every architecture works with
+every text embedding mode: G is conditioned by the sentence (and words) of e_G, D's head by the
+same sentence, and the DTE alignment projection reads D's features whatever their width.
 """
 from __future__ import annotations
 
@@ -22,8 +29,10 @@ from dataclasses import dataclass
 from torch import nn
 
 from t2i_ray.config import ExperimentConfig
-from t2i_ray.models.dfgan import ConditionalHead, Discriminator, Generator
+from t2i_ray.models import dfgan, ssagan, stylegan_attn
 from t2i_ray.models.text import TextEncoder
+
+BUILDERS = {"dfgan": dfgan.build, "ssagan": ssagan.build, "attngan_style": stylegan_attn.build}
 
 
 class AlignProjection(nn.Module):
@@ -71,11 +80,9 @@ def _text_encoder_like(damsm_text: TextEncoder, init_from_damsm: bool) -> TextEn
 
 def build_gan_models(cfg: ExperimentConfig, damsm_text: TextEncoder, damsm_image: nn.Module) -> GANModels:
     m, res = cfg.model, cfg.data.resolution
-    if m.arch != "dfgan":  # validate() already refuses these; kept for direct callers
-        raise ValueError(f"model.arch={m.arch!r} is not built by this version")
-    generator = Generator(nf=m.nf, z_dim=m.z_dim, cond_dim=m.embed_dim, resolution=res)
-    discriminator = Discriminator(nf=m.nf, resolution=res)
-    head = ConditionalHead(nf=m.nf, cond_dim=m.embed_dim)
+    if m.arch not in BUILDERS:  # validate() already refuses these; kept for direct callers
+        raise ValueError(f"model.arch={m.arch!r} is not built by this version; available: {', '.join(BUILDERS)}")
+    generator, discriminator, head = BUILDERS[m.arch](m.nf, m.z_dim, m.embed_dim, res)
     for enc in (damsm_text, damsm_image):
         enc.eval()
         enc.requires_grad_(False)
@@ -84,6 +91,6 @@ def build_gan_models(cfg: ExperimentConfig, damsm_text: TextEncoder, damsm_image
     else:
         text_g = _text_encoder_like(damsm_text, m.text_init_from_damsm)
         text_a = text_g if m.text_embedding == "shared" else _text_encoder_like(damsm_text, m.text_init_from_damsm)
-        align_proj = AlignProjection(8 * m.nf, m.embed_dim)
+        align_proj = AlignProjection(discriminator.out_channels, m.embed_dim)
         trainable = True
     return GANModels(generator, discriminator, head, text_g, text_a, align_proj, damsm_text, damsm_image, trainable)

@@ -37,6 +37,11 @@ def frozen(module: nn.Module) -> nn.Module:
     return set_requires_grad(module.eval(), False)
 
 
+def word_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """(B, max_len) bool, True at the real words of each caption (ids are zero-padded after)."""
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
 class TextEncoder(nn.Module):
     """AttnGAN's RNN_ENCODER (gan_anchors 3.1): Embedding(300) -> Dropout(0.5) -> bi-LSTM(128/dir)."""
 

@@ -24,6 +24,7 @@ from t2i_ray.losses.adversarial import (
 from t2i_ray.losses.contrastive import info_nce, nt_xent
 from t2i_ray.losses.damsm import damsm_loss
 from t2i_ray.models.factory import GANModels
+from t2i_ray.models.text import word_mask
 from t2i_ray.train.checkpoint import unwrap
 
 
@@ -74,7 +75,8 @@ def gan_step(
     for opt in optimizers.values():
         opt.zero_grad(set_to_none=True)
     # Text encoding stays outside autocast (a small LSTM; keeps embeddings in float32).
-    _, sent_g = encode_text(models.text_g, ids, lens, trainable_text)  # (B, E)
+    words_g, sent_g = encode_text(models.text_g, ids, lens, trainable_text)  # (B, E, T), (B, E)
+    words_g, mask_g = words_g.detach(), word_mask(lens, ids.shape[1])  # G's word inputs
     if not trainable_text:
         sent_g = sent_g.detach().requires_grad_()  # MA-GP differentiates w.r.t. the sentence
     real_in = real.detach().requires_grad_()
@@ -86,7 +88,7 @@ def gan_step(
         mismatch_logits = head(mismatched(real_feat), sent_g).float()
         # One G forward per iteration, as DF-GAN: D sees it detached, the G step reuses its graph
         # (only D's parameters change in between, and G's output does not depend on them).
-        fake = G(z, sent_g.detach())
+        fake = G(z, sent_g.detach(), words_g, mask_g)
         fake_logits = head(D(fake.detach()), sent_g).float()
         loss_adv_d = discriminator_hinge_loss(real_logits, fake_logits, mismatch_logits)
         loss_gp = ma_gradient_penalty(real_logits, real_in, sent_g, k=lw.magp_k, p=lw.magp_p)
@@ -154,8 +156,10 @@ def _generator_loss(models: GANModels, batch: Mapping[str, Tensor], cfg: Experim
         out["loss_f2r"] = loss_f2r.item()
     if lw.f2f > 0:
         # A second fake from the same noise and another caption of the same image.
-        _, sent2 = encode_text(models.text_g, batch["caption2"], batch["caption2_len"], trainable=False)
-        _, fake2_global = damsm_image_features(models.damsm_image, models.generator(z, sent2.detach()))
+        ids2, lens2 = batch["caption2"], batch["caption2_len"]
+        words2, sent2 = encode_text(models.text_g, ids2, lens2, trainable=False)
+        fake2 = models.generator(z, sent2.detach(), words2.detach(), word_mask(lens2, ids2.shape[1]))
+        _, fake2_global = damsm_image_features(models.damsm_image, fake2)
         loss_f2f = nt_xent(fake_global, fake2_global, lw.temperature)
         loss_g = loss_g + lw.f2f * loss_f2f
         out["loss_f2f"] = loss_f2f.item()

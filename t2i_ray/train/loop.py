@@ -19,12 +19,14 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
 from t2i_ray.config import ExperimentConfig
 from t2i_ray.data.dataset import TextImageDataset
 from t2i_ray.data.registry import build_source, data_cache_root
 from t2i_ray.models.factory import GANModels, build_gan_models
+from t2i_ray.models.text import word_mask
 from t2i_ray.train import checkpoint as ckpt
 from t2i_ray.train.accel import Accel, resolve_accel, select_device
 from t2i_ray.train.damsm import load_damsm
@@ -84,7 +86,7 @@ class RayEnv(RunEnv):
     def prepare_model(self, module):
         import ray.train.torch
 
-        return ray.train.torch.prepare_model(module)
+        return ray.train.torch.prepare_model(module, parallel_strategy_kwargs=ddp_kwargs(module))
 
     def report(self, metrics, checkpoint_dir):
         import ray.train
@@ -102,6 +104,22 @@ class RayEnv(RunEnv):
         else:
             with checkpoint.as_directory() as d:
                 yield Path(d)
+
+
+def ddp_kwargs(module: torch.nn.Module) -> dict[str, Any]:
+    """DDP options for one module: no buffer broadcast when it has BatchNorm (SPEC 7).
+
+    With the default, DDP overwrites BN running stats in place at every forward, and a GAN step
+    runs two forwards before one backward (D: reals and fakes; G: the F2F second fake), which
+    fails in backward ("modified by an inplace operation"; reference/ray.md §2.3). torch >= 2.15
+    names the option forward_sync_buffers (it still syncs once at init, which is what we want).
+    """
+    import inspect
+
+    if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules()):
+        return {}
+    params = inspect.signature(torch.nn.parallel.DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
 
 
 def _wrap(models: GANModels, env: RunEnv, accel: Accel) -> GANModels:
@@ -152,8 +170,11 @@ def run_training(cfg: ExperimentConfig, env: RunEnv, damsm_path: str, run_name: 
                                  cfg.data.words_num, train=True, seed=cfg.seed)
     sampler = DistributedSampler(train_set, num_replicas=env.world_size, rank=env.world_rank,
                                  shuffle=True, seed=cfg.seed, drop_last=True)
+    # Its own generator: a DataLoader iterator otherwise draws a seed from torch's global RNG,
+    # which a resume would then replay differently (G's per-pixel noise inputs use that RNG).
     loader = DataLoader(train_set, batch_size=t.batch_size, sampler=sampler, drop_last=True,
-                        num_workers=cfg.data.loader_workers)
+                        num_workers=cfg.data.loader_workers,
+                        generator=torch.Generator().manual_seed(cfg.seed * 1000 + env.world_rank))
     if len(loader) == 0:
         raise ValueError(f"data.num_train={cfg.data.num_train} gives no full batch of train.batch_size="
                          f"{t.batch_size} per worker over {env.world_size} workers")
@@ -235,13 +256,22 @@ def make_generate_fn(models: GANModels):
     device = next(generator.parameters()).device
 
     @torch.no_grad()
-    def generate(ids, lens, z):
+    def generate(ids, lens, z, **extra):
         generator.eval()
         text_g.eval()
-        _, sent = text_g(ids.to(device), lens.to(device))
-        return generator(z.to(device), sent)
+        ids, lens = ids.to(device), lens.to(device)
+        words, sent = text_g(ids, lens)
+        return generator(z.to(device), sent, words, word_mask(lens, ids.shape[1]), **extra)
 
     return generate
+
+
+def make_mask_fn(models: GANModels):
+    """generate(ids, lens, z) -> the generator's predicted masks, when it predicts any, else None."""
+    if not getattr(ckpt.unwrap(models.generator), "predicts_masks", False):
+        return None
+    generate = make_generate_fn(models)
+    return lambda ids, lens, z: generate(ids, lens, z, return_masks=True)[1]
 
 
 def evaluate_models(cfg: ExperimentConfig, models: GANModels, damsm, writer, step: int,
@@ -251,9 +281,13 @@ def evaluate_models(cfg: ExperimentConfig, models: GANModels, damsm, writer, ste
     start = time.time()
     ctx = build_eval_context(cfg, damsm)
     generate = make_generate_fn(models)
-    metrics = evaluate_generator(generate, ctx, cfg, cfg.model.z_dim, seed=cfg.seed)
-    metrics["eval_seconds"] = time.time() - start
-    samples = save_samples(cfg, generate, ctx, run_name)
+    # Randomness inside G (StyleGAN2 noise inputs) comes from torch's global RNG: seed it so that
+    # evaluation is a function of the weights and the seed, without disturbing the training RNG.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        metrics = evaluate_generator(generate, ctx, cfg, cfg.model.z_dim, seed=cfg.seed)
+        metrics["eval_seconds"] = time.time() - start
+        samples = save_samples(cfg, generate, ctx, run_name, mask_fn=make_mask_fn(models))
     metrics["samples_path"] = str(samples)
     if writer is not None:
         for k, v in metrics.items():
@@ -267,8 +301,12 @@ def evaluate_models(cfg: ExperimentConfig, models: GANModels, damsm, writer, ste
 
 
 @torch.no_grad()
-def save_samples(cfg: ExperimentConfig, generate, ctx, run_name: str, num: int = 16) -> Path:
-    """A PNG grid: first row real test images, then fakes for the same captions (fixed noise)."""
+def save_samples(cfg: ExperimentConfig, generate, ctx, run_name: str, num: int = 16, mask_fn=None) -> Path:
+    """A PNG grid: first row real test images, then fakes for the same captions (fixed noise).
+
+    With `mask_fn` (generators that predict spatial masks, e.g. SSA-GAN), `<run>_masks.png`
+    beside it: one row per block (coarse to fine), the same samples, masks in grey (white = 1).
+    """
     from PIL import Image
 
     items = [ctx.test_set[i] for i in range(min(num, len(ctx.test_set)))]
@@ -289,6 +327,15 @@ def save_samples(cfg: ExperimentConfig, generate, ctx, run_name: str, num: int =
     Image.fromarray(canvas).save(out)
     captions = [ctx.damsm.vocab.decode(it["caption"][: int(it["caption_len"])].tolist()) for it in items]
     out.with_suffix(".json").write_text(json.dumps({"captions": captions}, indent=1))
+    if mask_fn is not None:
+        masks = mask_fn(ids, lens, z)  # [(n, 1, h_k, w_k)] per block
+        rows = [F.interpolate(m.float().cpu(), size=(h, w), mode="nearest") for m in masks]
+        mask_grid = (torch.cat(rows)[:, 0] * 255).round().byte().numpy()  # (blocks * n, H, W)
+        mask_canvas = np.zeros((len(rows) * h, n * w), np.uint8)
+        for k in range(len(mask_grid)):
+            r, c = divmod(k, n)
+            mask_canvas[r * h:(r + 1) * h, c * w:(c + 1) * w] = mask_grid[k]
+        Image.fromarray(mask_canvas).save(out.with_name(f"{run_name}_masks.png"))
     return out
 
 
