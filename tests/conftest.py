@@ -17,6 +17,7 @@ def tiny_overrides(output_dir) -> dict:
         "eval.evaluator_steps": 20,
         "eval.evaluator_images": 128,
         "damsm.epochs": 1, "damsm.batch_size": 16,
+        "captioner.epochs": 1, "captioner.batch_size": 16,
     }
 
 

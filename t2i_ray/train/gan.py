@@ -1,7 +1,7 @@
 """One GAN training step (DF-GAN update order, gan_anchors 1.4): a D step, then a G step.
 
 L_D = hinge(real) + 1/2 (hinge(fake) + hinge(mismatch)) + MA-GP  [+ a_w * L_align(real)]
-L_G = -E[D(G(z, e), e)] + l1 L_DAMSM + l2 L_F2R + l3 L_F2F       [+ a_w * L_align(fake)]
+L_G = -E[D(G(z, e), e)] + l1 L_DAMSM + l2 L_F2R + l3 L_F2F + l4 L_recap  [+ a_w * L_align(fake)]
 A weight of 0 skips its term's computation entirely (no extra forward passes). The models may be
 DDP-wrapped; frozen uses (D during the G step, encoders under no_grad) go through the plain
 module so DDP's gradient sync only sees the passes that train it.
@@ -22,6 +22,7 @@ from t2i_ray.losses.adversarial import (
 )
 from t2i_ray.losses.contrastive import info_nce, nt_xent
 from t2i_ray.losses.damsm import damsm_loss
+from t2i_ray.losses.recaption import recaption_loss
 from t2i_ray.models.factory import GANModels
 from t2i_ray.train.checkpoint import unwrap
 
@@ -124,6 +125,11 @@ def gan_step(
             loss_f2f = nt_xent(fake_global, fake2_global, lw.temperature)
             loss_g = loss_g + lw.f2f * loss_f2f
             out["loss_f2f"] = loss_f2f.item()
+        if lw.recap > 0:
+            # Frozen captioner (eval mode, no parameter gradients): the gradient reaches G only.
+            loss_recap = recaption_loss(models.captioner(fake, ids), ids, lens)
+            loss_g = loss_g + lw.recap * loss_recap
+            out["loss_recap"] = loss_recap.item()
         if use_align:
             with torch.no_grad():
                 _, sent_a = unwrap(models.text_a)(ids, lens)
