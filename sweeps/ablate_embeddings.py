@@ -37,7 +37,10 @@ def build_spec(args: argparse.Namespace) -> SweepSpec:
     for name, w in weights.items():
         if not w >= 0:
             raise ConfigError(f"--{name}: loss weight must be >= 0, got {w}")
-    base = config_from_args(args, loss_row_overrides(args.loss_row, weights))
+    # Every row sets its own mode; the base takes a trainable one so that text-encoder settings
+    # given with --set (e.g. model.text_init_from_damsm=true) validate for the rows they concern.
+    base = config_from_args(args, {**loss_row_overrides(args.loss_row, weights),
+                                   **embedding_row_overrides("shared")})
     seeds = list(seeds_for(args))
     grid = grid_trials(base, {row: embedding_row_overrides(row) for row in args.rows}, seeds)
     return SweepSpec(sweep="ablate_embeddings", base=apply_overrides(base, {"seed": seeds[0]}),
