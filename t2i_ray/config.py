@@ -394,7 +394,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval.num_images": 1024,
         "eval.evaluator_steps": 1500,
         "damsm.epochs": 12,
-        "captioner.epochs": 20,
+        "captioner.epochs": 12,
     },
     "paper": {
         "data.resolution": 256, "data.num_train": 8855, "data.num_test": 2933,

@@ -1,10 +1,10 @@
 """Image captioner for the re-captioning loss l4 (seed paper 001 Sec. 3.4.3; SPEC 4).
 
-Show and Tell (Vinyals et al., CVPR 2015, Eqs. 10-12): a CNN encodes the image into one vector
-x_{-1} = W_I CNN(I), the LSTM's first input; from then on the LSTM reads the caption's words
-x_t = W_e S_t (teacher forcing) and predicts the next word p_{t+1} = softmax(W_o h_t). The
-project's vocabulary has no start token: the image step plays that role, and the last target is
-"<end>" (id 0, pad/end in SPEC 1), so a caption of L words gives L + 1 predictions.
+After Show and Tell (Vinyals et al., CVPR 2015, Eqs. 10-12): a CNN encodes the image into one
+vector v; the LSTM reads the caption's words x_t = W_e S_t (teacher forcing) and predicts the next
+word p_{t+1} = softmax(W_o h_t). The project's vocabulary has no start token: step 0 reads a
+learned start vector, and the last target is "<end>" (id 0, pad/end in SPEC 1), so a caption of
+L words gives L + 1 predictions.
 
 The CNN is sized for small images: per scale a stride-1 and a stride-2 3x3 conv (a stride-2
 conv alone cannot see the 4-pixel shapes of 32x32 images) down to a 4x4 map, which is flattened
@@ -35,9 +35,9 @@ class CaptionerCNN(nn.Module):
         if image_size < 8 or image_size & (image_size - 1):
             raise ValueError(f"image_size: must be a power of two >= 8, got {image_size}")
         self.image_size = image_size
-        import os
-        base = int(os.environ.get("CAP_BASE", 32))
-        widths = [min(base * 2**i, 128) for i in range(int(math.log2(image_size // 4)))]  # 32, 64, 128, ...
+        # 16, 32, 64, 128, 128, ...: half the DAMSM cnn's widths; l4 runs this CNN forward and
+        # backward on every fake of every G step, and its pre-training must fit CPU budgets.
+        widths = [min(16 * 2**i, 128) for i in range(int(math.log2(image_size // 4)))]
         layers: list[nn.Module] = []
         c_in = 3
         for c_out in widths:
@@ -55,7 +55,13 @@ class CaptionerCNN(nn.Module):
 
 
 class Captioner(nn.Module):
-    """CNN image encoder + LSTM decoder over the project's vocabulary (teacher forcing)."""
+    """CNN image encoder + LSTM decoder over the project's vocabulary (teacher forcing).
+
+    Beyond Show and Tell, the image vector also initialises the LSTM state (as Show, Attend and
+    Tell's init_h / init_c) and is concatenated to every step's input: with the image given at
+    step 0 only, a from-scratch CPU-budget training learned a language model that ignored the
+    image (held-out perplexity identical with matched and mismatched images).
+    """
 
     def __init__(self, vocab_size: int, image_size: int = 32, word_dim: int = 128,
                  hidden_dim: int = 256, dropout: float = 0.3):
