@@ -19,6 +19,7 @@ from t2i_ray.config import build_config
 from t2i_ray.data.dataset import TextImageDataset
 from t2i_ray.data.shapes import build_source
 from t2i_ray.models.factory import build_gan_models
+from t2i_ray.train.captioner import ensure_captioner, load_captioner
 from t2i_ray.train.damsm import ensure_damsm, load_damsm
 from t2i_ray.train.gan import build_optimizers, gan_step
 
@@ -27,12 +28,15 @@ SETTINGS = [
     {"model.nf": 16},
     {"model.nf": 8},
     {"model.nf": 16, "loss.f2r": 0.2, "loss.f2f": 0.2, "loss.damsm": 0.05},
+    {"model.nf": 16, "loss.recap": 1.0},
+    {"model.nf": 16, "loss.f2r": 0.2, "loss.f2f": 0.2, "loss.damsm": 0.05, "loss.recap": 1.0},
     {"model.nf": 16, "model.text_embedding": "dual"},
 ]
 
 
-def measure(cfg, damsm, steps: int) -> float:
-    models = build_gan_models(cfg, damsm.text_encoder, damsm.image_encoder)
+def measure(cfg, damsm, steps: int, captioner=None) -> float:
+    models = build_gan_models(cfg, damsm.text_encoder, damsm.image_encoder,
+                              captioner if cfg.loss.recap > 0 else None)
     opts = build_optimizers(models, cfg)
     ds = TextImageDataset(build_source(cfg.data, "train"), damsm.vocab, cfg.data.words_num, train=True)
     loader = torch.utils.data.DataLoader(ds, batch_size=cfg.train.batch_size, shuffle=True, drop_last=True)
@@ -55,10 +59,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     base = build_config("local")
     damsm = load_damsm(ensure_damsm(base))
+    captioner = load_captioner(ensure_captioner(base)).model  # for the l4 settings
     rows = []
     for setting in SETTINGS:
         cfg = build_config("local", setting)
-        ips = measure(cfg, damsm, args.steps)
+        ips = measure(cfg, damsm, args.steps, captioner)
         rows.append({"setting": setting, "resolution": cfg.data.resolution,
                      "batch_size": cfg.train.batch_size, "images_per_s": round(ips, 1)})
         print(rows[-1], flush=True)
