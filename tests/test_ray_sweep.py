@@ -8,6 +8,7 @@ import pytest
 
 from t2i_ray.config import apply_overrides
 from t2i_ray.sweep.space import loss_row_overrides
+from t2i_ray.train.captioner import captioner_is_cached
 
 REPO = str(Path(__file__).resolve().parents[1])
 
@@ -25,15 +26,17 @@ def local_ray():
 def test_two_trial_grid_sweep_writes_rows_and_rerun_resumes(tiny_cfg, tiny_damsm, local_ray):
     from t2i_ray.sweep.run import SweepSpec, run_sweep, summarize
 
-    grid = [{"row": r, "seed": 0, "overrides": loss_row_overrides(r)} for r in ("baseline", "+F2R")]
+    grid = [{"row": r, "seed": 0, "overrides": loss_row_overrides(r)} for r in ("baseline", "+recap")]
     spec = SweepSpec(sweep="test_sweep", base=tiny_cfg, search="grid", grid=grid)
     rows = run_sweep(spec, log=lambda s: None)
-    assert sorted(rows["row"]) == ["+F2R", "baseline"]
+    assert sorted(rows["row"]) == ["+recap", "baseline"]
     assert (rows["status"] == "ok").all(), rows["error"].tolist()
     for col in ("fid", "kid", "r_precision", "attr_pair_recall", "wall_time_s"):
         assert rows[col].map(math.isfinite).all(), col
-    assert rows.loc[rows.row == "+F2R", "config.loss.f2r"].item() == 0.2
-    assert rows.loc[rows.row == "baseline", "config.loss.f2r"].item() == 0.0
+    # the l4 row got the captioner that run_sweep pre-trained (prepare_assets -> train_driver -> worker)
+    assert rows.loc[rows.row == "+recap", "config.loss.recap"].item() == 1.0
+    assert rows.loc[rows.row == "baseline", "config.loss.recap"].item() == 0.0
+    assert captioner_is_cached(tiny_cfg)
     assert (rows["code_version"] != "").all() and (rows["seed"] == 0).all()
     assert all(Path(p).is_dir() for p in rows["checkpoint_path"])
     assert len(summarize(rows)) == 2
