@@ -155,7 +155,10 @@ def load_captioner(path: str | Path) -> CachedCaptioner:
     vocab = Vocabulary.load(path / "vocab.json")
     if vocab.fingerprint() != meta["vocab_fingerprint"]:
         raise ValueError(f"{path}/vocab.json does not match the vocabulary the captioner was trained with")
-    model = Captioner(**meta["captioner"])
+    # Its random init is overwritten below; building it outside the caller's RNG keeps a seed's
+    # GAN init identical whether or not a run uses l4 (ablation rows differ only in the loss).
+    with torch.random.fork_rng(devices=[]):
+        model = Captioner(**meta["captioner"])
     model.load_state_dict(torch.load(path / "captioner.pt", map_location="cpu", weights_only=True))
     model.eval()
     model.requires_grad_(False)

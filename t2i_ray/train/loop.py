@@ -143,6 +143,7 @@ def run_training(cfg: ExperimentConfig, env: RunEnv, damsm_path: str, run_name: 
         torch.set_num_threads(t.torch_threads)
     torch.manual_seed(cfg.seed * 1000 + env.world_rank)
     damsm = load_damsm(damsm_path)
+    captioner = load_frozen_captioner(captioner_path, damsm.vocab) if cfg.loss.recap > 0 else None
     train_set = TextImageDataset(build_source(cfg.data, "train"), damsm.vocab, cfg.data.words_num,
                                  train=True, seed=cfg.seed)
     sampler = DistributedSampler(train_set, num_replicas=env.world_size, rank=env.world_rank,
@@ -152,7 +153,6 @@ def run_training(cfg: ExperimentConfig, env: RunEnv, damsm_path: str, run_name: 
     if len(loader) == 0:
         raise ValueError(f"data.num_train={cfg.data.num_train} gives no full batch of train.batch_size="
                          f"{t.batch_size} per worker over {env.world_size} workers")
-    captioner = load_frozen_captioner(captioner_path, damsm.vocab) if cfg.loss.recap > 0 else None
     models = build_gan_models(cfg, damsm.text_encoder, damsm.image_encoder, captioner)
     optimizers = build_optimizers(models, cfg)
     noise_gen = torch.Generator().manual_seed(cfg.seed * 1000 + 7 + env.world_rank)
