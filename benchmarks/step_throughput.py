@@ -24,6 +24,7 @@ from t2i_ray.data.dataset import TextImageDataset
 from t2i_ray.data.shapes import build_source, build_vocabulary
 from t2i_ray.models.factory import build_gan_models
 from t2i_ray.models.text import ImageEncoder, TextEncoder
+from t2i_ray.train.captioner import ensure_captioner, load_captioner
 from t2i_ray.train.damsm import ensure_damsm, load_damsm
 from t2i_ray.train.gan import build_optimizers, gan_step
 
@@ -32,12 +33,15 @@ SETTINGS = [
     {"model.nf": 16},
     {"model.nf": 8},
     {"model.nf": 16, "loss.f2r": 0.2, "loss.f2f": 0.2, "loss.damsm": 0.05},
+    {"model.nf": 16, "loss.recap": 1.0},
+    {"model.nf": 16, "loss.f2r": 0.2, "loss.f2f": 0.2, "loss.damsm": 0.05, "loss.recap": 1.0},
     {"model.nf": 16, "model.text_embedding": "dual"},
 ]
 
 
-def measure(cfg, damsm, steps: int) -> float:
-    models = build_gan_models(cfg, damsm.text_encoder, damsm.image_encoder)
+def measure(cfg, damsm, steps: int, captioner=None) -> float:
+    models = build_gan_models(cfg, damsm.text_encoder, damsm.image_encoder,
+                              captioner if cfg.loss.recap > 0 else None)
     opts = build_optimizers(models, cfg)
     ds = TextImageDataset(build_source(cfg.data, "train"), damsm.vocab, cfg.data.words_num, train=True)
     loader = torch.utils.data.DataLoader(ds, batch_size=cfg.train.batch_size, shuffle=True, drop_last=True)
@@ -73,12 +77,15 @@ def main() -> None:
         damsm = SimpleNamespace(text_encoder=text, image_encoder=image, vocab=vocab)
     else:
         damsm = load_damsm(ensure_damsm(base))
-    rows = []
     chosen = [SETTINGS[i] for i in args.settings] if args.settings is not None else SETTINGS
+    # the l4 settings need the captioner (pre-trained and cached on first use)
+    captioner = (load_captioner(ensure_captioner(base)).model
+                 if any(s.get("loss.recap", 0) > 0 for s in chosen) else None)
+    rows = []
     for arch in args.arch:
         for setting in chosen:
             cfg = build_config("local", {**setting, "model.arch": arch})
-            ips = measure(cfg, damsm, args.steps)
+            ips = measure(cfg, damsm, args.steps, captioner)
             rows.append({"arch": arch, "setting": setting, "resolution": cfg.data.resolution,
                          "batch_size": cfg.train.batch_size, "images_per_s": round(ips, 1)})
             print(rows[-1], flush=True)

@@ -81,7 +81,7 @@ class LossWeights:
     damsm: float = 0.0  # l1
     f2r: float = 0.0  # l2
     f2f: float = 0.0  # l3
-    recap: float = 0.0  # l4 (needs a captioner: not available yet, must stay 0)
+    recap: float = 0.0  # l4: needs the pre-trained captioner (section `captioner`, cached)
     temperature: float = 0.5  # NT-Xent temperature for F2R/F2F
     gamma1: float = 4.0  # DAMSM attention sharpness over regions
     gamma2: float = 5.0  # DAMSM word-level aggregation
@@ -145,6 +145,21 @@ class DamsmConfig:
 
 
 @dataclass(frozen=True)
+class CaptionerConfig:
+    """The frozen captioner of the re-captioning loss l4 (Show and Tell, models/captioner.py),
+    pre-trained on real pairs once per data config and cached like the DAMSM encoders."""
+
+    image_size: int = 32  # images are resized to this before its CNN (power of two, 8..256)
+    word_dim: int = 128
+    hidden_dim: int = 256  # LSTM
+    dropout: float = 0.3
+    epochs: int = 20  # one random caption of every train image per epoch
+    batch_size: int = 64
+    lr: float = 2e-3  # Adam, cosine-decayed to 0 over the run
+    grad_clip: float = 5.0
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -152,6 +167,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     damsm: DamsmConfig = field(default_factory=DamsmConfig)
+    captioner: CaptionerConfig = field(default_factory=CaptionerConfig)
     seed: int = 0
     output_dir: str = "t2i_runs"  # results table, checkpoints, caches, TensorBoard logs
     name: str = "default"  # a label for the row in the results table
@@ -295,7 +311,7 @@ def _check(cond: bool, where: str, message: str) -> None:
 
 def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     """Raise ConfigError naming the first bad field; return cfg unchanged when valid."""
-    d, m, l, t, e, p = cfg.data, cfg.model, cfg.loss, cfg.train, cfg.eval, cfg.damsm
+    d, m, l, t, e, p, c = cfg.data, cfg.model, cfg.loss, cfg.train, cfg.eval, cfg.damsm, cfg.captioner
     _check(d.dataset in DATASETS, "data.dataset",
            f"unknown dataset {d.dataset!r}; available: {', '.join(DATASETS)}")
     real = d.dataset != "shapes"
@@ -329,9 +345,6 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         w = getattr(l, name)
         _check(math.isfinite(w) and w >= 0, f"loss.{name}",
                f"loss weight must be a finite number >= 0 (0 turns the term off), got {w}")
-    _check(l.recap == 0, "loss.recap",
-           "the re-captioning loss needs a pre-trained captioner, which this version does not "
-           "have yet; set loss.recap=0")
     _check(l.temperature > 0, "loss.temperature", f"must be > 0, got {l.temperature}")
     for name in ("gamma1", "gamma2", "gamma3", "magp_k", "magp_p"):
         _check(getattr(l, name) > 0, f"loss.{name}", f"must be > 0, got {getattr(l, name)}")
@@ -389,9 +402,38 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     _check(p.epochs >= 1, "damsm.epochs", "must be >= 1")
     _check(p.batch_size >= 2, "damsm.batch_size", "must be >= 2")
     _check(p.lr > 0, "damsm.lr", "must be > 0")
+    _check(p.image_backbone != "inception" or p.inception_weights is not None, "damsm.inception_weights",
+           "damsm.image_backbone=inception needs torchvision's ImageNet Inception-v3 weights file "
+           "(inception_v3_google-0cc3c7bd.pth): set damsm.inception_weights=/path/to/it, "
+           "or use damsm.image_backbone=cnn")
+    s = c.image_size
+    _check(8 <= s <= 256 and s & (s - 1) == 0, "captioner.image_size",
+           f"must be a power of two in 8..256, got {s}")
+    for name in ("word_dim", "hidden_dim", "epochs"):
+        _check(getattr(c, name) >= 1, f"captioner.{name}", f"must be >= 1, got {getattr(c, name)}")
+    _check(c.batch_size >= 2, "captioner.batch_size", f"must be >= 2, got {c.batch_size}")
+    _check(0 <= c.dropout < 1, "captioner.dropout", f"must be in [0, 1), got {c.dropout}")
+    _check(c.lr > 0, "captioner.lr", "must be > 0")
+    _check(c.grad_clip > 0, "captioner.grad_clip", "must be > 0")
+    _check_combinations(cfg)
     _check(cfg.seed >= 0, "seed", f"must be >= 0, got {cfg.seed}")
     _check(bool(cfg.output_dir), "output_dir", "must be a non-empty path")
     return cfg
+
+
+def _check_combinations(cfg: ExperimentConfig) -> None:
+    """Settings that are valid alone but contradict each other (which parts train what:
+    README "Text-embedding modes")."""
+    m = cfg.model
+    _check(not m.text_init_from_damsm or m.text_embedding != "pretrained", "model.text_init_from_damsm",
+           "only applies to the trainable text encoders of model.text_embedding=shared|dual; with "
+           "pretrained the frozen DAMSM encoder is used as is: set it to false or pick shared/dual")
+    # dual's e_A is trained by the alignment loss alone and conditions nothing: without that loss
+    # it would be dead weight and the run a mislabelled `shared` without alignment.
+    _check(m.text_embedding != "dual" or m.align_weight > 0, "model.align_weight",
+           "model.text_embedding=dual needs align_weight > 0: its alignment embedding e_A is trained "
+           "only by that contrastive loss; use text_embedding=shared for a text encoder trained by the "
+           "adversarial losses alone")
 
 
 # Presets: the CLI and the sweeps both start from one of these. `smoke` and `local` train at
@@ -410,6 +452,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval.num_images": 256, "eval.kid_subset_size": 128, "eval.kid_subsets": 20,
         "eval.evaluator_steps": 300, "eval.evaluator_images": 4096,
         "damsm.epochs": 3,
+        "captioner.epochs": 4,
     },
     "local": {
         "data.num_train": 4096, "data.num_test": 1024,
@@ -420,6 +463,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval.num_images": 1024,
         "eval.evaluator_steps": 1500,
         "damsm.epochs": 12,
+        "captioner.epochs": 12,
     },
     "paper": {
         "data.resolution": 256, "data.num_train": 8855, "data.num_test": 2933,
@@ -429,6 +473,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval.num_images": 30000, "eval.kid_subset_size": 1000, "eval.kid_subsets": 100,
         "eval.evaluator_steps": 5000,
         "damsm.epochs": 200,
+        "captioner.image_size": 128, "captioner.hidden_dim": 512, "captioner.word_dim": 256,
+        "captioner.epochs": 100,
     },
 }
 
@@ -555,7 +601,7 @@ def build_config_with_file(preset: str, config_file: str | Path | None,
 
 __all__ = [
     "ConfigError", "DataConfig", "ModelConfig", "LossWeights", "TrainConfig", "EvalConfig",
-    "DamsmConfig", "ExperimentConfig", "PRESETS", "EVAL_PROTOCOLS", "build_config", "apply_overrides",
-    "parse_override", "protocol_overrides", "resolved_eval_backbone", "validate", "replace", "read_config_file",
-    "build_config_with_file",
+    "DamsmConfig", "CaptionerConfig", "ExperimentConfig", "PRESETS", "EVAL_PROTOCOLS", "build_config",
+    "apply_overrides", "parse_override", "protocol_overrides", "resolved_eval_backbone", "validate", "replace",
+    "read_config_file", "build_config_with_file",
 ]

@@ -17,6 +17,7 @@ def tiny_overrides(output_dir) -> dict:
         "eval.evaluator_steps": 20,
         "eval.evaluator_images": 128,
         "damsm.epochs": 1, "damsm.batch_size": 16,
+        "captioner.epochs": 1, "captioner.batch_size": 16,
     }
 
 
@@ -59,11 +60,11 @@ def local_ray():
 
 @pytest.fixture(scope="session")
 def tiny_grid_sweep(tiny_cfg, tiny_damsm, local_ray):
-    """A real two-trial grid sweep (baseline and +F2R, seed 0) on the tiny config: (spec, rows)."""
+    """A real two-trial grid sweep (baseline and +recap, seed 0) on the tiny config: (spec, rows)."""
     from t2i_ray.sweep.run import SweepSpec, run_sweep
     from t2i_ray.sweep.space import loss_row_overrides
 
-    grid = [{"row": r, "seed": 0, "overrides": loss_row_overrides(r)} for r in ("baseline", "+F2R")]
+    grid = [{"row": r, "seed": 0, "overrides": loss_row_overrides(r)} for r in ("baseline", "+recap")]
     spec = SweepSpec(sweep="test_sweep", base=tiny_cfg, search="grid", grid=grid)
     return spec, run_sweep(spec, log=lambda s: None)
 

@@ -128,5 +128,5 @@ def test_notebook_runs_top_to_bottom_on_a_real_sweep(tiny_grid_sweep, tmp_path):
     for name in ("r_precision_vs_weights", "fid_vs_weights", "pareto_fid_r_precision", "training_curves", "samples"):
         assert (figures / f"{name}.png").stat().st_size > 1000, name
     table = (figures / "ablation_table.md").read_text()
-    assert "| baseline |" in table and "| +F2R |" in table and "fid" in table
+    assert "| baseline |" in table and "| +recap |" in table and "fid" in table
     assert "\\begin{tabular}" in (figures / "ablation_table.tex").read_text()

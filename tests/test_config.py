@@ -31,7 +31,10 @@ def test_overrides_are_typed_from_strings():
     ({"data.resolution": 16}, "data.resolution"),
     ({"train.steps": "ten"}, "train.steps"),
     ({"train.use_gpu": "maybe"}, "train.use_gpu"),
-    ({"loss.recap": 1.0}, "loss.recap"),
+    ({"loss.recap": -1.0}, "loss.recap"),
+    ({"captioner.image_size": 48}, "captioner.image_size"),
+    ({"captioner.dropout": 1.0}, "captioner.dropout"),
+    ({"captioner.epochs": 0}, "captioner.epochs"),
     ({"eval.r_precision_candidates": 5000}, "eval.r_precision_candidates"),
 ])
 def test_bad_values_name_their_field(override, field):
@@ -61,3 +64,30 @@ def test_config_is_frozen_and_keys_are_content_hashes():
     assert cfg.key("data") == other.key("data")
     assert cfg.key("loss") != other.key("loss")
     assert other.flat()["loss.f2r"] == 0.2
+
+
+def test_recap_weight_is_accepted_now_that_a_captioner_exists():
+    cfg = build_config("smoke", {"loss.recap": 1.0})
+    assert cfg.loss.recap == 1.0 and cfg.captioner.epochs >= 1
+
+
+@pytest.mark.parametrize("override,field,hint", [
+    # the frozen DAMSM encoder has no trainable copy to initialise
+    ({"model.text_init_from_damsm": True}, "model.text_init_from_damsm", "shared|dual"),
+    # dual's e_A is trained only by the alignment loss
+    ({"model.text_embedding": "dual", "model.align_weight": 0.0}, "model.align_weight", "text_embedding=shared"),
+    # the inception DAMSM image encoder needs its ImageNet weights (offline: a local file)
+    ({"damsm.image_backbone": "inception"}, "damsm.inception_weights", "image_backbone=cnn"),
+])
+def test_contradictory_combinations_are_refused_with_the_fix(override, field, hint):
+    with pytest.raises(ConfigError) as err:
+        build_config("smoke", override)
+    assert str(err.value).startswith(field) and hint in str(err.value)
+
+
+def test_sensible_combinations_of_modes_and_losses_build():
+    for mode in ("pretrained", "shared", "dual"):
+        for loss in ({}, {"loss.damsm": 0.05, "loss.f2r": 0.2, "loss.f2f": 0.2, "loss.recap": 1.0}):
+            build_config("smoke", {"model.text_embedding": mode, **loss})
+    build_config("smoke", {"model.text_embedding": "shared", "model.align_weight": 0.0})  # adversarial only
+    build_config("smoke", {"model.text_embedding": "dual", "model.text_init_from_damsm": True})

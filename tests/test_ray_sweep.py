@@ -6,18 +6,21 @@ import math
 from pathlib import Path
 
 from t2i_ray.config import apply_overrides
+from t2i_ray.train.captioner import captioner_is_cached
 
 
 def test_two_trial_grid_sweep_writes_rows_and_rerun_resumes(tiny_grid_sweep):
     from t2i_ray.sweep.run import run_sweep, summarize
 
     spec, rows = tiny_grid_sweep
-    assert sorted(rows["row"]) == ["+F2R", "baseline"]
+    assert sorted(rows["row"]) == ["+recap", "baseline"]
     assert (rows["status"] == "ok").all(), rows["error"].tolist()
     for col in ("fid", "kid", "r_precision", "attr_pair_recall", "wall_time_s"):
         assert rows[col].map(math.isfinite).all(), col
-    assert rows.loc[rows.row == "+F2R", "config.loss.f2r"].item() == 0.2
-    assert rows.loc[rows.row == "baseline", "config.loss.f2r"].item() == 0.0
+    # the l4 row got the captioner that run_sweep pre-trained (prepare_assets -> train_driver -> worker)
+    assert rows.loc[rows.row == "+recap", "config.loss.recap"].item() == 1.0
+    assert rows.loc[rows.row == "baseline", "config.loss.recap"].item() == 0.0
+    assert captioner_is_cached(spec.base)
     assert (rows["code_version"] != "").all() and (rows["seed"] == 0).all()
     assert all(Path(p).is_dir() for p in rows["checkpoint_path"])
     for path in rows["curves_path"]:  # one JSON line per training report, steps 1..4

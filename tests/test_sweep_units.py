@@ -8,8 +8,9 @@ from t2i_ray.config import ConfigError, build_config
 from t2i_ray.eval.features import evaluator_cache_path
 from t2i_ray.sweep import store
 from t2i_ray.sweep.run import DRIVER_CPUS, fit_resources, format_table, prepare_assets, summarize
+from t2i_ray.train.captioner import captioner_dir, captioner_is_cached
 from t2i_ray.train.damsm import damsm_dir, damsm_is_cached
-from t2i_ray.sweep.space import LOSS_ROWS, loss_row_overrides
+from t2i_ray.sweep.space import DEFAULT_LOSS_ROWS, LOSS_ROWS, loss_row_overrides
 
 
 def test_fit_two_single_worker_trials_on_two_cpus():
@@ -35,10 +36,14 @@ def test_fit_gpus_bound_concurrency_and_refuse_impossible():
 
 
 def test_loss_rows_turn_exactly_their_terms_on():
-    assert loss_row_overrides("baseline") == {"loss.damsm": 0.0, "loss.f2r": 0.0, "loss.f2f": 0.0}
-    assert loss_row_overrides("+F2R+F2F", {"l2": 0.3}) == {"loss.damsm": 0.0, "loss.f2r": 0.3, "loss.f2f": 0.2}
-    assert loss_row_overrides("all") == {"loss.damsm": 0.05, "loss.f2r": 0.2, "loss.f2f": 0.2}
-    assert set(LOSS_ROWS) == {"baseline", "+DAMSM", "+F2R", "+F2F", "+F2R+F2F", "all"}
+    off = {"loss.damsm": 0.0, "loss.f2r": 0.0, "loss.f2f": 0.0, "loss.recap": 0.0}
+    assert loss_row_overrides("baseline") == off
+    assert loss_row_overrides("+F2R+F2F", {"l2": 0.3}) == {**off, "loss.f2r": 0.3, "loss.f2f": 0.2}
+    # `all` is the paper's full model (Table 1, SSAGAN + CL (R2F+F2F+R)): re-captioning included
+    assert loss_row_overrides("all") == {"loss.damsm": 0.05, "loss.f2r": 0.2, "loss.f2f": 0.2, "loss.recap": 1.0}
+    assert loss_row_overrides("+recap", {"l4": 0.5}) == {**off, "loss.recap": 0.5}
+    assert set(LOSS_ROWS) == {"baseline", "+DAMSM", "+F2R", "+F2F", "+F2R+F2F", "all", "+recap"}
+    assert DEFAULT_LOSS_ROWS == ("baseline", "+DAMSM", "+F2R", "+F2F", "+F2R+F2F", "all")
     with pytest.raises(ValueError, match="unknown ablation row"):
         loss_row_overrides("+everything")
 
@@ -78,14 +83,18 @@ def test_store_refuses_incomplete_rows_and_reads_empty(tmp_path):
 def test_prepare_assets_trains_both_then_reuses_them(fresh_tiny_cfg):
     cfg = fresh_tiny_cfg
     logs: list[str] = []
-    path = prepare_assets(cfg, logs.append)  # nothing cached yet: trains both
+    assets = prepare_assets(cfg, logs.append)  # nothing cached yet: trains both
+    path = assets["damsm_path"]
     assert path == str(damsm_dir(cfg).resolve()) and damsm_is_cached(cfg)
+    assert assets["captioner_path"] is None and not captioner_is_cached(cfg)  # no trial needs l4
     e = cfg.eval
     evaluator_file = evaluator_cache_path(cfg.data, e.evaluator_steps, e.evaluator_images, f"{cfg.output_dir}/cache")[0]
     assert os.path.isfile(evaluator_file)
     stamp = os.stat(evaluator_file).st_mtime_ns
     logs.clear()
-    assert prepare_assets(cfg, logs.append) == path
+    assert prepare_assets(cfg, logs.append) == assets
     assert any("using cached encoders" in m for m in logs)
     assert any("loaded domain evaluator" in m for m in logs)
     assert os.stat(evaluator_file).st_mtime_ns == stamp
+    with_captioner = prepare_assets(cfg, logs.append, need_captioner=True)
+    assert with_captioner["captioner_path"] == str(captioner_dir(cfg).resolve()) and captioner_is_cached(cfg)

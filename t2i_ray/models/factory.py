@@ -13,7 +13,8 @@ Text embedding modes (SPEC 2; DTE-GAN has no public code, so this is our reading
                 features, and G is pushed towards e_A through that loss on fakes.
 In both trainable modes G sees detached embeddings (as SSA-GAN's end-to-end variant), so text
 encoders are trained by D-side losses only. The DAMSM encoders stay frozen in every mode: they
-score l1*DAMSM, l2*F2R, l3*F2F and R-precision.
+score l1*DAMSM, l2*F2R, l3*F2F and R-precision; the captioner (only built when l4 > 0) is frozen
+too and scores l4*recap. The README's "Text-embedding modes" section tabulates what trains what.
 
 Architectures (`model.arch`, SPEC 3): `dfgan` (dfgan.py), `ssagan` (ssagan.py), `attngan_style`
 (stylegan_attn.py). Each module's `build(nf, z_dim, cond_dim, resolution)` returns (G, D, head)
@@ -58,6 +59,7 @@ class GANModels:
     damsm_text: nn.Module  # frozen
     damsm_image: nn.Module  # frozen
     text_trainable: bool
+    captioner: nn.Module | None = None  # frozen; only when loss.recap > 0
 
     def trainable(self) -> dict[str, nn.Module]:
         """Modules updated by the optimisers: these are checkpointed and DDP-wrapped."""
@@ -78,14 +80,19 @@ def _text_encoder_like(damsm_text: TextEncoder, init_from_damsm: bool) -> TextEn
     return enc
 
 
-def build_gan_models(cfg: ExperimentConfig, damsm_text: TextEncoder, damsm_image: nn.Module) -> GANModels:
+def build_gan_models(cfg: ExperimentConfig, damsm_text: TextEncoder, damsm_image: nn.Module,
+                     captioner: nn.Module | None = None) -> GANModels:
     m, res = cfg.model, cfg.data.resolution
+    if cfg.loss.recap > 0 and captioner is None:
+        raise ValueError("loss.recap > 0 needs the pre-trained captioner (t2i_ray.train.captioner."
+                         "ensure_captioner / sweeps/pretrain_captioner.py); pass it, or set loss.recap=0")
     if m.arch not in BUILDERS:  # validate() already refuses these; kept for direct callers
         raise ValueError(f"model.arch={m.arch!r} is not built by this version; available: {', '.join(BUILDERS)}")
     generator, discriminator, head = BUILDERS[m.arch](m.nf, m.z_dim, m.embed_dim, res)
-    for enc in (damsm_text, damsm_image):
-        enc.eval()
-        enc.requires_grad_(False)
+    for enc in (damsm_text, damsm_image, captioner):
+        if enc is not None:
+            enc.eval()
+            enc.requires_grad_(False)
     if m.text_embedding == "pretrained":
         text_g, text_a, align_proj, trainable = damsm_text, None, None, False
     else:
@@ -93,4 +100,5 @@ def build_gan_models(cfg: ExperimentConfig, damsm_text: TextEncoder, damsm_image
         text_a = text_g if m.text_embedding == "shared" else _text_encoder_like(damsm_text, m.text_init_from_damsm)
         align_proj = AlignProjection(discriminator.out_channels, m.embed_dim)
         trainable = True
-    return GANModels(generator, discriminator, head, text_g, text_a, align_proj, damsm_text, damsm_image, trainable)
+    return GANModels(generator, discriminator, head, text_g, text_a, align_proj, damsm_text, damsm_image,
+                     trainable, captioner if cfg.loss.recap > 0 else None)

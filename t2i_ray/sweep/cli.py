@@ -1,13 +1,17 @@
-"""Shared command line of the sweep scripts: presets, overrides, validation before Ray starts."""
+"""Shared command line of the sweep scripts: presets, overrides, validation before Ray starts,
+the grid of rows x seeds, and running a grid and printing its table."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from t2i_ray.config import (EVAL_PROTOCOLS, PRESETS, ConfigError, ExperimentConfig, apply_overrides,
                             build_config_with_file, parse_override, protocol_overrides, resolved_eval_backbone)
+
+if TYPE_CHECKING:
+    from t2i_ray.sweep.run import SweepSpec
 
 DEFAULT_SEEDS = {"smoke": [0], "local": [0, 1], "paper": [0, 1, 2]}
 
@@ -109,4 +113,50 @@ def seeds_for(args: argparse.Namespace) -> Sequence[int]:
     return args.seeds if args.seeds is not None else DEFAULT_SEEDS[args.preset]
 
 
-__all__ = ["base_parser", "config_from_args", "fail", "report_locations", "seeds_for", "ConfigError"]
+def grid_trials(base: ExperimentConfig, rows: Mapping[str, Mapping[str, Any]], seeds: Sequence[int]
+                ) -> list[dict[str, Any]]:
+    """One trial per (row, seed), `rows` mapping a row label to its config overrides. Every
+    trial's config is validated here, so a bad combination fails before Ray starts."""
+    grid = [{"row": row, "seed": int(s), "overrides": dict(overrides)}
+            for row, overrides in rows.items() for s in seeds]
+    for trial in grid:
+        try:
+            apply_overrides(base, {**trial["overrides"], "seed": trial["seed"]})
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (in row {trial['row']!r})") from exc
+    return grid
+
+
+def print_dry_run(spec: "SweepSpec") -> None:
+    print(f"[dry-run] experiment {spec.name}")
+    for t in (spec.grid if spec.search == "grid" else []):
+        print(f"  {t['row']:<10} seed {t['seed']}  {t['overrides']}")
+    if spec.search == "optuna":
+        print(f"  {spec.num_trials} Optuna TPE trials over {list(spec.optuna_space or {})}")
+
+
+def run_and_report(spec: "SweepSpec", args: argparse.Namespace, order: Sequence[str], title: str) -> None:
+    """Run (or resume) the sweep, then print and write its mean ± std table and where things are."""
+    from t2i_ray.sweep.run import ResumeError, format_table, run_sweep, summarize
+
+    try:
+        rows = run_sweep(spec, address=args.address, max_concurrent=args.max_concurrent, resume=args.resume,
+                         storage_path=args.storage_path)
+    except (ConfigError, ResumeError) as exc:
+        fail(str(exc))
+    table = format_table(summarize(rows, list(order)))
+    out = Path(spec.base.output_dir) / "tables"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{spec.name}.md").write_text(table + "\n")
+    rows.to_csv(out / f"{spec.name}.csv", index=False)
+    failed = rows[rows["status"] != "ok"]
+    print(f"\n{title} ({spec.name}; mean ± std over seeds; FID/KID on the domain evaluator, "
+          f"R-precision with the DAMSM encoders):\n{table}")
+    if len(failed):
+        print(f"\n{len(failed)} trial(s) failed: " + "; ".join(f"{r.run_name}: {r.error}" for r in failed.itertuples()))
+    print(f"\ntable: {out / (spec.name + '.md')} (+ .csv with every trial)\n"
+          + report_locations(spec.base.output_dir, spec.name, args.storage_path))
+
+
+__all__ = ["base_parser", "config_from_args", "fail", "report_locations", "seeds_for", "grid_trials",
+           "print_dry_run", "run_and_report", "ConfigError"]

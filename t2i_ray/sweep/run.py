@@ -146,8 +146,20 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_") or "row"
 
 
-def prepare_assets(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> str:
-    """Pre-train/cache the DAMSM encoders and the domain evaluator once, before any trial starts.
+def needs_captioner(spec: SweepSpec) -> bool:
+    """Whether any trial of the sweep can have loss.recap > 0 (then the captioner is pre-trained)."""
+    if spec.base.loss.recap > 0:
+        return True
+    if spec.search == "grid":
+        return any(float(t["overrides"].get("loss.recap", 0.0)) > 0 for t in spec.grid)
+    return "loss.recap" in (spec.optuna_space or {})
+
+
+def prepare_assets(cfg: ExperimentConfig, log: Callable[[str], None] = print,
+                   need_captioner: bool = False) -> dict[str, str | None]:
+    """Pre-train/cache the DAMSM encoders, the domain evaluator and (when a trial uses l4) the
+    captioner once, before any trial starts. Returns {"damsm_path", "captioner_path"} (absolute;
+    captioner_path None when not needed).
 
     One after the other: side by side with half the cores each was slower on 2 cores (the DAMSM
     pre-training scales well with threads).
@@ -159,6 +171,7 @@ def prepare_assets(cfg: ExperimentConfig, log: Callable[[str], None] = print) ->
     from t2i_ray.eval.evaluate import check_eval_assets
     from t2i_ray.eval.features import load_or_train_domain_evaluator
     from t2i_ray.eval.inception import load_inception
+    from t2i_ray.train.captioner import ensure_captioner
     from t2i_ray.train.damsm import ensure_damsm
 
     weights_path = check_eval_assets(cfg)
@@ -172,7 +185,9 @@ def prepare_assets(cfg: ExperimentConfig, log: Callable[[str], None] = print) ->
         _, info = load_or_train_domain_evaluator(cfg.data, e.evaluator_steps, e.evaluator_images,
                                                  f"{cfg.output_dir}/cache", log=log)
         log(f"[eval] domain evaluator {info['backbone']} ready")
-    return str(Path(damsm_path).resolve())
+    captioner_path = ensure_captioner(cfg, log) if need_captioner else None
+    return {"damsm_path": str(Path(damsm_path).resolve()),
+            "captioner_path": str(Path(captioner_path).resolve()) if captioner_path else None}
 
 
 def train_driver(config: dict[str, Any]) -> None:
@@ -206,7 +221,7 @@ def train_driver(config: dict[str, Any]) -> None:
     trainer = TorchTrainer(
         ray_worker,
         train_loop_config={"experiment": cfg.to_dict(), "damsm_path": config["damsm_path"],
-                           "run_name": run_name},
+                           "captioner_path": config["captioner_path"], "run_name": run_name},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
                                                resources_per_worker=config["worker_resources"]),
         run_config=ray.train.RunConfig(
@@ -318,9 +333,10 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, max_concurrent: in
     log(f"[sweep] {spec.name}: {n_trials} trials, {concurrency} at a time, "
         f"{base.train.num_workers} worker(s)/trial with {fit.worker_resources} each "
         f"(cluster: {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs)")
-    damsm_path = prepare_assets(base, log)  # after the fit check: a sweep that cannot fit fails at once
+    # after the fit check: a sweep that cannot fit fails at once
+    assets = prepare_assets(base, log, need_captioner=needs_captioner(spec))
     param_space: dict[str, Any] = {
-        "base": base.to_dict(), "damsm_path": damsm_path, "experiment": spec.name,
+        "base": base.to_dict(), **assets, "experiment": spec.name,
         "storage_path": f"{storage}/train", "worker_resources": fit.worker_resources,
         "max_failures": spec.max_failures, "code_version": store.code_version(),
     }

@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -82,6 +82,20 @@ def replace_dir(src: str | Path, target: str | Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(src, target)
+
+
+def build_dir_atomically(final: str | Path, build: Callable[[Path], Any]) -> Path:
+    """Run `build(tmp)` in a temporary sibling folder of `final`, then move it into place, so a
+    crash mid-build never leaves a half-written cache folder where a later run would load it."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        build(tmp)
+        replace_dir(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
 
 
 def load_state(directory: str | Path) -> dict[str, Any]:

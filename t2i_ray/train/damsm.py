@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +27,7 @@ from t2i_ray.data.text import Vocabulary
 from t2i_ray.eval.r_precision import r_precision
 from t2i_ray.losses.damsm import damsm_loss
 from t2i_ray.models.text import ImageEncoder, TextEncoder
-from t2i_ray.train.checkpoint import write_json
+from t2i_ray.train.checkpoint import build_dir_atomically, write_json
 
 DAMSM_VERSION = 2  # 2: the cnn image encoder lost its 4th conv (models/text.py)
 FILES = ("text_encoder.pt", "image_encoder.pt", "vocab.json", "meta.json")
@@ -168,12 +165,4 @@ def ensure_damsm(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> P
         log(f"[damsm] using cached encoders {final}")
         return final
     log(f"[damsm] no cached encoders for this data/damsm config: pre-training into {final}")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        pretrain_damsm(cfg, tmp, log)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return build_dir_atomically(final, lambda tmp: pretrain_damsm(cfg, tmp, log))

@@ -1,7 +1,7 @@
 """One GAN training step (DF-GAN update order, gan_anchors 1.4): a D step, then a G step.
 
 L_D = hinge(real) + 1/2 (hinge(fake) + hinge(mismatch)) + MA-GP  [+ a_w * L_align(real)]
-L_G = -E[D(G(z, e), e)] + l1 L_DAMSM + l2 L_F2R + l3 L_F2F       [+ a_w * L_align(fake)]
+L_G = -E[D(G(z, e), e)] + l1 L_DAMSM + l2 L_F2R + l3 L_F2F + l4 L_recap  [+ a_w * L_align(fake)]
 A weight of 0 skips its term's computation entirely (no extra forward passes). The models may be
 DDP-wrapped; frozen uses (D during the G step, encoders under no_grad) go through the plain
 module so DDP's gradient sync only sees the passes that train it.
@@ -23,6 +23,7 @@ from t2i_ray.losses.adversarial import (
 )
 from t2i_ray.losses.contrastive import info_nce, nt_xent
 from t2i_ray.losses.damsm import damsm_loss
+from t2i_ray.losses.recaption import recaption_loss
 from t2i_ray.models.factory import GANModels
 from t2i_ray.models.text import word_mask
 from t2i_ray.train.checkpoint import unwrap
@@ -131,7 +132,7 @@ def gan_step(
 
 def _generator_loss(models: GANModels, batch: Mapping[str, Tensor], cfg: ExperimentConfig, fake: Tensor,
                     sent: Tensor, z: Tensor, real: Tensor, out: dict[str, float]) -> Tensor:
-    """L_G = -E[D(G(z,e),e)] + l1 L_DAMSM + l2 L_F2R + l3 L_F2F [+ a_w L_align(fake)], D frozen.
+    """L_G = -E[D(G(z,e),e)] + l1 L_DAMSM + l2 L_F2R + l3 L_F2F + l4 L_recap [+ a_w L_align(fake)], D frozen.
     Features go to float32 before every loss (they may come out of bf16 autocast)."""
     lw, align_w = cfg.loss, cfg.model.align_weight
     ids, lens = batch["caption"], batch["caption_len"]
@@ -163,6 +164,11 @@ def _generator_loss(models: GANModels, batch: Mapping[str, Tensor], cfg: Experim
         loss_f2f = nt_xent(fake_global, fake2_global, lw.temperature)
         loss_g = loss_g + lw.f2f * loss_f2f
         out["loss_f2f"] = loss_f2f.item()
+    if lw.recap > 0:
+        # Frozen captioner (eval mode, no parameter gradients): the gradient reaches G only.
+        loss_recap = recaption_loss(models.captioner(fake, ids).float(), ids, lens)
+        loss_g = loss_g + lw.recap * loss_recap
+        out["loss_recap"] = loss_recap.item()
     if models.text_trainable and align_w > 0:
         _, sent_a = encode_text(models.text_a, ids, lens, trainable=False)
         loss_align_g = info_nce(unwrap(models.align_proj)(fake_feat).float(), sent_a.float(),

@@ -29,6 +29,7 @@ from t2i_ray.models.factory import GANModels, build_gan_models
 from t2i_ray.models.text import word_mask
 from t2i_ray.train import checkpoint as ckpt
 from t2i_ray.train.accel import Accel, resolve_accel, select_device
+from t2i_ray.train.captioner import load_captioner
 from t2i_ray.train.damsm import load_damsm
 from t2i_ray.train.gan import build_optimizers, gan_step
 
@@ -128,7 +129,7 @@ def _wrap(models: GANModels, env: RunEnv, accel: Accel) -> GANModels:
     wrapped: dict[int, torch.nn.Module] = {}
     trainable_ids = {id(m) for m in models.trainable().values()}
     for name in ("generator", "discriminator", "head", "text_g", "text_a", "align_proj",
-                 "damsm_text", "damsm_image"):
+                 "damsm_text", "damsm_image", "captioner"):
         module = getattr(models, name)
         if module is None:
             continue
@@ -155,8 +156,10 @@ def _batches(loader: DataLoader, dataset: TextImageDataset, start_step: int,
         epoch, skip = epoch + 1, 0
 
 
-def run_training(cfg: ExperimentConfig, env: RunEnv, damsm_path: str, run_name: str) -> dict[str, Any]:
-    """Train (or resume) one GAN run, evaluate it on rank 0, report everything through `env`."""
+def run_training(cfg: ExperimentConfig, env: RunEnv, damsm_path: str, run_name: str,
+                 captioner_path: str | None = None) -> dict[str, Any]:
+    """Train (or resume) one GAN run, evaluate it on rank 0, report everything through `env`.
+    `captioner_path` (a cached captioner folder) is needed when loss.recap > 0."""
     t = cfg.train
     if t.use_gpu and env.device.type != "cuda":
         env.device = select_device(True)  # in-process run: ConfigError when no GPU is visible
@@ -166,6 +169,7 @@ def run_training(cfg: ExperimentConfig, env: RunEnv, damsm_path: str, run_name: 
         torch.set_num_threads(t.torch_threads)
     torch.manual_seed(cfg.seed * 1000 + env.world_rank)
     damsm = load_damsm(damsm_path)
+    captioner = load_frozen_captioner(captioner_path, damsm.vocab) if cfg.loss.recap > 0 else None
     train_set = TextImageDataset(build_source(cfg.data, "train", data_cache_root(cfg)), damsm.vocab,
                                  cfg.data.words_num, train=True, seed=cfg.seed)
     sampler = DistributedSampler(train_set, num_replicas=env.world_size, rank=env.world_rank,
@@ -178,7 +182,7 @@ def run_training(cfg: ExperimentConfig, env: RunEnv, damsm_path: str, run_name: 
     if len(loader) == 0:
         raise ValueError(f"data.num_train={cfg.data.num_train} gives no full batch of train.batch_size="
                          f"{t.batch_size} per worker over {env.world_size} workers")
-    models = build_gan_models(cfg, damsm.text_encoder, damsm.image_encoder)
+    models = build_gan_models(cfg, damsm.text_encoder, damsm.image_encoder, captioner)
     optimizers = build_optimizers(models, cfg)
     noise_gen = torch.Generator().manual_seed(cfg.seed * 1000 + 7 + env.world_rank)
     step = 0
@@ -249,6 +253,18 @@ def run_training(cfg: ExperimentConfig, env: RunEnv, damsm_path: str, run_name: 
     # metrics of the latest checkpoint) and the final checkpoint is the evaluated one.
     save_and_report(final)
     return final
+
+
+def load_frozen_captioner(captioner_path: str | None, vocab) -> torch.nn.Module:
+    """The cached captioner for l4, refused unless it predicts the same vocabulary as the DAMSM."""
+    if captioner_path is None:
+        raise ValueError("loss.recap > 0 needs a pre-trained captioner: pass captioner_path (the sweeps "
+                         "do, see t2i_ray.sweep.run.prepare_assets) or set loss.recap=0")
+    cached = load_captioner(captioner_path)
+    if cached.vocab.fingerprint() != vocab.fingerprint():
+        raise ValueError(f"captioner {captioner_path} was trained with another vocabulary than the DAMSM "
+                         f"encoders; pre-train both for this data config")
+    return cached.model
 
 
 def make_generate_fn(models: GANModels):
@@ -375,4 +391,4 @@ def _broadcast(metrics: dict[str, Any], env: RunEnv) -> dict[str, Any]:
 def ray_worker(config: dict[str, Any]) -> None:
     """Entry point for `TorchTrainer(train_loop_per_worker=ray_worker, train_loop_config=...)`."""
     cfg = ExperimentConfig.from_dict(config["experiment"])
-    run_training(cfg, RayEnv(), config["damsm_path"], config["run_name"])
+    run_training(cfg, RayEnv(), config["damsm_path"], config["run_name"], config["captioner_path"])
