@@ -97,7 +97,11 @@ def configuration_labels(df: pd.DataFrame, columns: Sequence[str] = LABEL_COLUMN
     if not present:
         raise KeyError(f"none of the label columns {list(columns)} is in the results table")
     used = [c for c in present[:-1] if df[c].nunique(dropna=False) > 1] + [present[-1]]
-    return df[used].astype(str).agg(" ".join, axis=1).rename("configuration")
+
+    def join(values) -> str:  # a row named after the architecture (compare_architectures) says it once
+        return " ".join(dict.fromkeys(str(v) for v in values))
+
+    return df[used].apply(join, axis=1).rename("configuration")
 
 
 def _layout(table: pd.DataFrame) -> tuple[str, list[str]]:

@@ -215,5 +215,7 @@ def test_configuration_labels_name_only_what_varies():
     assert configuration_labels(df).tolist() == ["dfgan baseline", "ssagan baseline", "dfgan +F2R"]
     same_arch = df.assign(**{"config.model.arch": "dfgan"})
     assert configuration_labels(same_arch).tolist() == ["baseline", "baseline", "+F2R"]
+    by_arch = df.assign(row=df["config.model.arch"])  # compare_architectures names rows by architecture
+    assert configuration_labels(by_arch).tolist() == ["dfgan", "ssagan", "dfgan"]
     with pytest.raises(KeyError, match="none of the label columns"):
         configuration_labels(df, columns=("nope",))

@@ -324,7 +324,8 @@ def test_new_architectures_train_with_two_ddp_workers(tiny_cfg, tiny_damsm, loca
                                          "train.steps": 2, "loss.f2f": 0.2})
         trainer = TorchTrainer(
             ray_worker,
-            train_loop_config={"experiment": cfg.to_dict(), "damsm_path": tiny_damsm, "run_name": f"ray-{arch}"},
+            train_loop_config={"experiment": cfg.to_dict(), "damsm_path": tiny_damsm, "captioner_path": None,
+                               "run_name": f"ray-{arch}"},
             scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
             run_config=ray.train.RunConfig(name=arch, storage_path=str(tmp_path / "storage")),
         )

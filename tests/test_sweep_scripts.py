@@ -70,3 +70,18 @@ def test_losses_default_grid_and_recap_rows(losses, tmp_path):
     assert spec.grid[0]["overrides"] == {"loss.damsm": 0.0, "loss.f2r": 0.0, "loss.f2f": 0.0, "loss.recap": 0.5}
     with pytest.raises(ConfigError, match="--l4"):
         losses.build_spec(losses.parse_args(args + ["--l4", "-1"]))
+
+
+def test_architecture_grid_is_archs_x_seeds_under_one_loss_setting(tmp_path):
+    archs = _script("compare_architectures")
+    args = ["--preset", "smoke", "--output-dir", str(tmp_path), "--seeds", "0", "1"]
+    spec = archs.build_spec(archs.parse_args(args + ["--loss-row", "+F2R"]))
+    assert spec.sweep == "compare_architectures"
+    assert [(t["row"], t["seed"]) for t in spec.grid] == [
+        ("dfgan", 0), ("dfgan", 1), ("ssagan", 0), ("ssagan", 1), ("attngan_style", 0), ("attngan_style", 1)]
+    assert all(t["overrides"] == {"model.arch": t["row"]} for t in spec.grid)
+    assert (spec.base.loss.f2r, spec.base.loss.f2f, spec.base.loss.recap) == (0.2, 0.0, 0.0)
+    spec = archs.build_spec(archs.parse_args(args + ["--archs", "ssagan", "--set", "model.text_embedding=dual"]))
+    assert [t["row"] for t in spec.grid] == ["ssagan", "ssagan"] and spec.base.model.text_embedding == "dual"
+    with pytest.raises(SystemExit):
+        archs.parse_args(args + ["--archs", "biggan"])

@@ -130,7 +130,7 @@ def grid_trials(base: ExperimentConfig, rows: Mapping[str, Mapping[str, Any]], s
 def print_dry_run(spec: "SweepSpec") -> None:
     print(f"[dry-run] experiment {spec.name}")
     for t in (spec.grid if spec.search == "grid" else []):
-        print(f"  {t['row']:<10} seed {t['seed']}  {t['overrides']}")
+        print(f"  {t['row']:<14} seed {t['seed']}  {t['overrides']}")
     if spec.search == "optuna":
         print(f"  {spec.num_trials} Optuna TPE trials over {list(spec.optuna_space or {})}")
 

@@ -1,0 +1,62 @@
+"""Architecture comparison: dfgan vs ssagan vs attngan_style under the same loss settings.
+
+    python sweeps/compare_architectures.py                       # local preset, 3 architectures x 2 seeds
+    python sweeps/compare_architectures.py --preset smoke
+    python sweeps/compare_architectures.py --loss-row all --seeds 0 1 2
+Every architecture trains for the same steps, batch and learning rates with the same loss terms
+(`--loss-row`, a row of sweeps/ablate_losses.py, default the adversarial losses alone). `model.nf`
+is the preset's for all of them (the papers' widths are in config.REFERENCE_NF; set
+`--set model.nf=64` for the reference SSA-GAN / StyleGAN2 widths). Rows go to the same results
+table as the other sweeps. Rerunning the same command resumes.
+"""
+from __future__ import annotations
+
+import argparse
+
+from t2i_ray.config import ARCHITECTURES, ConfigError, apply_overrides
+from t2i_ray.sweep.cli import (base_parser, config_from_args, fail, grid_trials, print_dry_run,
+                               run_and_report, seeds_for)
+from t2i_ray.sweep.run import SweepSpec
+from t2i_ray.sweep.space import DEFAULT_WEIGHTS, LOSS_ROWS, loss_row_overrides
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = base_parser(__doc__.splitlines()[0])
+    p.add_argument("--archs", nargs="+", choices=list(ARCHITECTURES), default=list(ARCHITECTURES),
+                   help="architectures to compare (model.arch)")
+    p.add_argument("--loss-row", choices=list(LOSS_ROWS), default="baseline",
+                   help="the loss terms every architecture trains with (rows of sweeps/ablate_losses.py)")
+    for name in DEFAULT_WEIGHTS:
+        p.add_argument(f"--{name}", type=float, default=DEFAULT_WEIGHTS[name],
+                       help=f"weight of {name} when --loss-row turns it on")
+    return p.parse_args(argv)
+
+
+def build_spec(args: argparse.Namespace) -> SweepSpec:
+    """The grid of architectures x seeds at one loss row, every trial validated (raises ConfigError)."""
+    weights = {name: getattr(args, name) for name in DEFAULT_WEIGHTS}
+    for name, w in weights.items():
+        if not w >= 0:
+            raise ConfigError(f"--{name}: loss weight must be >= 0, got {w}")
+    base = config_from_args(args, loss_row_overrides(args.loss_row, weights))
+    seeds = list(seeds_for(args))
+    grid = grid_trials(base, {arch: {"model.arch": arch} for arch in args.archs}, seeds)
+    return SweepSpec(sweep="compare_architectures", base=apply_overrides(base, {"seed": seeds[0]}),
+                     search="grid", grid=grid)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        spec = build_spec(args)
+    except ConfigError as exc:
+        fail(str(exc))
+    if args.dry_run:
+        print_dry_run(spec)
+        return
+    run_and_report(spec, args, order=list(ARCHITECTURES),
+                   title=f"Architecture comparison (losses: {args.loss_row})")
+
+
+if __name__ == "__main__":
+    main()
