@@ -520,3 +520,4 @@ def test_the_training_loop_runs_end_to_end_on_a_real_dataset_with_inception_metr
     for key in ("fid", "kid", "is", "r_precision"):
         assert np.isfinite(final[key]), key
     assert (tmp_path / "run" / "checkpoint").is_dir()
+    assert final["r_precision_mismatch_from"] == "other classes"  # CUB's class ids reach R-precision

@@ -47,6 +47,11 @@ class TextImageDataset(Dataset):
         self.attributes: np.ndarray | None = None  # (n, A) float32, shapes only
         if isinstance(source, ShapesSource):
             self.attributes = np.stack([attribute_vector(source.meta(i)) for i in range(n)])
+        # Class labels where the dataset has them (CUB, Oxford-102): R-precision then draws its
+        # mismatched captions from other classes (gan_anchors 3.6). None otherwise.
+        self.class_ids: np.ndarray | None = None
+        if not isinstance(source, ShapesSource) and n and all("class_id" in source.meta(i) for i in range(n)):
+            self.class_ids = np.array([source.meta(i)["class_id"] for i in range(n)], np.int64)
         # Rendered now rather than lazily: DataLoader workers forked afterwards share these pages
         # instead of each re-rendering the whole source every epoch. A real dataset's images are a
         # read-only memory map of its cache, shared the same way without loading it into RAM.
