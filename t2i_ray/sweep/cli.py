@@ -150,7 +150,10 @@ def run_and_report(spec: "SweepSpec", args: argparse.Namespace, order: Sequence[
     (out / f"{spec.name}.md").write_text(table + "\n")
     rows.to_csv(out / f"{spec.name}.csv", index=False)
     failed = rows[rows["status"] != "ok"]
-    print(f"\n{title} ({spec.name}; mean ± std over seeds; FID/KID on the domain evaluator, "
+    from t2i_ray.config import resolved_eval_backbone
+
+    features = "the domain evaluator" if resolved_eval_backbone(spec.base) == "domain" else "Inception"
+    print(f"\n{title} ({spec.name}; mean ± std over seeds; FID/KID on {features}, "
           f"R-precision with the DAMSM encoders):\n{table}")
     if len(failed):
         print(f"\n{len(failed)} trial(s) failed: " + "; ".join(f"{r.run_name}: {r.error}" for r in failed.itertuples()))
