@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 
-from t2i_ray.config import ConfigError, apply_overrides
-from t2i_ray.sweep.cli import (base_parser, config_from_args, fail, grid_trials, print_dry_run,
-                               run_and_report, seeds_for)
+from t2i_ray.config import apply_overrides
+from t2i_ray.sweep.cli import (add_weight_args, base_parser, config_from_args, grid_trials, seeds_for,
+                               sweep_main, weights_from_args)
 from t2i_ray.sweep.run import SweepSpec
-from t2i_ray.sweep.space import (DEFAULT_WEIGHTS, EMBEDDING_ROWS, LOSS_ROWS, embedding_row_overrides,
-                                 loss_row_overrides)
+from t2i_ray.sweep.space import EMBEDDING_ROWS, LOSS_ROWS, embedding_row_overrides, loss_row_overrides
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -25,18 +24,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="text-embedding modes to compare")
     p.add_argument("--loss-row", choices=list(LOSS_ROWS), default="baseline",
                    help="the loss terms every mode trains with (rows of sweeps/ablate_losses.py)")
-    for name in DEFAULT_WEIGHTS:
-        p.add_argument(f"--{name}", type=float, default=DEFAULT_WEIGHTS[name],
-                       help=f"weight of {name} when --loss-row turns it on")
+    add_weight_args(p)
     return p.parse_args(argv)
 
 
 def build_spec(args: argparse.Namespace) -> SweepSpec:
     """The grid of modes x seeds at one loss row, every trial validated (raises ConfigError)."""
-    weights = {name: getattr(args, name) for name in DEFAULT_WEIGHTS}
-    for name, w in weights.items():
-        if not w >= 0:
-            raise ConfigError(f"--{name}: loss weight must be >= 0, got {w}")
+    weights = weights_from_args(args)
     # Every row sets its own mode; the base takes a trainable one so that text-encoder settings
     # given with --set (e.g. model.text_init_from_damsm=true) validate for the rows they concern.
     base = config_from_args(args, {**loss_row_overrides(args.loss_row, weights),
@@ -49,15 +43,8 @@ def build_spec(args: argparse.Namespace) -> SweepSpec:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    try:
-        spec = build_spec(args)
-    except ConfigError as exc:
-        fail(str(exc))
-    if args.dry_run:
-        print_dry_run(spec)
-        return
-    run_and_report(spec, args, order=list(EMBEDDING_ROWS),
-                   title=f"Text-embedding ablation (losses: {args.loss_row})")
+    sweep_main(args, build_spec, order=list(EMBEDDING_ROWS),
+               title=f"Text-embedding ablation (losses: {args.loss_row})")
 
 
 if __name__ == "__main__":

@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 
 from t2i_ray.config import ConfigError, apply_overrides, build_config
-from t2i_ray.sweep.cli import (base_parser, config_from_args, fail, grid_trials, print_dry_run,
-                               run_and_report, seeds_for)
+from t2i_ray.sweep.cli import (add_weight_args, base_parser, config_from_args, grid_trials, seeds_for,
+                               sweep_main, weights_from_args)
 from t2i_ray.sweep.run import SweepSpec
-from t2i_ray.sweep.space import (DEFAULT_LOSS_ROWS, DEFAULT_WEIGHTS, LOSS_ROWS, WEIGHT_KEYS, loss_row_overrides,
+from t2i_ray.sweep.space import (DEFAULT_LOSS_ROWS, LOSS_ROWS, WEIGHT_KEYS, loss_row_overrides,
                                  optuna_space)
 
 
@@ -24,8 +24,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="grid: the ablation rows x seeds; optuna: TPE over continuous l1, l2, l3, l4")
     p.add_argument("--rows", nargs="+", choices=list(LOSS_ROWS), default=list(DEFAULT_LOSS_ROWS),
                    help="ablation rows (grid search); `all` is DAMSM+F2R+F2F+recap, the paper's full model")
-    for name, term in (("l1", "DAMSM"), ("l2", "F2R"), ("l3", "F2F"), ("l4", "re-captioning")):
-        p.add_argument(f"--{name}", type=float, default=DEFAULT_WEIGHTS[name], help=f"{term} weight when on")
+    add_weight_args(p)
     p.add_argument("--trials", type=int, default=8, help="optuna: number of trials")
     p.add_argument("--objective", choices=["fid", "r_precision", "both"], default="fid",
                    help="optuna: metric to optimise (both: multi-objective FID min, R-precision max)")
@@ -34,10 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build_spec(args: argparse.Namespace) -> SweepSpec:
     """The sweep the arguments describe, every trial validated (raises ConfigError)."""
-    weights = {name: getattr(args, name) for name in DEFAULT_WEIGHTS}
-    for name, w in weights.items():
-        if not w >= 0:
-            raise ConfigError(f"--{name}: loss weight must be >= 0, got {w}")
+    weights = weights_from_args(args)
     if args.trials < 1:
         raise ConfigError(f"--trials must be >= 1, got {args.trials}")
     base = config_from_args(args)
@@ -58,15 +54,7 @@ def build_spec(args: argparse.Namespace) -> SweepSpec:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    try:
-        spec = build_spec(args)
-    except ConfigError as exc:
-        fail(str(exc))
-    if args.dry_run:
-        print_dry_run(spec)
-        return
-    run_and_report(spec, args, order=list(LOSS_ROWS) + ["optuna"], title="Loss ablation")
+    sweep_main(parse_args(argv), build_spec, order=list(LOSS_ROWS) + ["optuna"], title="Loss ablation")
 
 
 if __name__ == "__main__":

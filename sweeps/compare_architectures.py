@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 
-from t2i_ray.config import ARCHITECTURES, ConfigError, apply_overrides
-from t2i_ray.sweep.cli import (base_parser, config_from_args, fail, grid_trials, print_dry_run,
-                               run_and_report, seeds_for)
+from t2i_ray.config import ARCHITECTURES, apply_overrides
+from t2i_ray.sweep.cli import (add_weight_args, base_parser, config_from_args, grid_trials, seeds_for,
+                               sweep_main, weights_from_args)
 from t2i_ray.sweep.run import SweepSpec
-from t2i_ray.sweep.space import DEFAULT_WEIGHTS, LOSS_ROWS, loss_row_overrides
+from t2i_ray.sweep.space import LOSS_ROWS, loss_row_overrides
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -26,18 +26,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="architectures to compare (model.arch)")
     p.add_argument("--loss-row", choices=list(LOSS_ROWS), default="baseline",
                    help="the loss terms every architecture trains with (rows of sweeps/ablate_losses.py)")
-    for name in DEFAULT_WEIGHTS:
-        p.add_argument(f"--{name}", type=float, default=DEFAULT_WEIGHTS[name],
-                       help=f"weight of {name} when --loss-row turns it on")
+    add_weight_args(p)
     return p.parse_args(argv)
 
 
 def build_spec(args: argparse.Namespace) -> SweepSpec:
     """The grid of architectures x seeds at one loss row, every trial validated (raises ConfigError)."""
-    weights = {name: getattr(args, name) for name in DEFAULT_WEIGHTS}
-    for name, w in weights.items():
-        if not w >= 0:
-            raise ConfigError(f"--{name}: loss weight must be >= 0, got {w}")
+    weights = weights_from_args(args)
     base = config_from_args(args, loss_row_overrides(args.loss_row, weights))
     seeds = list(seeds_for(args))
     grid = grid_trials(base, {arch: {"model.arch": arch} for arch in args.archs}, seeds)
@@ -47,15 +42,8 @@ def build_spec(args: argparse.Namespace) -> SweepSpec:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    try:
-        spec = build_spec(args)
-    except ConfigError as exc:
-        fail(str(exc))
-    if args.dry_run:
-        print_dry_run(spec)
-        return
-    run_and_report(spec, args, order=list(ARCHITECTURES),
-                   title=f"Architecture comparison (losses: {args.loss_row})")
+    sweep_main(args, build_spec, order=list(ARCHITECTURES),
+               title=f"Architecture comparison (losses: {args.loss_row})")
 
 
 if __name__ == "__main__":

@@ -127,6 +127,39 @@ def grid_trials(base: ExperimentConfig, rows: Mapping[str, Mapping[str, Any]], s
     return grid
 
 
+WEIGHT_TERMS = {"l1": "DAMSM", "l2": "F2R", "l3": "F2F", "l4": "re-captioning"}
+
+
+def add_weight_args(p: argparse.ArgumentParser) -> None:
+    """--l1..--l4: the weight each loss term takes in the rows (or --loss-row) that turn it on."""
+    from t2i_ray.sweep.space import DEFAULT_WEIGHTS
+
+    for name, term in WEIGHT_TERMS.items():
+        p.add_argument(f"--{name}", type=float, default=DEFAULT_WEIGHTS[name],
+                       help=f"{term} weight when a row turns the term on")
+
+
+def weights_from_args(args: argparse.Namespace) -> dict[str, float]:
+    weights = {name: getattr(args, name) for name in WEIGHT_TERMS}
+    for name, w in weights.items():
+        if not w >= 0:
+            raise ConfigError(f"--{name}: loss weight must be >= 0, got {w}")
+    return weights
+
+
+def sweep_main(args: argparse.Namespace, build_spec, order: Sequence[str], title: str) -> None:
+    """What every sweep script does: build and validate the spec (errors before Ray), then either
+    list the trials (--dry-run) or run and report."""
+    try:
+        spec = build_spec(args)
+    except ConfigError as exc:
+        fail(str(exc))
+    if args.dry_run:
+        print_dry_run(spec)
+        return
+    run_and_report(spec, args, order=order, title=title)
+
+
 def print_dry_run(spec: "SweepSpec") -> None:
     print(f"[dry-run] experiment {spec.name}")
     for t in (spec.grid if spec.search == "grid" else []):
@@ -162,4 +195,4 @@ def run_and_report(spec: "SweepSpec", args: argparse.Namespace, order: Sequence[
 
 
 __all__ = ["base_parser", "config_from_args", "fail", "report_locations", "seeds_for", "grid_trials",
-           "print_dry_run", "run_and_report", "ConfigError"]
+           "print_dry_run", "run_and_report", "add_weight_args", "weights_from_args", "sweep_main", "ConfigError"]
