@@ -85,3 +85,15 @@ def test_architecture_grid_is_archs_x_seeds_under_one_loss_setting(tmp_path):
     assert [t["row"] for t in spec.grid] == ["ssagan", "ssagan"] and spec.base.model.text_embedding == "dual"
     with pytest.raises(SystemExit):
         archs.parse_args(args + ["--archs", "biggan"])
+
+
+@pytest.mark.parametrize("name", ["pretrain_damsm", "pretrain_captioner"])
+def test_pretraining_scripts_need_no_inception_weights_on_a_real_dataset(name, tmp_path, monkeypatch, capsys):
+    """They never compute FID, so a real dataset must not make them ask for the Inception file."""
+    from tests.test_datasets import write_cub
+
+    monkeypatch.delenv("T2I_INCEPTION_WEIGHTS", raising=False)
+    write_cub(tmp_path / "birds")
+    _script(name).main(["--preset", "smoke", "--dataset", "cub", "--data-root", str(tmp_path / "birds"),
+                        "--output-dir", str(tmp_path / "out"), "--dry-run"])
+    assert "[dry-run]" in capsys.readouterr().out
