@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from t2i_ray.console import console
 from t2i_ray.data.reading import DatasetError, DatasetSpec, Decoded, Item
 from t2i_ray.data.shapes import Sample
 
@@ -191,7 +192,7 @@ def _remove_dead_tmp(parent: Path, name: str) -> None:
 
 
 def build_cache(spec: DatasetSpec, items: Sequence[Item], folder: Path, expected: dict[str, Any],
-                max_bad_images: int, log: Callable[[str], None] = print, num_threads: int | None = None) -> None:
+                max_bad_images: int, log: Callable[[str], None] = console, num_threads: int | None = None) -> None:
     """Decode `items` into `folder` (atomically: a temporary sibling renamed at the end)."""
     from tqdm import tqdm
 
@@ -291,7 +292,7 @@ def open_prebuilt(spec: DatasetSpec, data_root: Path, split: str, resolution: in
 
 def load_or_build(spec: DatasetSpec, items: Sequence[Item], data_root: Path, split: str, resolution: int,
                   cache_root: str | Path, max_bad_images: int,
-                  log: Callable[[str], None] = print, num_threads: int | None = None) -> CachedSource:
+                  log: Callable[[str], None] = console, num_threads: int | None = None) -> CachedSource:
     """The cached split, built first if it is missing, stale or damaged."""
     folder = cache_folder(cache_root, spec.name, split, resolution, data_root)
     expected = expected_manifest(spec, items, split, resolution, data_root)

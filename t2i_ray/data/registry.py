@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Literal
 
+from t2i_ray.console import console
 from t2i_ray.config import ConfigError, DataConfig, ExperimentConfig
 from t2i_ray.data import shapes
 from t2i_ray.data.cache import CachedSource, load_or_build, open_prebuilt
@@ -49,7 +50,7 @@ def _reader(data_cfg: DataConfig) -> tuple[DatasetSpec, Path]:
 
 
 def build_source(data_cfg: DataConfig, split: Literal["train", "test"], cache_root: str | Path | None = None,
-                 log: Callable[[str], None] = print) -> shapes.ShapesSource | CachedSource:
+                 log: Callable[[str], None] = console) -> shapes.ShapesSource | CachedSource:
     """The split's source; a real dataset is decoded into the cache first if needed."""
     if data_cfg.dataset == "shapes":
         return shapes.build_source(data_cfg, split)
@@ -70,7 +71,7 @@ def build_source(data_cfg: DataConfig, split: Literal["train", "test"], cache_ro
 
 
 def build_vocabulary(data_cfg: DataConfig, cache_root: str | Path | None = None,
-                     log: Callable[[str], None] = print) -> Vocabulary:
+                     log: Callable[[str], None] = console) -> Vocabulary:
     """The vocabulary of the train + test captions (as AttnGAN's build_dictionary)."""
     if data_cfg.dataset == "shapes":
         return shapes.build_vocabulary(data_cfg)
@@ -87,7 +88,7 @@ def check_dataset(data_cfg: DataConfig) -> None:
         spec.index(root, split, data_cfg)
 
 
-def prepare_data(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict[str, int]:
+def prepare_data(cfg: ExperimentConfig, log: Callable[[str], None] = console) -> dict[str, int]:
     """Build or validate both splits' caches (before Ray starts); split -> number of images."""
     if cfg.data.dataset == "shapes":
         return {"train": cfg.data.num_train, "test": cfg.data.num_test}

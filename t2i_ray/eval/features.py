@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from t2i_ray.console import console
 from t2i_ray.config import DataConfig
 from t2i_ray.data import shapes
 
@@ -111,7 +112,7 @@ def train_domain_evaluator(
     batch_size: int = 64,
     seed: int = 0,
     lr: float = 1e-3,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = console,
     device: str | torch.device = "cpu",
 ) -> DomainEvaluator:
     """Train a DomainEvaluator with BCE on `shapes.attribute_vector(meta)` of real images.
@@ -234,7 +235,7 @@ def load_or_train_domain_evaluator(
     steps: int,
     pool_images: int,
     cache_dir: str,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = console,
     device: str | torch.device = "cpu",
 ) -> tuple[DomainEvaluator, dict[str, Any]]:
     """The frozen evaluator for `data_cfg`, from `<cache_dir>/evaluators/` or trained and cached.

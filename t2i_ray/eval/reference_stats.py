@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from t2i_ray.console import console
 from t2i_ray.eval.fid import feature_stats
 
 REFERENCE_STATS_VERSION = 1
@@ -90,7 +91,7 @@ def load_or_compute_reference_stats(
     detector: str,
     compute_features: Callable[[], np.ndarray],
     provenance: dict[str, Any] | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = console,
 ) -> ReferenceStats:
     """The cached statistics of (dataset_hash, split, resolution, detector), or compute_features()
     -> (N, F) once, cache mu/sigma/features with a manifest, and return them.

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from t2i_ray.console import console
 from t2i_ray.config import ConfigError, ExperimentConfig, apply_overrides
 from t2i_ray.sweep import store
 
@@ -155,7 +156,7 @@ def needs_captioner(spec: SweepSpec) -> bool:
     return "loss.recap" in (spec.optuna_space or {})
 
 
-def prepare_assets(cfg: ExperimentConfig, log: Callable[[str], None] = print,
+def prepare_assets(cfg: ExperimentConfig, log: Callable[[str], None] = console,
                    need_captioner: bool = False) -> dict[str, str | None]:
     """Pre-train/cache the DAMSM encoders, the domain evaluator and (when a trial uses l4) the
     captioner once, before any trial starts. Returns {"damsm_path", "captioner_path"} (absolute;
@@ -286,7 +287,7 @@ def check_resumable(spec: SweepSpec, storage_path: str | None = None) -> str:
 
 def run_sweep(spec: SweepSpec, *, address: str | None = None, max_concurrent: int | None = None,
               resume: bool = False, storage_path: str | None = None,
-              log: Callable[[str], None] = print) -> pd.DataFrame:
+              log: Callable[[str], None] = console) -> pd.DataFrame:
     """Run (or resume) a sweep and return its rows from the results table.
 
     Without `resume`, a saved experiment of the same name is resumed when there is one and a new
@@ -296,6 +297,8 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, max_concurrent: in
     """
     import ray
     from ray import tune
+
+    from t2i_ray.sweep.progress import TrialProgress
 
     base = spec.base
     output_dir = Path(base.output_dir).resolve()
@@ -322,7 +325,10 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, max_concurrent: in
         if address:
             ray.init(address=address)
         else:
-            ray.init(num_cpus=os.cpu_count(), object_store_memory=512 * 1024**2,
+            # address="local": always a new private instance, never a cluster or another sweep's
+            # Ray already running on this machine (with two of them, Ray's default address
+            # resolution fails with "Found multiple active Ray instances").
+            ray.init(address="local", num_cpus=os.cpu_count(), object_store_memory=512 * 1024**2,
                      runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[2]),
                                                "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
     res = ray.cluster_resources()
@@ -367,43 +373,12 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, max_concurrent: in
             tune_config=tune.TuneConfig(trial_dirname_creator=lambda t: f"trial_{t.trial_id}", **tune_kwargs),
             run_config=tune.RunConfig(
                 name=spec.name, storage_path=f"{storage}/tune", verbose=0,
-                callbacks=[_progress_callback(n_trials, log)],
+                callbacks=[TrialProgress(n_trials)],
                 # A trial driver lost with its node (or crashed) is restarted; its Train run then
                 # resumes from its last checkpoint (same run name).
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures)))
     tuner.fit()
     return store.load_results(output_dir, sweep=spec.name)
-
-
-def _progress_callback(total: int, log: Callable[[str], None]):
-    """One line per finished or failed trial (Tune's own tables print every config field)."""
-    from ray.tune import Callback
-
-    class Progress(Callback):
-        def __init__(self):
-            self.ended = 0
-
-        def _label(self, trial) -> str:
-            t = trial.config.get("trial")
-            return f"{t['row']} seed {t['seed']}" if t else trial.trial_id
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            self.ended += 1
-            r = trial.last_result or {}
-            if r.get("diverged"):
-                log(f"[sweep] {self.ended}/{total} FAILED: {self._label(trial)}: the loss became non-finite "
-                    f"(see the results table's error column); the sweep goes on")
-                return
-            log(f"[sweep] {self.ended}/{total} done: {self._label(trial)}: fid={r.get('fid', float('nan')):.3f} "
-                f"r_precision={r.get('r_precision', float('nan')):.3f} "
-                f"attr_pair_recall={r.get('attr_pair_recall', float('nan')):.3f} "
-                f"({r.get('time_total_s', 0):.0f}s)")
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            self.ended += 1
-            log(f"[sweep] {self.ended}/{total} FAILED: {self._label(trial)} (see the results table's error column)")
-
-    return Progress()
 
 
 SUMMARY_METRICS = ("fid", "kid", "r_precision", "attr_pair_recall", "wall_time_s")

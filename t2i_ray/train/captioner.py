@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from t2i_ray.console import console
 from t2i_ray.config import ExperimentConfig
 from t2i_ray.data.dataset import TextImageDataset
 from t2i_ray.data.shapes import build_source, build_vocabulary
@@ -60,7 +61,7 @@ def build_captioner(cfg: ExperimentConfig, vocab_size: int) -> Captioner:
                      hidden_dim=c.hidden_dim, dropout=c.dropout)
 
 
-def pretrain_captioner(cfg: ExperimentConfig, out_dir: str | Path, log: Callable[[str], None] = print) -> Path:
+def pretrain_captioner(cfg: ExperimentConfig, out_dir: str | Path, log: Callable[[str], None] = console) -> Path:
     """Train a captioner on the real train pairs (one random caption per image and epoch); write
     it, its vocabulary and meta.json (with held-out test metrics) to `out_dir`."""
     c = cfg.captioner
@@ -169,7 +170,7 @@ def captioner_is_cached(cfg: ExperimentConfig) -> bool:
     return all((captioner_dir(cfg) / f).is_file() for f in FILES)
 
 
-def ensure_captioner(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> Path:
+def ensure_captioner(cfg: ExperimentConfig, log: Callable[[str], None] = console) -> Path:
     """Return the cached captioner folder for `cfg`, pre-training it first if it is missing."""
     final = captioner_dir(cfg)
     if captioner_is_cached(cfg):

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from t2i_ray.console import console
 from t2i_ray.config import ExperimentConfig
 from t2i_ray.data.dataset import TextImageDataset
 from t2i_ray.data.registry import build_source, build_vocabulary, data_cache_root
@@ -64,7 +65,7 @@ def _make_encoders(cfg: ExperimentConfig, vocab_size: int) -> tuple[TextEncoder,
     return text, image
 
 
-def pretrain_damsm(cfg: ExperimentConfig, out_dir: str | Path, log: Callable[[str], None] = print) -> Path:
+def pretrain_damsm(cfg: ExperimentConfig, out_dir: str | Path, log: Callable[[str], None] = console) -> Path:
     """Train DAMSM text+image encoders on real (image, caption) pairs; write them to `out_dir`."""
     p = cfg.damsm
     torch.manual_seed(cfg.seed)
@@ -158,7 +159,7 @@ def damsm_is_cached(cfg: ExperimentConfig) -> bool:
     return all((damsm_dir(cfg) / f).is_file() for f in FILES)
 
 
-def ensure_damsm(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> Path:
+def ensure_damsm(cfg: ExperimentConfig, log: Callable[[str], None] = console) -> Path:
     """Return the cached DAMSM folder for `cfg`, pre-training it first if it is missing."""
     final = damsm_dir(cfg)
     if damsm_is_cached(cfg):
