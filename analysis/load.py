@@ -49,6 +49,28 @@ def result_files(path: str | Path) -> list[Path]:
                             f"{LAYOUT_HINT}. Pass the sweep's output_dir (the folder holding results/).")
 
 
+def locate_results(path: str | Path, base: str | Path | None = None) -> Path:
+    """The output folder a notebook or script was pointed at, resolved.
+
+    A relative `path` is looked up as given (against the working directory) and then against
+    `base`: a Jupyter kernel runs in the notebook's folder (`analysis/`), while the sweep wrote
+    `t2i_runs/` relative to where it was started (the repository root), so the notebook passes the
+    repository root as `base`. The first candidate that holds results is returned; otherwise a
+    FileNotFoundError names every place looked at, and nothing is created.
+    """
+    p = Path(path).expanduser()
+    candidates = [p] if p.is_absolute() or base is None else [p, Path(base).expanduser() / p]
+    for candidate in candidates:
+        try:
+            if result_files(candidate):
+                return candidate.resolve()
+        except FileNotFoundError:
+            continue
+    looked = " or ".join(repr(str(c.resolve())) for c in candidates)
+    raise FileNotFoundError(f"no results under {looked}; {LAYOUT_HINT}. Set T2I_RESULTS to the sweep's "
+                            f"--output-dir (an absolute path, or relative to the repository root)")
+
+
 def _read(file: Path) -> pd.DataFrame | None:
     try:
         return pq.read_table(file).to_pandas()

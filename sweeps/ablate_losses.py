@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import argparse
 
-from t2i_ray.config import ConfigError, apply_overrides, build_config
+from t2i_ray.config import ConfigError, apply_overrides
 from t2i_ray.sweep.cli import (add_weight_args, base_parser, config_from_args, grid_trials, seeds_for,
                                sweep_main, weights_from_args)
 from t2i_ray.sweep.run import SweepSpec
-from t2i_ray.sweep.space import (DEFAULT_LOSS_ROWS, LOSS_ROWS, WEIGHT_KEYS, loss_row_overrides,
-                                 optuna_space)
+from t2i_ray.sweep.space import DEFAULT_LOSS_ROWS, LOSS_ROWS, loss_row_overrides, optuna_space
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -37,14 +36,6 @@ def build_spec(args: argparse.Namespace) -> SweepSpec:
     if args.trials < 1:
         raise ConfigError(f"--trials must be >= 1, got {args.trials}")
     base = config_from_args(args)
-    # The swept weights come from the rows (--l1..--l4) or Optuna: a value set in --config or --set
-    # would be silently replaced, so it is refused.
-    preset = build_config(args.preset)
-    for name, key in WEIGHT_KEYS.items():
-        field = key.split(".")[1]
-        if getattr(base.loss, field) != getattr(preset.loss, field):
-            raise ConfigError(f"{key}: set per ablation row by this sweep; pass --{name} (the weight a row "
-                              f"uses when its term is on) instead of setting {key} in --config/--set")
     seeds = list(seeds_for(args))
     grid = grid_trials(base, {row: loss_row_overrides(row, weights) for row in args.rows}, seeds)
     return SweepSpec(sweep="ablate_losses", base=apply_overrides(base, {"seed": seeds[0]}),

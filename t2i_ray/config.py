@@ -443,6 +443,19 @@ def _check_combinations(cfg: ExperimentConfig) -> None:
 # benchmarks/README.md). `local` is sized so its 6 x 2 loss ablation finishes in under 20
 # minutes on 2 cores; at 300 steps the baseline's text conditioning has only begun.
 PRESETS: dict[str, dict[str, Any]] = {
+    # `ci`: every stage runs for real (pre-training, Ray Train, evaluation), at sizes that finish in
+    # seconds, so that tests run the scripts as users do; its numbers mean nothing.
+    "ci": {
+        "data.num_train": 128, "data.num_test": 64,
+        "model.nf": 4,
+        "train.steps": 4, "train.batch_size": 8, "train.report_every": 2, "train.checkpoint_every": 2,
+        "train.lr_g": 4e-4, "train.lr_d": 8e-4,
+        "eval.num_images": 64, "eval.batch_size": 64, "eval.r_precision_candidates": 32,
+        "eval.r_precision_folds": 2, "eval.kid_subsets": 5, "eval.kid_subset_size": 32,
+        "eval.evaluator_steps": 30, "eval.evaluator_images": 256,
+        "damsm.epochs": 1, "damsm.batch_size": 16,
+        "captioner.epochs": 1, "captioner.batch_size": 16,
+    },
     "smoke": {
         "data.num_train": 512, "data.num_test": 256,
         "model.nf": 8,

@@ -219,3 +219,17 @@ def test_configuration_labels_name_only_what_varies():
     assert configuration_labels(by_arch).tolist() == ["dfgan", "ssagan", "dfgan"]
     with pytest.raises(KeyError, match="none of the label columns"):
         configuration_labels(df, columns=("nope",))
+
+
+def test_locate_results_resolves_a_relative_path_from_the_repository_root(tmp_path, monkeypatch):
+    from analysis import locate_results
+
+    repo = tmp_path / "repo"
+    write_trials(repo / "t2i_runs" / "results", table({"baseline": [1.0]}))
+    (repo / "analysis").mkdir()
+    monkeypatch.chdir(repo / "analysis")  # where a Jupyter kernel of analysis/ablation.ipynb runs
+    assert locate_results("t2i_runs", base=repo) == (repo / "t2i_runs").resolve()
+    assert locate_results(str(repo / "t2i_runs")) == (repo / "t2i_runs").resolve()
+    with pytest.raises(FileNotFoundError, match=r"no results under .*missing.* or .*repo/missing.*T2I_RESULTS"):
+        locate_results("missing", base=repo)
+    assert sorted(p.name for p in (repo / "analysis").iterdir()) == []  # nothing created

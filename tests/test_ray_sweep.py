@@ -5,6 +5,8 @@ import json
 import math
 from pathlib import Path
 
+import pytest
+
 from t2i_ray.config import apply_overrides
 from t2i_ray.train.captioner import captioner_is_cached
 
@@ -88,3 +90,59 @@ def test_optuna_sweep_samples_weights_in_range_and_records_them(tiny_cfg, tiny_d
     f2r = rows["config.loss.f2r"].tolist()
     assert all(0.0 <= w <= 1.0 for w in f2r) and f2r[0] != f2r[1]
     assert rows["fid"].map(math.isfinite).all() and rows["r_precision"].map(math.isfinite).all()
+
+
+def test_a_start_that_fails_creating_the_tuner_does_not_break_the_rerun(tiny_cfg, tiny_damsm, local_ray,
+                                                                        monkeypatch):
+    import threading
+
+    from t2i_ray.sweep import progress
+    from t2i_ray.sweep.run import SweepSpec, experiment_path, run_sweep
+    from t2i_ray.sweep.space import loss_row_overrides
+
+    spec = SweepSpec(sweep="test_tuner_failure", base=tiny_cfg, search="grid",
+                     grid=[{"row": "baseline", "seed": 0, "overrides": loss_row_overrides("baseline")}])
+    exp = Path(experiment_path(spec))
+
+    class Unpicklable(progress.TrialProgress):
+        """What a callback holding a console stream, a lock or a replaced `print` does to Tune."""
+
+        def __init__(self, total):
+            super().__init__(total)
+            self.lock = threading.Lock()
+
+    monkeypatch.setattr(progress, "TrialProgress", Unpicklable)
+    with pytest.raises(Exception, match="pickle"):
+        run_sweep(spec)
+    assert not exp.exists()  # no 0-byte tuner.pkl left for the rerun to "restore"
+    monkeypatch.undo()
+
+    # What such a failed start left before: Tune state that cannot be read. The rerun sets it
+    # aside, says so, and starts over.
+    exp.mkdir(parents=True)
+    (exp / "tuner.pkl").write_bytes(b"")
+    logs: list[str] = []
+    rows = run_sweep(spec, log=logs.append)
+    assert list(rows["status"]) == ["ok"] and math.isfinite(rows["fid"].item())
+    assert any("cannot be read (EOFError" in line and "starting the sweep over" in line for line in logs), logs
+    assert (exp.parent / f"{exp.name}.unreadable" / "tuner.pkl").is_file()
+    assert len(run_sweep(spec, log=logs.append)) == 1  # and the new state resumes
+    assert any(line.startswith("[sweep] resuming") for line in logs)
+
+
+def test_unreadable_optuna_state_with_finished_trials_stops_with_the_choice(tiny_cfg, tmp_path):
+    from t2i_ray.sweep import store
+    from t2i_ray.sweep.run import ResumeError, SweepSpec, restore_experiment
+
+    cfg = apply_overrides(tiny_cfg, {"output_dir": str(tmp_path)})
+    spec = SweepSpec(sweep="test_optuna_state", base=cfg, search="optuna", num_trials=2)
+    exp = tmp_path / "ray" / "tune" / spec.name
+    exp.mkdir(parents=True)
+    (exp / "tuner.pkl").write_bytes(b"")
+    store.write_row(tmp_path, store.make_row(
+        run_name=f"{spec.name}-t1", sweep=spec.name, row="optuna", seed=0, status="ok", error=None,
+        wall_time_s=1.0, config=cfg.to_dict(), metrics={"fid": 1.0}, version="test"))
+    with pytest.raises(ResumeError, match=r"cannot be read \(EOFError.*1 of its trials had finished.*"
+                                          r"move or delete .*test_optuna_state"):
+        restore_experiment(spec, str(exp), None, tmp_path, log=lambda s: None)
+    assert (exp / "tuner.pkl").is_file()  # untouched: the user decides

@@ -3,24 +3,27 @@ the grid of rows x seeds, and running a grid and printing its table."""
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from t2i_ray.config import (EVAL_PROTOCOLS, PRESETS, ConfigError, ExperimentConfig, apply_overrides,
-                            build_config_with_file, parse_override, protocol_overrides, resolved_eval_backbone)
+                            build_config_with_file, parse_override, protocol_overrides, read_config_file,
+                            resolved_eval_backbone)
 
 if TYPE_CHECKING:
     from t2i_ray.sweep.run import SweepSpec
 
-DEFAULT_SEEDS = {"smoke": [0], "local": [0, 1], "paper": [0, 1, 2]}
+DEFAULT_SEEDS = {"ci": [0], "smoke": [0], "local": [0, 1], "paper": [0, 1, 2]}
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", choices=list(PRESETS), default="local",
-                   help="smoke: ~3 min on a 2-core CPU; local: < 20 min; paper: GPU cluster scale")
+                   help="ci: seconds per trial, for tests (numbers mean nothing); smoke: ~3 min on a 2-core CPU; "
+                        "local: < 20 min; paper: GPU cluster scale")
     p.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="seeds per configuration (default per preset: smoke 0; local 0 1; paper 0 1 2)")
     p.add_argument("--output-dir", default=None, help="results, checkpoints, caches, samples, logs "
@@ -140,10 +143,22 @@ def add_weight_args(p: argparse.ArgumentParser) -> None:
 
 
 def weights_from_args(args: argparse.Namespace) -> dict[str, float]:
+    """The --l1..--l4 weights, after refusing loss weights set in --config/--set: every sweep script
+    sets them per row (or per --loss-row, or by Optuna), so such a value would be silently replaced."""
     weights = {name: getattr(args, name) for name in WEIGHT_TERMS}
     for name, w in weights.items():
-        if not w >= 0:
-            raise ConfigError(f"--{name}: loss weight must be >= 0, got {w}")
+        if not (math.isfinite(w) and w >= 0):
+            raise ConfigError(f"--{name}: loss weight must be a finite number >= 0, got {w}")
+    from t2i_ray.sweep.space import WEIGHT_KEYS
+
+    given = {key: value for key, value in (parse_override(o) for o in args.overrides)}
+    if args.config:
+        given.update((k, leaf.value) for k, leaf in read_config_file(args.config).items())
+    for name, key in WEIGHT_KEYS.items():
+        if key in given:
+            raise ConfigError(f"{key}: set per ablation row by this sweep; pass --{name} (the weight a "
+                              f"row, or --loss-row, uses when its term is on) instead of setting {key} in "
+                              f"--config/--set")
     return weights
 
 

@@ -277,12 +277,91 @@ def check_resumable(spec: SweepSpec, storage_path: str | None = None) -> str:
     if tune.Tuner.can_restore(path):
         return path
     parent = Path(path).parent
-    others = sorted(p.name for p in parent.glob(f"{spec.sweep}-*") if (p / "tuner.pkl").is_file()) \
+    others = sorted(p.name for p in parent.glob(f"{spec.sweep}-*") if (p / "tuner.pkl").is_file()
+                    and ".unreadable" not in p.name) \
         if "://" not in path and parent.is_dir() else []
     hint = (f"; saved sweeps of {spec.sweep} there: {', '.join(others)} (the name is a hash of the "
             f"sweep's settings: resume with the options that started it)") if others else ""
     raise ResumeError(f"--resume: no saved sweep {spec.name} at {path}, so there is nothing to resume"
                       f"{hint}. Run without --resume to start it")
+
+
+def _trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def _fs(path: str):
+    """(pyarrow filesystem, path inside it) for a local folder or a storage URI (s3://, gs://)."""
+    import pyarrow.fs
+
+    return pyarrow.fs.FileSystem.from_uri(path if "://" in path else str(Path(path).resolve()))
+
+
+def _exists(path: str) -> bool:
+    import pyarrow.fs
+
+    fs, inner = _fs(path)
+    return fs.get_file_info(inner).type != pyarrow.fs.FileType.NotFound
+
+
+def _remove(path: str) -> None:
+    if _exists(path):
+        fs, inner = _fs(path)
+        fs.delete_dir(inner)
+
+
+def _set_aside(path: str) -> str:
+    """Rename an unreadable experiment folder to `<name>.unreadable[-k]` (nothing is deleted)."""
+    k, target = 1, f"{path}.unreadable"
+    while _exists(target):
+        k += 1
+        target = f"{path}.unreadable-{k}"
+    fs, inner = _fs(path)
+    try:
+        fs.move(inner, _fs(target)[1])
+    except OSError as exc:  # object stores may not rename folders
+        raise ResumeError(f"the saved state at {path} cannot be read and cannot be set aside ({exc}); "
+                          f"delete {path} and run the command again (finished trials keep their rows "
+                          f"in the results table and are not rerun)") from None
+    return target
+
+
+def restore_experiment(spec: SweepSpec, exp_path: str, trainable, output_dir: Path,
+                       log: Callable[[str], None]):
+    """The saved Tune experiment at `exp_path` restored, or None when a new one must be started.
+
+    Unreadable state (e.g. a 0-byte tuner.pkl left by a crash while Tune saved it) is never
+    "resumed" into the same error on every rerun: it is set aside as `<name>.unreadable` and the
+    sweep starts over, which loses nothing in a grid sweep (trials whose row is in the results
+    table are reported from it, unfinished ones continue from their Train checkpoints, which live
+    under <storage>/train). An Optuna sweep with finished trials would lose its study, so that
+    case stops with one message naming the folder and the choice.
+    """
+    from ray import tune
+
+    if not tune.Tuner.can_restore(exp_path):
+        return None
+    try:
+        tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True,
+                                   resume_errored=True)
+    except Exception as exc:  # any unreadable state: EOFError, UnpicklingError, missing files...
+        reason = f"{type(exc).__name__}: {exc}"
+    else:
+        log(f"[sweep] resuming {exp_path}: finished trials are kept, unfinished ones continue")
+        return tuner
+    rows = store.load_results(output_dir, sweep=spec.name)
+    finished = int((rows["status"] == "ok").sum()) if len(rows) else 0
+    if spec.search != "grid" and finished:
+        raise ResumeError(
+            f"the saved state of sweep {spec.name} at {exp_path} cannot be read ({reason}), and "
+            f"{finished} of its trials had finished (their rows are in {store.results_dir(output_dir)} "
+            f"and stay there). Its Optuna study cannot be continued: move or delete {exp_path} to "
+            f"start a new study under the same name, or restore that folder from a backup")
+    moved = _set_aside(exp_path)
+    log(f"[sweep] the saved state at {exp_path} cannot be read ({reason}); starting the sweep over "
+        f"(set aside as {moved}). {finished} finished trial(s) keep their rows and are not rerun; "
+        f"unfinished ones continue from their last checkpoint")
+    return None
 
 
 def run_sweep(spec: SweepSpec, *, address: str | None = None, max_concurrent: int | None = None,
@@ -363,20 +442,25 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, max_concurrent: in
         tune_kwargs.update(search_alg=searcher, num_samples=spec.num_trials)
     trainable = tune.with_resources(train_driver, driver_resources(res))
     exp_path = f"{storage}/tune/{spec.name}"
-    if tune.Tuner.can_restore(exp_path):
-        log(f"[sweep] resuming {exp_path}: finished trials are kept, unfinished ones continue")
-        tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True,
-                                   resume_errored=True)
-    else:
-        tuner = tune.Tuner(
-            trainable, param_space=param_space,
-            tune_config=tune.TuneConfig(trial_dirname_creator=lambda t: f"trial_{t.trial_id}", **tune_kwargs),
-            run_config=tune.RunConfig(
-                name=spec.name, storage_path=f"{storage}/tune", verbose=0,
-                callbacks=[TrialProgress(n_trials)],
-                # A trial driver lost with its node (or crashed) is restarted; its Train run then
-                # resumes from its last checkpoint (same run name).
-                failure_config=tune.FailureConfig(max_failures=spec.max_failures)))
+    tuner = restore_experiment(spec, exp_path, trainable, output_dir, log)
+    if tuner is None:
+        existed = _exists(exp_path)
+        try:
+            tuner = tune.Tuner(
+                trainable, param_space=param_space,
+                tune_config=tune.TuneConfig(trial_dirname_creator=_trial_dirname, **tune_kwargs),
+                run_config=tune.RunConfig(
+                    name=spec.name, storage_path=f"{storage}/tune", verbose=0,
+                    callbacks=[TrialProgress(n_trials)],
+                    # A trial driver lost with its node (or crashed) is restarted; its Train run
+                    # then resumes from its last checkpoint (same run name).
+                    failure_config=tune.FailureConfig(max_failures=spec.max_failures)))
+        except BaseException:
+            # Tune opens tuner.pkl before it pickles its state: a failure there leaves a 0-byte
+            # file that would make every rerun "restore" an unreadable experiment.
+            if not existed:
+                _remove(exp_path)
+            raise
     tuner.fit()
     return store.load_results(output_dir, sweep=spec.name)
 
