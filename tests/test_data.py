@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from t2i_ray.config import ConfigError, DataConfig
 from t2i_ray.data import shapes as S
 from t2i_ray.data.dataset import TextImageDataset
+from t2i_ray.data.records import Sample
 from t2i_ray.data.text import Vocabulary, pad_ids, tokenize
 
 RELATION_TOKENS = {"above": "above", "over": "above", "below": "below", "under": "below",
@@ -23,7 +24,7 @@ ZONE_TOKENS = {"top": "top", "upper": "top", "bottom": "bottom", "lower": "botto
 
 
 @pytest.fixture(scope="module")
-def samples64() -> list[S.Sample]:
+def samples64() -> list[Sample]:
     src = S.ShapesSource(300, 64, seed=11)
     return [src[i] for i in range(len(src))]
 

@@ -31,6 +31,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from t2i_ray.config import DataConfig
+from t2i_ray.data.records import Sample
 from t2i_ray.data.text import Vocabulary, tokenize
 
 SHAPE_NAMES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross")
@@ -107,16 +108,6 @@ _BACKGROUND_WORDS = {
     "mottled": ("mottled", "cloudy", "blotchy"),
 }
 _MOTTLE_GRID = 5  # control points per axis of the smooth noise
-
-
-@dataclass
-class Sample:
-    """One item; real datasets (data/cache.py) give the same record, with their own meta."""
-
-    image: np.ndarray  # (H, W, 3) uint8
-    captions: list[str]  # shapes: exactly NUM_CAPTIONS
-    layout: np.ndarray | None  # (H, W) uint8 class indices; shapes: 0 background, 1 + shape index
-    meta: dict[str, Any]  # shapes: {"index", "objects": [{"shape", "color", "size", "cx", "cy"}]}
 
 
 @dataclass(frozen=True)
