@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from t2i_ray.config import build_config, parse_override
-from t2i_ray.data.shapes import build_source
+from t2i_ray.data import registry
 from t2i_ray.eval.features import extract, load_or_train_domain_evaluator
 from t2i_ray.eval.fid import feature_stats, frechet_distance
 from t2i_ray.models.factory import build_gan_models
@@ -39,7 +39,7 @@ def main() -> None:
         cfg.data, cfg.eval.evaluator_steps, cfg.eval.evaluator_images, f"{cfg.output_dir}/cache")
     # The floor: FID of as many real train images as the evaluation generates, vs the test set.
     n = min(cfg.eval.num_images, cfg.data.num_train)
-    train_src, test_src = build_source(cfg.data, "train"), build_source(cfg.data, "test")
+    train_src, test_src = registry.source(cfg, "train"), registry.source(cfg, "test")
     real_train, _ = extract(evaluator, [np.stack([train_src[i].image for i in range(n)])])
     real_test, _ = extract(evaluator, [np.stack([test_src[i].image for i in range(len(test_src))])])
     real_fid = frechet_distance(*feature_stats(real_train), *feature_stats(real_test))

@@ -21,7 +21,7 @@ import torch
 
 from t2i_ray.config import ARCHITECTURES, build_config
 from t2i_ray.data.dataset import TextImageDataset
-from t2i_ray.data.shapes import build_source, build_vocabulary
+from t2i_ray.data import registry
 from t2i_ray.models.factory import build_gan_models
 from t2i_ray.models.text import ImageEncoder, TextEncoder
 from t2i_ray.train.captioner import ensure_captioner, load_captioner
@@ -43,7 +43,7 @@ def measure(cfg, damsm, steps: int, captioner=None) -> float:
     models = build_gan_models(cfg, damsm.text_encoder, damsm.image_encoder,
                               captioner if cfg.loss.recap > 0 else None)
     opts = build_optimizers(models, cfg)
-    ds = TextImageDataset(build_source(cfg.data, "train"), damsm.vocab, cfg.data.words_num, train=True)
+    ds = TextImageDataset(registry.source(cfg, "train"), damsm.vocab, cfg.data.words_num, train=True)
     loader = torch.utils.data.DataLoader(ds, batch_size=cfg.train.batch_size, shuffle=True, drop_last=True)
     batches = [b for _, b in zip(range(steps + 2), loader)]
     noise = torch.Generator().manual_seed(0)
@@ -71,7 +71,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     base = build_config("local")
     if args.untrained_encoders:
-        vocab = build_vocabulary(base.data)
+        vocab = registry.vocabulary(base)
         text, image = (TextEncoder(len(vocab), hidden_per_dir=base.model.embed_dim // 2),
                        ImageEncoder(embed_dim=base.model.embed_dim))
         damsm = SimpleNamespace(text_encoder=text, image_encoder=image, vocab=vocab)

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from t2i_ray.config import ConfigError, apply_overrides
 from t2i_ray.data.dataset import TextImageDataset
-from t2i_ray.data.shapes import build_source
+from t2i_ray.data import registry
 from t2i_ray.models.factory import build_gan_models
 from t2i_ray.train.accel import resolve_accel, select_device
 from t2i_ray.train.damsm import load_damsm
@@ -62,7 +62,7 @@ def test_use_gpu_without_a_gpu_fails_before_training(tiny_cfg, tiny_damsm, tmp_p
 
 def _models_and_batch(cfg, damsm_path):
     damsm = load_damsm(damsm_path)
-    data = TextImageDataset(build_source(cfg.data, "train"), damsm.vocab, cfg.data.words_num, train=True)
+    data = TextImageDataset(registry.source(cfg, "train"), damsm.vocab, cfg.data.words_num, train=True)
     batch = next(iter(DataLoader(data, batch_size=cfg.train.batch_size)))
     torch.manual_seed(0)
     models = build_gan_models(cfg, damsm.text_encoder, damsm.image_encoder)

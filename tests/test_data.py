@@ -4,18 +4,23 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from t2i_ray.config import ConfigError, DataConfig
+from t2i_ray.config import DataConfig
 from t2i_ray.data import shapes as S
 from t2i_ray.data.dataset import TextImageDataset
+from t2i_ray.data.records import Sample
 from t2i_ray.data.text import Vocabulary, pad_ids, tokenize
 
+REPO = Path(__file__).resolve().parents[1]
 RELATION_TOKENS = {"above": "above", "over": "above", "below": "below", "under": "below",
                    "beneath": "below", "underneath": "below"}
 ZONE_TOKENS = {"top": "top", "upper": "top", "bottom": "bottom", "lower": "bottom", "left": "left",
@@ -23,7 +28,7 @@ ZONE_TOKENS = {"top": "top", "upper": "top", "bottom": "bottom", "lower": "botto
 
 
 @pytest.fixture(scope="module")
-def samples64() -> list[S.Sample]:
+def samples64() -> list[Sample]:
     src = S.ShapesSource(300, 64, seed=11)
     return [src[i] for i in range(len(src))]
 
@@ -202,10 +207,23 @@ def test_bad_arguments_raise_naming_the_argument():
         S.ShapesSource(4, 4, 0)
     with pytest.raises(ValueError, match="seed"):
         S.ShapesSource(4, 32, -1)
-    with pytest.raises(ConfigError, match="data.dataset"):
-        S.build_source(DataConfig(dataset="cub"), "train")
+    # shapes builds only itself: another dataset is the registry's (with its cache), not forwarded
+    for build in (lambda c: S.build_source(c, "train"), S.build_vocabulary):
+        with pytest.raises(ValueError, match=r"not data\.dataset='cub'.*t2i_ray\.data\.registry\.build_"):
+            build(DataConfig(dataset="cub", data_root="/nowhere"))
     with pytest.raises(ValueError, match="split"):
         S.build_source(DataConfig(), "val")
+
+
+def test_the_procedural_dataset_does_not_import_the_registry():
+    """Records at the bottom, readers above, the registry the one way in: shapes never reaches up."""
+    above = ["t2i_ray.data.registry", "t2i_ray.data.cub", "t2i_ray.data.coco", "t2i_ray.data.celeba",
+             "t2i_ray.data.cityscapes"]
+    code = ("import sys, t2i_ray.data.shapes, t2i_ray.data.cache, t2i_ray.data.dataset\n"
+            f"loaded = [m for m in {above!r} if m in sys.modules]\n"
+            "assert not loaded, loaded")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_build_source_splits_and_vocabulary():

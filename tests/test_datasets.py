@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -21,6 +24,7 @@ from t2i_ray.data.dataset import TextImageDataset
 from t2i_ray.data.reading import DatasetError, load_string_list_pickle, read_split_list
 from t2i_ray.data.text import Vocabulary
 
+REPO = Path(__file__).resolve().parents[1]
 W, H = 40, 30  # fixture images: 40 wide, 30 high
 CUB_CLASSES = ("001.Black_footed_Albatross", "002.Laysan_Albatross")
 
@@ -521,3 +525,50 @@ def test_the_training_loop_runs_end_to_end_on_a_real_dataset_with_inception_metr
         assert np.isfinite(final[key]), key
     assert (tmp_path / "run" / "checkpoint").is_dir()
     assert final["r_precision_mismatch_from"] == "other classes"  # CUB's class ids reach R-precision
+
+
+# ------------------------------------------------------------- the captioner (l4) on real data
+
+# 6 train / 2 test images in the CUB fixture: every batch size <= 6, a tiny captioner
+CAPTIONER_TINY = {"captioner.epochs": 1, "captioner.batch_size": 4, "captioner.image_size": 16,
+                  "captioner.word_dim": 8, "captioner.hidden_dim": 16}
+
+
+def test_captioner_pretraining_runs_on_a_real_dataset(cub_root, tmp_path):
+    """It reads the data through the registry (the cache under the output folder): a real dataset
+    once failed with 'set data.cache_dir or pass cache_root'."""
+    from t2i_ray.train.captioner import captioner_dir, captioner_is_cached, ensure_captioner, load_captioner
+
+    cfg = build_config("smoke", {"data.dataset": "cub", "data.data_root": str(cub_root),
+                                 "output_dir": str(tmp_path / "out"), **CAPTIONER_TINY})
+    logs: list[str] = []
+    path = ensure_captioner(cfg, log=logs.append)
+    assert path == captioner_dir(cfg) and captioner_is_cached(cfg)
+    # the decoded images it read are the experiment's cache (data_cache_root), reused from here on
+    assert R.source(cfg, "test", log=_quiet).folder.parent == tmp_path / "out" / "cache" / "data"
+    cached = load_captioner(path)
+    meta = cached.meta
+    assert meta["test_num_captions"] == 2 * 2  # captions 0 and 1 of the 2 test images
+    for key in ("test_token_accuracy", "test_perplexity", "test_token_accuracy_mismatched",
+                "test_perplexity_mismatched", "final_loss"):
+        assert math.isfinite(meta[key]), key
+    assert 0.0 <= meta["test_token_accuracy"] <= 1.0
+    assert cached.vocab == R.vocabulary(cfg, log=_quiet) == R.build_vocabulary(cfg.data, R.data_cache_root(cfg),
+                                                                              log=_quiet)
+    assert any("token accuracy" in m for m in logs)
+
+
+def test_pretrain_captioner_script_on_a_real_dataset(cub_root, tmp_path):
+    """The user's command line, as a subprocess from the repository root (no Inception weights)."""
+    # PYTHONPATH: this checkout's t2i_ray, not whichever one an editable install points at
+    env = {**{k: v for k, v in os.environ.items() if k != "T2I_INCEPTION_WEIGHTS"}, "PYTHONPATH": str(REPO)}
+    sets = [f"--set={k}={v}" for k, v in CAPTIONER_TINY.items()]
+    proc = subprocess.run([sys.executable, "sweeps/pretrain_captioner.py", "--preset", "smoke", "--dataset", "cub",
+                           "--data-root", str(cub_root), "--output-dir", str(tmp_path / "out"), *sets],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    printed = [line for line in proc.stdout.splitlines() if line.startswith("captioner, vocabulary and meta.json: ")]
+    assert len(printed) == 1, proc.stdout
+    folder = Path(printed[0].split(": ", 1)[1])
+    assert folder.parent == tmp_path / "out" / "cache" / "captioner" and (folder / "meta.json").is_file()
+    assert math.isfinite(json.loads((folder / "meta.json").read_text())["test_perplexity"])

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from t2i_ray.config import apply_overrides
-from t2i_ray.data.shapes import build_vocabulary
+from t2i_ray.data import registry
 from t2i_ray.losses.recaption import caption_targets, recaption_loss
 from t2i_ray.models.captioner import Captioner
 from t2i_ray.models.factory import build_gan_models
@@ -113,7 +113,7 @@ def test_captioner_cache_is_built_once_then_reused(fresh_tiny_cfg):
     meta = cached.meta
     assert 0.0 <= meta["test_token_accuracy"] <= 1.0 and math.isfinite(meta["test_perplexity"])
     assert meta["test_num_captions"] == 2 * cfg.data.num_test
-    assert cached.vocab == build_vocabulary(cfg.data)  # the project's vocabulary, saved beside it
+    assert cached.vocab == registry.vocabulary(cfg)  # the project's vocabulary, saved beside it
     assert not cached.model.training and not any(p.requires_grad for p in cached.model.parameters())
     # a different captioner setting is a different cache entry
     other = apply_overrides(cfg, {"captioner.hidden_dim": 32})

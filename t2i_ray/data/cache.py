@@ -31,7 +31,7 @@ import numpy as np
 
 from t2i_ray.console import console
 from t2i_ray.data.reading import DatasetError, DatasetSpec, Decoded, Item
-from t2i_ray.data.shapes import Sample
+from t2i_ray.data.records import Sample
 
 CACHE_FORMAT = "t2i_ray.data_cache"
 CACHE_VERSION = 1
@@ -39,7 +39,7 @@ MANIFEST, RECORDS, IMAGES, LAYOUTS = "manifest.json", "records.json", "images.np
 
 
 class CachedSource:
-    """A decoded split with the `ShapesSource` interface (`len`, `[i]`, captions, meta, images)."""
+    """A decoded split with the records.Source interface of `ShapesSource` (`len`, `[i]`, captions, meta, images)."""
 
     def __init__(self, folder: Path, manifest: dict[str, Any], images: np.ndarray, layouts: np.ndarray | None,
                  records: dict[str, Any], layout_classes: tuple[str, ...] | None):

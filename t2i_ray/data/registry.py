@@ -1,9 +1,15 @@
-"""Dataset name -> source. The one place that knows every dataset.
+"""Dataset name -> source. The one place that knows every dataset, and the one way in.
 
-`build_source(data_cfg, split, cache_root)` returns the built-in `ShapesSource` for `shapes` and,
-for a real dataset, its reader's items decoded through the cache (cache.py): both have the same
-interface (`len`, `[i]` -> Sample(image, captions, layout, meta), `captions(i)`, `images()`, ...),
-which is all TextImageDataset, the training loop and DAMSM pre-training use.
+`source(cfg, split)` (an ExperimentConfig: the cache root comes with it) and, for callers that have
+only a DataConfig, `build_source(data_cfg, split, cache_root)` return the built-in `ShapesSource`
+for `shapes` and, for a real dataset, its reader's items decoded through the cache (cache.py): both
+have the same interface (records.Source: `len`, `[i]` -> records.Sample(image, captions, layout,
+meta), `captions(i)`, `images()`, ...), which is all TextImageDataset, the training loop and the
+pre-training jobs use. `vocabulary(cfg)` / `build_vocabulary` likewise.
+
+Layers of t2i_ray.data: records (and text) at the bottom; reading, the readers (cub, coco, celeba,
+cityscapes), cache and the procedural shapes above them, none of which imports this module; then
+this registry, which imports them all.
 """
 from __future__ import annotations
 
@@ -79,6 +85,17 @@ def build_vocabulary(data_cfg: DataConfig, cache_root: str | Path | None = None,
     return Vocabulary.build([*train.all_captions(), *test.all_captions()])
 
 
+def source(cfg: ExperimentConfig, split: Literal["train", "test"],
+           log: Callable[[str], None] = console) -> shapes.ShapesSource | CachedSource:
+    """`build_source` for an experiment: a real dataset is cached under `data_cache_root(cfg)`."""
+    return build_source(cfg.data, split, data_cache_root(cfg), log)
+
+
+def vocabulary(cfg: ExperimentConfig, log: Callable[[str], None] = console) -> Vocabulary:
+    """`build_vocabulary` for an experiment: a real dataset is cached under `data_cache_root(cfg)`."""
+    return build_vocabulary(cfg.data, data_cache_root(cfg), log)
+
+
 def check_dataset(data_cfg: DataConfig) -> None:
     """Cheap start-up check of a real dataset's tree and lists (no decoding); no-op for shapes."""
     if data_cfg.dataset == "shapes":
@@ -100,4 +117,4 @@ def prepare_data(cfg: ExperimentConfig, log: Callable[[str], None] = console) ->
 
 
 __all__ = ["READERS", "build_source", "build_vocabulary", "check_dataset", "data_cache_root", "layout_classes",
-           "prepare_data", "CachedSource", "DatasetSpec"]
+           "prepare_data", "source", "vocabulary", "CachedSource", "DatasetSpec"]

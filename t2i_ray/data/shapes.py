@@ -31,6 +31,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from t2i_ray.config import DataConfig
+from t2i_ray.data.records import Sample
 from t2i_ray.data.text import Vocabulary, tokenize
 
 SHAPE_NAMES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross")
@@ -107,16 +108,6 @@ _BACKGROUND_WORDS = {
     "mottled": ("mottled", "cloudy", "blotchy"),
 }
 _MOTTLE_GRID = 5  # control points per axis of the smooth noise
-
-
-@dataclass
-class Sample:
-    """One item; real datasets (data/cache.py) give the same record, with their own meta."""
-
-    image: np.ndarray  # (H, W, 3) uint8
-    captions: list[str]  # shapes: exactly NUM_CAPTIONS
-    layout: np.ndarray | None  # (H, W) uint8 class indices; shapes: 0 background, 1 + shape index
-    meta: dict[str, Any]  # shapes: {"index", "objects": [{"shape", "color", "size", "cx", "cy"}]}
 
 
 @dataclass(frozen=True)
@@ -703,16 +694,23 @@ def split_seed(data_seed: int, split: str) -> int:
     return 2 * data_seed + (0 if split == "train" else 1)
 
 
-def build_source(data_cfg: DataConfig, split: Literal["train", "test"]) -> ShapesSource:
-    if data_cfg.dataset != "shapes":  # real datasets: the registry (which needs a cache location)
-        from t2i_ray.data import registry
+def _require_shapes(data_cfg: DataConfig, what: str) -> None:
+    if data_cfg.dataset != "shapes":
+        raise ValueError(f"t2i_ray.data.shapes.{what} builds only the procedural 'shapes' dataset, not "
+                         f"data.dataset={data_cfg.dataset!r}; read datasets by config through "
+                         f"t2i_ray.data.registry.{what} (or registry.source(cfg, split)), which knows every "
+                         f"dataset and its cache")
 
-        return registry.build_source(data_cfg, split)
+
+def build_source(data_cfg: DataConfig, split: Literal["train", "test"]) -> ShapesSource:
+    """A split of the procedural dataset (data.dataset must be 'shapes'; others: the registry)."""
+    _require_shapes(data_cfg, "build_source")
     n = data_cfg.num_train if split == "train" else data_cfg.num_test
     return ShapesSource(n, data_cfg.resolution, split_seed(data_cfg.data_seed, split))
 
 
 def build_vocabulary(data_cfg: DataConfig) -> Vocabulary:
     """The vocabulary of the train + test captions (sorted, so it depends only on the word set)."""
+    _require_shapes(data_cfg, "build_vocabulary")
     train, test = build_source(data_cfg, "train"), build_source(data_cfg, "test")
     return Vocabulary.build([*train.all_captions(), *test.all_captions()])

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from t2i_ray.config import ExperimentConfig, resolved_eval_backbone
 from t2i_ray.data.dataset import TextImageDataset
-from t2i_ray.data.registry import build_source, data_cache_root
+from t2i_ray.data import registry
 from t2i_ray.eval.features import attribute_scores, load_or_train_domain_evaluator
 from t2i_ray.eval.fid import feature_stats, frechet_distance, kernel_inception_distance
 from t2i_ray.eval.inception import (InceptionBackbone, extract_inception, load_inception, metric_library_versions,
@@ -74,8 +74,7 @@ def build_eval_context(cfg: ExperimentConfig, damsm: Damsm) -> EvalContext:
     cache_dir = f"{cfg.output_dir}/cache"
     backbone = resolved_eval_backbone(cfg)
     weights_path = check_eval_assets(cfg)  # refuse before the test-set pass
-    test_set = TextImageDataset(build_source(cfg.data, "test", data_cache_root(cfg)), damsm.vocab,
-                                cfg.data.words_num, train=False)
+    test_set = TextImageDataset(registry.source(cfg, "test"), damsm.vocab, cfg.data.words_num, train=False)
     loader = DataLoader(test_set, batch_size=cfg.eval.batch_size)
     # One pass: DAMSM caption features and a content hash of the real images as the evaluator sees
     # them (uint8 levels), which keys the cached reference statistics.

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from t2i_ray.console import console
 from t2i_ray.config import ExperimentConfig
 from t2i_ray.data.dataset import TextImageDataset
-from t2i_ray.data.shapes import build_source, build_vocabulary
+from t2i_ray.data import registry
 from t2i_ray.data.text import Vocabulary
 from t2i_ray.losses.recaption import caption_token_nll, recaption_loss
 from t2i_ray.models.captioner import Captioner
@@ -66,14 +66,14 @@ def pretrain_captioner(cfg: ExperimentConfig, out_dir: str | Path, log: Callable
     it, its vocabulary and meta.json (with held-out test metrics) to `out_dir`."""
     c = cfg.captioner
     torch.manual_seed(cfg.seed)
-    vocab = build_vocabulary(cfg.data)
-    train_set = TextImageDataset(build_source(cfg.data, "train"), vocab, cfg.data.words_num,
-                                 train=True, seed=cfg.seed)
+    vocab = registry.vocabulary(cfg, log)
+    train_set = TextImageDataset(registry.source(cfg, "train", log), vocab, cfg.data.words_num, train=True,
+                                 seed=cfg.seed)
     model = build_captioner(cfg, len(vocab))
     loader = DataLoader(train_set, batch_size=c.batch_size, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(cfg.seed))
     if len(loader) == 0:
-        raise ValueError(f"data.num_train={cfg.data.num_train} gives no full batch of "
+        raise ValueError(f"the train split's {len(train_set)} images give no full batch of "
                          f"captioner.batch_size={c.batch_size}")
     opt = torch.optim.Adam(model.parameters(), lr=c.lr)
     # Cosine decay to 0: short CPU budgets end on a low-noise model.
@@ -95,7 +95,7 @@ def pretrain_captioner(cfg: ExperimentConfig, out_dir: str | Path, log: Callable
         log(f"[captioner] epoch {epoch + 1}/{c.epochs} loss {np.mean(losses):.3f} "
             f"({time.time() - start:.0f}s)")
     model.eval()
-    stats = evaluate_captioner(cfg, model, vocab)
+    stats = evaluate_captioner(cfg, model, vocab, log=log)
     log(f"[captioner] real test images: token accuracy {stats['test_token_accuracy']:.3f}, perplexity "
         f"{stats['test_perplexity']:.2f} (captions scored against another test image: accuracy "
         f"{stats['test_token_accuracy_mismatched']:.3f}, perplexity {stats['test_perplexity_mismatched']:.2f})")
@@ -115,13 +115,13 @@ def pretrain_captioner(cfg: ExperimentConfig, out_dir: str | Path, log: Callable
 
 @torch.no_grad()
 def evaluate_captioner(cfg: ExperimentConfig, model: Captioner, vocab: Vocabulary,
-                       num_samples: int = 5) -> dict:
+                       num_samples: int = 5, log: Callable[[str], None] = console) -> dict:
     """Teacher-forced token accuracy and perplexity (exp of the mean token NLL, "<end>" included)
     on the real test split's captions 0 and 1; the same with the images rolled by one (each
     caption against another image: the gap is what the captioner takes from the image); and
     greedy decodes of a few test images."""
     model.eval()
-    test_set = TextImageDataset(build_source(cfg.data, "test"), vocab, cfg.data.words_num, train=False)
+    test_set = TextImageDataset(registry.source(cfg, "test", log), vocab, cfg.data.words_num, train=False)
     sums = {"nll": 0.0, "correct": 0, "nll_mis": 0.0, "correct_mis": 0, "tokens": 0}
     samples: list[dict[str, str]] = []
     for batch in DataLoader(test_set, batch_size=128):

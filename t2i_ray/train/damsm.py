@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from t2i_ray.console import console
 from t2i_ray.config import ExperimentConfig
 from t2i_ray.data.dataset import TextImageDataset
-from t2i_ray.data.registry import build_source, build_vocabulary, data_cache_root
+from t2i_ray.data import registry
 from t2i_ray.data.text import Vocabulary
 from t2i_ray.eval.r_precision import r_precision
 from t2i_ray.losses.damsm import damsm_loss
@@ -69,9 +69,9 @@ def pretrain_damsm(cfg: ExperimentConfig, out_dir: str | Path, log: Callable[[st
     """Train DAMSM text+image encoders on real (image, caption) pairs; write them to `out_dir`."""
     p = cfg.damsm
     torch.manual_seed(cfg.seed)
-    vocab = build_vocabulary(cfg.data, data_cache_root(cfg), log)
-    train_set = TextImageDataset(build_source(cfg.data, "train", data_cache_root(cfg), log), vocab,
-                                 cfg.data.words_num, train=True, seed=cfg.seed)
+    vocab = registry.vocabulary(cfg, log)
+    train_set = TextImageDataset(registry.source(cfg, "train", log), vocab, cfg.data.words_num, train=True,
+                                 seed=cfg.seed)
     text, image = _make_encoders(cfg, len(vocab))
     params = [q for q in list(text.parameters()) + list(image.parameters()) if q.requires_grad]
     loader = DataLoader(train_set, batch_size=p.batch_size, shuffle=True, drop_last=True,
@@ -121,8 +121,7 @@ def pretrain_damsm(cfg: ExperimentConfig, out_dir: str | Path, log: Callable[[st
 def real_r_precision(cfg: ExperimentConfig, text: TextEncoder, image: ImageEncoder,
                      vocab: Vocabulary) -> tuple[float, float]:
     """R-precision of the real test images: the ceiling a generator can reach with these encoders."""
-    test_set = TextImageDataset(build_source(cfg.data, "test", data_cache_root(cfg)), vocab, cfg.data.words_num,
-                                train=False)
+    test_set = TextImageDataset(registry.source(cfg, "test"), vocab, cfg.data.words_num, train=False)
     img_feats, txt_feats = [], []
     for batch in DataLoader(test_set, batch_size=128):
         img_feats.append(image(batch["image"])[1])

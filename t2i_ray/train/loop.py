@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from t2i_ray.config import ExperimentConfig
 from t2i_ray.data.dataset import TextImageDataset
-from t2i_ray.data.registry import build_source, data_cache_root
+from t2i_ray.data import registry
 from t2i_ray.models.factory import GANModels, build_gan_models
 from t2i_ray.models.text import word_mask
 from t2i_ray.train import checkpoint as ckpt
@@ -170,8 +170,8 @@ def run_training(cfg: ExperimentConfig, env: RunEnv, damsm_path: str, run_name: 
     torch.manual_seed(cfg.seed * 1000 + env.world_rank)
     damsm = load_damsm(damsm_path)
     captioner = load_frozen_captioner(captioner_path, damsm.vocab) if cfg.loss.recap > 0 else None
-    train_set = TextImageDataset(build_source(cfg.data, "train", data_cache_root(cfg)), damsm.vocab,
-                                 cfg.data.words_num, train=True, seed=cfg.seed)
+    train_set = TextImageDataset(registry.source(cfg, "train"), damsm.vocab, cfg.data.words_num, train=True,
+                                 seed=cfg.seed)
     sampler = DistributedSampler(train_set, num_replicas=env.world_size, rank=env.world_rank,
                                  shuffle=True, seed=cfg.seed, drop_last=True)
     # Its own generator: a DataLoader iterator otherwise draws a seed from torch's global RNG,
