@@ -270,3 +270,58 @@ def test_cli_prints_the_weights_error_and_exits_2(tmp_path, capsys, monkeypatch)
     assert code.value.code == 2
     assert f"error: eval.inception_weights: {text} cannot be read by torch.load" in capsys.readouterr().err
 
+
+# ------------------------- pre-training that would cache untrained weights fails and caches nothing
+
+
+def _nan_times(fn):
+    """`fn` with its loss made NaN (still differentiable, as a diverged loss is)."""
+    return lambda *a, **k: fn(*a, **k) * float("nan")
+
+
+def test_damsm_pretraining_with_a_nan_loss_caches_nothing(fresh_tiny_cfg, monkeypatch):
+    from t2i_ray.train import damsm
+
+    monkeypatch.setattr(damsm, "damsm_loss", _nan_times(damsm.damsm_loss))
+    with pytest.raises(FloatingPointError, match=r"^\[damsm\] non-finite loss \(nan\) at epoch 1, batch 1; "
+                                                 r"try a lower damsm.lr"):
+        damsm.ensure_damsm(fresh_tiny_cfg, log=lambda s: None)
+    folder = damsm.damsm_dir(fresh_tiny_cfg)
+    assert not folder.exists() and list(folder.parent.iterdir()) == []  # no temporary folder either
+    assert not damsm.damsm_is_cached(fresh_tiny_cfg)  # the next run trains again
+
+
+def test_captioner_pretraining_with_a_nan_loss_or_no_step_caches_nothing(fresh_tiny_cfg, monkeypatch):
+    import dataclasses
+
+    from t2i_ray.train import captioner
+
+    folder = captioner.captioner_dir(fresh_tiny_cfg)
+    with monkeypatch.context() as m:
+        m.setattr(captioner, "recaption_loss", _nan_times(captioner.recaption_loss))
+        with pytest.raises(FloatingPointError, match=r"^\[captioner\] non-finite loss \(nan\) at epoch 1, batch 1"):
+            captioner.ensure_captioner(fresh_tiny_cfg, log=lambda s: None)
+    assert not folder.exists() and list(folder.parent.iterdir()) == []
+    # A batch larger than the train split (validate refuses it; replace() skips validate, as a
+    # config built elsewhere might): no step would run.
+    big = dataclasses.replace(fresh_tiny_cfg, captioner=dataclasses.replace(fresh_tiny_cfg.captioner, batch_size=65))
+    with pytest.raises(ConfigError, match=r"^captioner.batch_size: 65 is more than the 64 train images .* "
+                                          r"at most 64"):
+        captioner.ensure_captioner(big, log=lambda s: None)
+    assert not captioner.captioner_dir(big).exists() and list(folder.parent.iterdir()) == []
+
+
+def test_domain_evaluator_with_a_nan_loss_or_no_step_caches_nothing(fresh_tiny_cfg, monkeypatch):
+    from t2i_ray.eval import features
+
+    cache = Path(fresh_tiny_cfg.output_dir) / "cache"
+    data, steps, pool = fresh_tiny_cfg.data, fresh_tiny_cfg.eval.evaluator_steps, fresh_tiny_cfg.eval.evaluator_images
+    with monkeypatch.context() as m:
+        m.setattr(features.F, "binary_cross_entropy_with_logits",
+                  _nan_times(features.F.binary_cross_entropy_with_logits))
+        with pytest.raises(FloatingPointError, match=r"domain evaluator 32x32: non-finite bce \(nan\) at step 1/20"):
+            features.load_or_train_domain_evaluator(data, steps, pool, str(cache), log=lambda s: None)
+    assert not cache.exists() or not any(cache.rglob("*"))
+    with pytest.raises(ConfigError, match=r"^eval.evaluator_steps: .* got 0 step\(s\) on 128 image\(s\)"):
+        features.load_or_train_domain_evaluator(data, 0, pool, str(cache), log=lambda s: None)
+    assert not cache.exists() or not any(cache.rglob("*"))

@@ -500,6 +500,21 @@ def test_a_real_train_split_smaller_than_a_batch_is_refused_at_start(tmp_path, s
     config_from_args(base_parser("x").parse_args(argv + [f"--set={k}={v}" for k, v in fits.items()]))
 
 
+def test_damsm_on_a_train_split_smaller_than_a_batch_fails_and_caches_nothing(tmp_path):
+    """The second guard, for configs built without the command line's check."""
+    from t2i_ray.train.damsm import damsm_dir, ensure_damsm
+
+    write_cub(tmp_path / "birds", per_class=12)
+    cfg = build_config("smoke", {"data.dataset": "cub", "data.data_root": str(tmp_path / "birds"),
+                                 "output_dir": str(tmp_path / "out"), "damsm.batch_size": 48,
+                                 "eval.r_precision_candidates": 2})
+    with pytest.raises(ConfigError, match=r"^damsm.batch_size: 48 is more than the 18 train images of "
+                                          r"data.dataset=cub, so DAMSM pre-training would run no step; lower "
+                                          r"damsm.batch_size to at most 18"):
+        ensure_damsm(cfg, log=_quiet)
+    assert not damsm_dir(cfg).exists() and list(damsm_dir(cfg).parent.iterdir()) == []
+
+
 # ---------------------------------------------------------------- DAMSM + a GAN step on real data
 
 
