@@ -190,7 +190,8 @@ def test_cache_dir_on_a_file_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"^data.cache_dir: must be a folder \(it is created if missing\), "
                                           r"got a file .*a_file; point it at a folder"):
         _cli_cfg("--set", f"data.cache_dir={blocker}")
-    with pytest.raises(ConfigError, match=r"^data.cache_dir: .*got a file .*a_file/sub \(.*a_file on its path is a file\)"):
+    with pytest.raises(ConfigError, match=r"^data.cache_dir: .*got a file .*a_file/sub "
+                                          r"\(.*a_file on its path is a file\)"):
         _cli_cfg("--set", f"data.cache_dir={blocker / 'sub'}")
     assert _cli_cfg("--set", f"data.cache_dir={tmp_path / 'new' / 'cache'}").data.cache_dir  # created later
 
