@@ -309,9 +309,40 @@ def _check(cond: bool, where: str, message: str) -> None:
         raise ConfigError(f"{where}: {message}")
 
 
+def _check_finite_floats(node: Any, prefix: str = "") -> None:
+    """Every float field of the tree must be finite: nan fails every comparison, so range checks
+    alone let it through (damsm.lr_decay=nan once trained silently), and no field has a use for inf."""
+    for f in fields(node):
+        value, where = getattr(node, f.name), prefix + f.name
+        if is_dataclass(value):
+            _check_finite_floats(value, where + ".")
+        elif str(f.type).replace(" | None", "") == "float" and value is not None:
+            _check(math.isfinite(value), where, f"must be a finite number, got {value}")
+
+
+def check_batches_fit(cfg: ExperimentConfig, num_train: int, images: str, fix: str = "") -> None:
+    """Refuse batch sizes larger than the train split. Every train loader drops its last partial
+    batch, so such a run would take no optimisation step (DAMSM once logged `loss nan` for every
+    epoch and cached untrained encoders). `images` names the split, e.g. "data.num_train=64 train
+    images"; `fix` is an alternative appended to the advice."""
+    t, p, c = cfg.train, cfg.damsm, cfg.captioner
+    workers = t.num_workers > 1
+    per_gan_step = (f"train.batch_size x train.num_workers = {t.batch_size} x {t.num_workers} = "
+                    f"{t.batch_size * t.num_workers}" if workers else str(t.batch_size))
+    for where, need, shown, what, most in (
+            ("train.batch_size", t.batch_size * t.num_workers, per_gan_step, "GAN training",
+             f"{num_train // t.num_workers}" + (" (or lower train.num_workers)" if workers else "")),
+            ("damsm.batch_size", p.batch_size, str(p.batch_size), "DAMSM pre-training", num_train),
+            ("captioner.batch_size", c.batch_size, str(c.batch_size), "captioner pre-training", num_train)):
+        _check(need <= num_train, where,
+               f"{shown} is more than the {images}, so {what} would get no full batch and run no step; "
+               f"lower {where} to at most {most}{fix}")
+
+
 def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     """Raise ConfigError naming the first bad field; return cfg unchanged when valid."""
     d, m, l, t, e, p, c = cfg.data, cfg.model, cfg.loss, cfg.train, cfg.eval, cfg.damsm, cfg.captioner
+    _check_finite_floats(cfg)
     _check(d.dataset in DATASETS, "data.dataset",
            f"unknown dataset {d.dataset!r}; available: {', '.join(DATASETS)}")
     real = d.dataset != "shapes"
@@ -328,6 +359,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
            f"must be a power of two in 32..256 (32, 64, 128, 256), got {r}")
     _check(d.num_train >= 64, "data.num_train", f"must be >= 64, got {d.num_train}")
     _check(d.num_test >= 2, "data.num_test", f"must be >= 2, got {d.num_test}")
+    _check(d.data_seed >= 0, "data.data_seed", f"must be >= 0 (numpy refuses negative seeds), got {d.data_seed}")
     _check(1 <= d.words_num <= 64, "data.words_num", f"must be in 1..64, got {d.words_num}")
     _check(d.loader_workers >= 0, "data.loader_workers", "must be >= 0")
     _check(m.arch in ARCHITECTURES, "model.arch",
@@ -402,6 +434,11 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     _check(p.epochs >= 1, "damsm.epochs", "must be >= 1")
     _check(p.batch_size >= 2, "damsm.batch_size", "must be >= 2")
     _check(p.lr > 0, "damsm.lr", "must be > 0")
+    _check(0 < p.lr_decay <= 1, "damsm.lr_decay",
+           f"must be a finite number in (0, 1] (the lr factor per epoch; 1: no decay), got {p.lr_decay}")
+    _check(p.grad_clip > 0, "damsm.grad_clip", f"must be a finite number > 0, got {p.grad_clip}")
+    _check(p.inception_weights is None or bool(p.inception_weights.strip()), "damsm.inception_weights",
+           f"must be a file path or none, got {p.inception_weights!r}")
     _check(p.image_backbone != "inception" or p.inception_weights is not None, "damsm.inception_weights",
            "damsm.image_backbone=inception needs torchvision's ImageNet Inception-v3 weights file "
            "(inception_v3_google-0cc3c7bd.pth): set damsm.inception_weights=/path/to/it, "
@@ -415,6 +452,8 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     _check(0 <= c.dropout < 1, "captioner.dropout", f"must be in [0, 1), got {c.dropout}")
     _check(c.lr > 0, "captioner.lr", "must be > 0")
     _check(c.grad_clip > 0, "captioner.grad_clip", "must be > 0")
+    if not real:  # a real dataset's split sizes are known from its files (config_checks.py)
+        check_batches_fit(cfg, d.num_train, f"data.num_train={d.num_train} train images", " or raise data.num_train")
     _check_combinations(cfg)
     _check(cfg.seed >= 0, "seed", f"must be >= 0, got {cfg.seed}")
     _check(bool(cfg.output_dir), "output_dir", "must be a non-empty path")
@@ -616,5 +655,6 @@ __all__ = [
     "ConfigError", "DataConfig", "ModelConfig", "LossWeights", "TrainConfig", "EvalConfig",
     "DamsmConfig", "CaptionerConfig", "ExperimentConfig", "PRESETS", "EVAL_PROTOCOLS", "build_config",
     "apply_overrides", "parse_override", "protocol_overrides", "resolved_eval_backbone", "validate", "replace",
+    "check_batches_fit",
     "read_config_file", "build_config_with_file",
 ]

@@ -173,3 +173,156 @@ def test_swept_loss_weight_in_the_config_file_is_refused_not_silently_replaced(t
         main(["--preset", "smoke", "--config", str(_yaml(tmp_path, "loss: {f2r: 0.3}\n")), "--dry-run"])
     assert code.value.code == 2
     assert "loss.f2r: set per ablation row by this sweep; pass --l2" in capsys.readouterr().err
+
+
+# ------------------------------------------------ paths that exist but are not what the field needs
+
+
+def _cli_cfg(*argv: str):
+    from t2i_ray.sweep.cli import base_parser, config_from_args
+
+    return config_from_args(base_parser("x").parse_args(["--preset", "smoke", *argv]))
+
+
+def test_cache_dir_on_a_file_is_refused(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ConfigError, match=r"^data.cache_dir: must be a folder \(it is created if missing\), "
+                                          r"got a file .*a_file; point it at a folder"):
+        _cli_cfg("--set", f"data.cache_dir={blocker}")
+    with pytest.raises(ConfigError, match=r"^data.cache_dir: .*got a file .*a_file/sub "
+                                          r"\(.*a_file on its path is a file\)"):
+        _cli_cfg("--set", f"data.cache_dir={blocker / 'sub'}")
+    assert _cli_cfg("--set", f"data.cache_dir={tmp_path / 'new' / 'cache'}").data.cache_dir  # created later
+
+
+def _weights_files(tmp_path) -> dict[str, Path]:
+    import torch
+
+    files = {name: tmp_path / f"{name}.pth" for name in ("text", "empty", "list", "zip", "nested", "legacy")}
+    files["text"].write_text("weights are on the other machine\n")
+    files["empty"].write_bytes(b"")
+    torch.save([torch.zeros(2)], files["list"])
+    torch.save({"w": torch.zeros(2)}, files["zip"])
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "epoch": 3}, files["nested"])
+    torch.save({"w": torch.zeros(2)}, files["legacy"], _use_new_zipfile_serialization=False)
+    return files
+
+
+@pytest.mark.parametrize("field,argv", [
+    ("eval.inception_weights", ["--set", "eval.backbone=inception", "--inception-weights"]),
+    ("damsm.inception_weights", ["--set", "damsm.image_backbone=inception", "--set"]),
+])
+def test_weights_that_are_not_a_state_dict_refuse_before_any_work(tmp_path, field, argv, monkeypatch):
+    monkeypatch.delenv("T2I_INCEPTION_WEIGHTS", raising=False)
+    files = _weights_files(tmp_path)
+
+    def value(path):
+        return str(path) if field.startswith("eval") else f"{field}={path}"
+
+    for name, says in (("text", r"cannot be read by torch.load\(weights_only=True\) \(.*Error"),
+                       ("empty", r"cannot be read by torch.load\(weights_only=True\)"),
+                       ("list", r"holds a list, not a state dict of tensors")):
+        with pytest.raises(ConfigError, match=rf"^{field}: .*{name}.pth {says}.*; it must be .*Inception"):
+            _cli_cfg("--output-dir", str(tmp_path / "out"), *argv, value(files[name]))
+    for name in ("zip", "nested", "legacy"):  # state dicts: accepted (their keys are checked on loading)
+        _cli_cfg("--output-dir", str(tmp_path / "out"), *argv, value(files[name]))
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_weights_files_keep_their_messages(tmp_path, monkeypatch):
+    from t2i_ray.eval.inception import missing_weights_message
+    from t2i_ray.models.text import missing_inception_weights_message
+
+    monkeypatch.delenv("T2I_INCEPTION_WEIGHTS", raising=False)
+    gone = str(tmp_path / "gone.pth")
+    with pytest.raises(ConfigError) as err:
+        _cli_cfg("--set", "eval.backbone=inception", "--inception-weights", gone)
+    assert str(err.value) == missing_weights_message(gone)
+    # before: a FileNotFoundError in DAMSM pre-training, after the dataset was decoded
+    with pytest.raises(ConfigError) as err:
+        _cli_cfg("--set", "damsm.image_backbone=inception", "--set", f"damsm.inception_weights={gone}")
+    assert str(err.value) == f"damsm.inception_weights: {missing_inception_weights_message(gone)}"
+
+
+def test_weights_check_maps_zip_files_and_reads_legacy_ones(tmp_path, monkeypatch):
+    """mmap keeps the check cheap for 100 MB files; legacy (non-zip) files cannot be mapped."""
+    import torch
+
+    from t2i_ray.weights import load_state_dict_file
+
+    files = _weights_files(tmp_path)
+    calls = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(k) or real_load(*a, **k))
+    for name in ("zip", "legacy", "nested"):
+        state = load_state_dict_file(files[name])
+        assert list(state) == ["w"] and isinstance(state["w"], torch.Tensor)
+    assert [(c["mmap"], c["weights_only"]) for c in calls] == [(True, True), (False, True), (True, True)]
+
+
+def test_cli_prints_the_weights_error_and_exits_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("T2I_INCEPTION_WEIGHTS", raising=False)
+    text = tmp_path / "notes.txt"
+    text.write_text("hello\n")
+    with pytest.raises(SystemExit) as code:
+        _ablate_main()(["--preset", "smoke", "--output-dir", str(tmp_path / "out"), "--set", "eval.backbone=inception",
+                        "--inception-weights", str(text), "--dry-run"])
+    assert code.value.code == 2
+    assert f"error: eval.inception_weights: {text} cannot be read by torch.load" in capsys.readouterr().err
+
+
+# ------------------------- pre-training that would cache untrained weights fails and caches nothing
+
+
+def _nan_times(fn):
+    """`fn` with its loss made NaN (still differentiable, as a diverged loss is)."""
+    return lambda *a, **k: fn(*a, **k) * float("nan")
+
+
+def test_damsm_pretraining_with_a_nan_loss_caches_nothing(fresh_tiny_cfg, monkeypatch):
+    from t2i_ray.train import damsm
+
+    monkeypatch.setattr(damsm, "damsm_loss", _nan_times(damsm.damsm_loss))
+    with pytest.raises(FloatingPointError, match=r"^\[damsm\] non-finite loss \(nan\) at epoch 1, batch 1; "
+                                                 r"try a lower damsm.lr"):
+        damsm.ensure_damsm(fresh_tiny_cfg, log=lambda s: None)
+    folder = damsm.damsm_dir(fresh_tiny_cfg)
+    assert not folder.exists() and list(folder.parent.iterdir()) == []  # no temporary folder either
+    assert not damsm.damsm_is_cached(fresh_tiny_cfg)  # the next run trains again
+
+
+def test_captioner_pretraining_with_a_nan_loss_or_no_step_caches_nothing(fresh_tiny_cfg, monkeypatch):
+    import dataclasses
+
+    from t2i_ray.train import captioner
+
+    folder = captioner.captioner_dir(fresh_tiny_cfg)
+    with monkeypatch.context() as m:
+        m.setattr(captioner, "recaption_loss", _nan_times(captioner.recaption_loss))
+        with pytest.raises(FloatingPointError, match=r"^\[captioner\] non-finite loss \(nan\) at epoch 1, batch 1"):
+            captioner.ensure_captioner(fresh_tiny_cfg, log=lambda s: None)
+    assert not folder.exists() and list(folder.parent.iterdir()) == []
+    # A batch larger than the train split (validate refuses it; replace() skips validate, as a
+    # config built elsewhere might): no step would run.
+    big = dataclasses.replace(fresh_tiny_cfg, captioner=dataclasses.replace(fresh_tiny_cfg.captioner, batch_size=65))
+    with pytest.raises(ConfigError, match=r"^captioner.batch_size: 65 is more than the 64 train images .* "
+                                          r"at most 64"):
+        captioner.ensure_captioner(big, log=lambda s: None)
+    assert not captioner.captioner_dir(big).exists() and list(folder.parent.iterdir()) == []
+
+
+def test_domain_evaluator_with_a_nan_loss_or_no_step_caches_nothing(fresh_tiny_cfg, monkeypatch):
+    from t2i_ray.eval import features
+
+    cache = Path(fresh_tiny_cfg.output_dir) / "cache"
+    data, steps, pool = fresh_tiny_cfg.data, fresh_tiny_cfg.eval.evaluator_steps, fresh_tiny_cfg.eval.evaluator_images
+    with monkeypatch.context() as m:
+        m.setattr(features.F, "binary_cross_entropy_with_logits",
+                  _nan_times(features.F.binary_cross_entropy_with_logits))
+        with pytest.raises(FloatingPointError, match=r"domain evaluator 32x32: non-finite bce \(nan\) at step 1/20"):
+            features.load_or_train_domain_evaluator(data, steps, pool, str(cache), log=lambda s: None)
+    assert not cache.exists() or not any(cache.rglob("*"))
+    with pytest.raises(ConfigError, match=r"^eval.evaluator_steps: .* got 0 step\(s\) on 128 image\(s\)"):
+        features.load_or_train_domain_evaluator(data, 0, pool, str(cache), log=lambda s: None)
+    assert not cache.exists() or not any(cache.rglob("*"))

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from t2i_ray.config import (ConfigError, ExperimentConfig, apply_overrides, build_config,
-                            parse_override)
+                            parse_override, validate)
 
 
 def test_presets_build_and_round_trip():
@@ -91,3 +91,51 @@ def test_sensible_combinations_of_modes_and_losses_build():
             build_config("smoke", {"model.text_embedding": mode, **loss})
     build_config("smoke", {"model.text_embedding": "shared", "model.align_weight": 0.0})  # adversarial only
     build_config("smoke", {"model.text_embedding": "dual", "model.text_init_from_damsm": True})
+
+
+# Values a user gave via `--set ... --dry-run` that were accepted before (each as the CLI passes it:
+# a string typed by apply_overrides), then generic nan/inf in float fields without a range check.
+@pytest.mark.parametrize("sets,field,says", [
+    (["damsm.lr_decay=nan"], "damsm.lr_decay", "finite number"),
+    (["damsm.lr_decay=-1e9"], "damsm.lr_decay", "in (0, 1]"),
+    (["damsm.grad_clip=nan"], "damsm.grad_clip", "finite number"),
+    (["damsm.grad_clip=-1e9"], "damsm.grad_clip", "> 0"),
+    (["data.data_seed=-7"], "data.data_seed", ">= 0"),
+    (["damsm.inception_weights="], "damsm.inception_weights", "file path or none"),
+    (["data.num_train=64", "train.num_workers=8"], "train.batch_size", "16 x 8 = 128 is more than the "
+                                                                      "data.num_train=64 train images"),
+    (["data.num_train=64", "damsm.batch_size=65"], "damsm.batch_size", "at most 64 or raise data.num_train"),
+    (["data.num_train=64", "captioner.batch_size=65"], "captioner.batch_size", "at most 64"),
+    (["train.lr_g=inf"], "train.lr_g", "finite number, got inf"),
+    (["model.align_temperature=-inf"], "model.align_temperature", "finite number, got -inf"),
+    (["train.cpus_per_worker=nan"], "train.cpus_per_worker", "finite number, got nan"),
+    (["loss.gamma3=inf"], "loss.gamma3", "finite number, got inf"),
+    (["captioner.dropout=nan"], "captioner.dropout", "finite number, got nan"),
+])
+def test_values_accepted_before_are_refused_naming_the_field(sets, field, says):
+    with pytest.raises(ConfigError) as err:
+        build_config("smoke", dict(parse_override(s) for s in sets))
+    assert str(err.value).startswith(f"{field}: ") and says in str(err.value)
+
+
+def test_no_float_field_takes_nan_or_inf():
+    """The generic check covers every float field of the tree, including ones added later."""
+    import dataclasses
+
+    cfg = build_config("smoke")
+    floats = [k for k, v in cfg.flat().items() if isinstance(v, float)]
+    assert len(floats) >= 20 and "damsm.lr_decay" in floats and "train.cpus_per_worker" in floats
+    for key in floats:
+        for bad in ("nan", "inf", "-inf"):
+            with pytest.raises(ConfigError) as err:
+                apply_overrides(cfg, {key: bad})
+            assert str(err.value).startswith(f"{key}: "), (key, bad, str(err.value))
+    # validate() itself, on a tree built without the override parser
+    broken = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr_d=float("nan")))
+    with pytest.raises(ConfigError, match=r"^train.lr_d: must be a finite number, got nan"):
+        validate(broken)
+
+
+def test_batches_that_fit_exactly_are_accepted():
+    build_config("smoke", {"data.num_train": 64, "train.batch_size": 16, "train.num_workers": 4,
+                           "damsm.batch_size": 64, "captioner.batch_size": 64})

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from t2i_ray.config import ConfigError, DataConfig, build_config
+from t2i_ray.config import ConfigError, DataConfig, build_config, parse_override
 from t2i_ray.data import cache as C
 from t2i_ray.data import registry as R
 from t2i_ray.data.cityscapes import LABEL_TO_TRAIN, label_ids_to_train_ids, template_captions
@@ -461,10 +461,12 @@ def test_cli_dataset_shorthand_checks_the_tree_before_anything_runs(tmp_path, mo
     root = tmp_path / "celeba"
     write_celeba(root)
     monkeypatch.chdir(tmp_path)
-    # real datasets are scored with the Inception backbone: its weights file must exist (not loaded here)
-    (tmp_path / "inception.pth").write_bytes(b"")
+    # real datasets are scored with the Inception backbone: its weights file must exist and be a state
+    # dict (its keys are checked when the network is built, not here)
+    torch.save({"w": torch.zeros(1)}, tmp_path / "inception.pth")
     monkeypatch.setenv("T2I_INCEPTION_WEIGHTS", str(tmp_path / "inception.pth"))
-    args = base_parser("x").parse_args(["--preset", "smoke", "--dataset", "mmceleba", "--data-root", "celeba"])
+    small = [f"--set={k}.batch_size=2" for k in ("train", "damsm", "captioner")]  # 3 train images
+    args = base_parser("x").parse_args(["--preset", "smoke", "--dataset", "mmceleba", "--data-root", "celeba", *small])
     cfg = config_from_args(args)
     assert (cfg.data.dataset, cfg.data.data_root) == ("mmceleba", str(root.resolve()))  # made absolute
     assert not (tmp_path / "t2i_runs").exists()  # the check decodes nothing and writes no cache
@@ -472,6 +474,49 @@ def test_cli_dataset_shorthand_checks_the_tree_before_anything_runs(tmp_path, mo
     with pytest.raises(ConfigError, match=r"(?s)missing under .*captions\.jsonl.*CelebAMask-HQ-mask-anno/preprocessed"):
         config_from_args(args)
     assert config_from_args(base_parser("x").parse_args(["--preset", "smoke"])) == build_config("smoke")
+
+
+@pytest.mark.parametrize("sets,field,says", [
+    (["damsm.batch_size=48"], "damsm.batch_size", "48 is more than the 18 train images listed for data.dataset=cub "
+                                                  "under {root}, so DAMSM pre-training would get no full batch"),
+    (["captioner.batch_size=64"], "captioner.batch_size", "64 is more than the 18 train images"),
+    (["train.batch_size=10", "train.num_workers=2"], "train.batch_size",
+     "train.batch_size x train.num_workers = 10 x 2 = 20 is more than the 18 train images"),
+])
+def test_a_real_train_split_smaller_than_a_batch_is_refused_at_start(tmp_path, sets, field, says):
+    """A 24-image CUB tree (18 train): before, DAMSM pre-training ran no step, logged `loss nan`
+    for every epoch and cached the untrained encoders."""
+    from t2i_ray.sweep.cli import base_parser, config_from_args
+
+    root = tmp_path / "birds"
+    write_cub(root, per_class=12)
+    fits = {"train.batch_size": 4, "damsm.batch_size": 4, "captioner.batch_size": 4}
+    fits.update(parse_override(s) for s in sets)
+    argv = ["--preset", "smoke", "--dataset", "cub", "--data-root", str(root), "--output-dir", str(tmp_path / "out"),
+            "--set", "eval.backbone=inception", "--inception-weights", str(tmp_path / "w.pth")]
+    torch.save({"w": torch.zeros(1)}, tmp_path / "w.pth")
+    with pytest.raises(ConfigError) as err:
+        config_from_args(base_parser("x").parse_args(argv + [f"--set={k}={v}" for k, v in fits.items()]))
+    msg = str(err.value)
+    assert msg.startswith(f"{field}: ") and says.format(root=root) in msg and f"lower {field} to at most " in msg
+    assert not (tmp_path / "out").exists()
+    fits.update({"train.batch_size": 9, "damsm.batch_size": 18, "captioner.batch_size": 18})  # exactly fits
+    config_from_args(base_parser("x").parse_args(argv + [f"--set={k}={v}" for k, v in fits.items()]))
+
+
+def test_damsm_on_a_train_split_smaller_than_a_batch_fails_and_caches_nothing(tmp_path):
+    """The second guard, for configs built without the command line's check."""
+    from t2i_ray.train.damsm import damsm_dir, ensure_damsm
+
+    write_cub(tmp_path / "birds", per_class=12)
+    cfg = build_config("smoke", {"data.dataset": "cub", "data.data_root": str(tmp_path / "birds"),
+                                 "output_dir": str(tmp_path / "out"), "damsm.batch_size": 48,
+                                 "eval.r_precision_candidates": 2})
+    with pytest.raises(ConfigError, match=r"^damsm.batch_size: 48 is more than the 18 train images of "
+                                          r"data.dataset=cub, so DAMSM pre-training would run no step; lower "
+                                          r"damsm.batch_size to at most 18"):
+        ensure_damsm(cfg, log=_quiet)
+    assert not damsm_dir(cfg).exists() and list(damsm_dir(cfg).parent.iterdir()) == []
 
 
 # ---------------------------------------------------------------- DAMSM + a GAN step on real data

@@ -94,6 +94,7 @@ def test_pretraining_scripts_need_no_inception_weights_on_a_real_dataset(name, t
 
     monkeypatch.delenv("T2I_INCEPTION_WEIGHTS", raising=False)
     write_cub(tmp_path / "birds")
+    small = [f"--set={k}.batch_size=4" for k in ("train", "damsm", "captioner")]  # 6 train images
     _script(name).main(["--preset", "smoke", "--dataset", "cub", "--data-root", str(tmp_path / "birds"),
-                        "--output-dir", str(tmp_path / "out"), "--dry-run"])
+                        "--output-dir", str(tmp_path / "out"), "--dry-run", *small])
     assert "[dry-run]" in capsys.readouterr().out

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import pickle
 import time
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from t2i_ray.console import console
-from t2i_ray.config import DataConfig
+from t2i_ray.config import ConfigError, DataConfig
 from t2i_ray.data import shapes
 
 # Bump when the architecture, the training recipe or the preprocessing changes: old cache files
@@ -124,6 +125,10 @@ def train_domain_evaluator(
     """
     images, targets = _render(source)
     n, res = images.shape[0], images.shape[1]
+    # Callers cache the result: an untrained evaluator would score every later FID silently.
+    if steps < 1 or n == 0:
+        raise ConfigError(f"eval.evaluator_steps: the domain evaluator needs >= 1 training step on >= 1 "
+                          f"image, got {steps} step(s) on {n} image(s)")
     x_all = _to_model_input(images)  # (N, 3, R, R)
     y_all = torch.from_numpy(targets)  # (N, A)
     with torch.random.fork_rng(devices=[]):  # seed the init without touching the caller's RNG
@@ -145,6 +150,9 @@ def train_domain_evaluator(
         opt.step()
         sched.step()
         running.append(loss.item())
+        if not math.isfinite(running[-1]):
+            raise FloatingPointError(f"domain evaluator {res}x{res}: non-finite bce ({running[-1]}) at step "
+                                     f"{step}/{steps} (nothing was cached)")
         if step % log_every == 0 or step == steps:
             log(f"domain evaluator {res}x{res}: step {step}/{steps} bce {np.mean(running):.4f} "
                 f"({time.perf_counter() - start:.1f}s)")
@@ -219,8 +227,12 @@ def _cache_config(data_cfg: DataConfig, steps: int, pool_images: int, num_attrib
 def _save_atomic(payload: dict[str, Any], path: str) -> None:
     # tmp + os.replace: concurrent trials may train the same evaluator; readers see a whole file.
     tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):  # a failed write (disk full) leaves no stray file
+            os.remove(tmp)
 
 
 def evaluator_cache_path(data_cfg: DataConfig, steps: int, pool_images: int, cache_dir: str) -> tuple[str, dict[str, Any]]:

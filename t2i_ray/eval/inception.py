@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import pickle
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import torch
 from PIL import Image
 
 from t2i_ray.config import INCEPTION_RESIZE_MODES, ConfigError
+from t2i_ray.weights import WeightsFileError, load_state_dict_file
 
 WEIGHTS_ENV = "T2I_INCEPTION_WEIGHTS"
 WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -58,6 +58,12 @@ def missing_weights_message(path: str | None) -> str:
         f"--inception-weights PATH or --set eval.inception_weights=PATH), or the environment variable "
         f"{WEIGHTS_ENV}=PATH. On data.dataset=shapes, eval.backbone=domain needs no download."
     )
+
+
+def not_weights_message(path: str, reason: str) -> str:
+    """`path` exists but is not a state dict of tensors (`reason`: what it is instead)."""
+    return (f"eval.inception_weights: {path} {reason}; it must be the TF-ported FID Inception weights "
+            f"{WEIGHTS_FILE} from {WEIGHTS_URL}")
 
 
 def resolve_inception_weights(config_path: str | None) -> str:
@@ -112,16 +118,11 @@ def load_inception(weights_path: str, resize: str = "tf1_bilinear",
         blob = fh.read()
     sha256 = hashlib.sha256(blob).hexdigest()
     try:
-        state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as e:
-        raise InceptionWeightsError(
-            f"cannot read {weights_path} as a state dict of tensors with weights_only=True ({e}); "
-            f"replace it with {WEIGHTS_FILE} from {WEIGHTS_URL}") from e
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise InceptionWeightsError(f"{weights_path} holds a {type(state).__name__}, not a state dict of tensors; "
-                                    f"replace it with {WEIGHTS_FILE} from {WEIGHTS_URL}")
+        state = load_state_dict_file(io.BytesIO(blob))
+    except WeightsFileError as e:
+        raise InceptionWeightsError(not_weights_message(weights_path, str(e))) from e
     clean = io.BytesIO()
-    torch.save(dict(state), clean)  # plain tensors we serialised ourselves: safe for torch-fidelity's load
+    torch.save(state, clean)  # plain tensors we serialised ourselves: safe for torch-fidelity's load
     clean.seek(0)
     try:
         model = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],

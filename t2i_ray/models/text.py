@@ -21,6 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from t2i_ray.weights import WeightsFileError, load_state_dict_file
+
 INCEPTION_WEIGHTS_FILE = "inception_v3_google-0cc3c7bd.pth"
 INCEPTION_WEIGHTS_URL = f"https://download.pytorch.org/models/{INCEPTION_WEIGHTS_FILE}"
 
@@ -90,18 +92,30 @@ def _conv_bn_lrelu(c_in: int, c_out: int, stride: int) -> list[nn.Module]:
             nn.LeakyReLU(0.2, inplace=True)]
 
 
-def _inception_trunks(weights_path: str | None) -> tuple[nn.Sequential, nn.Sequential]:
-    """ImageNet Inception-v3 split into (input -> Mixed_6e, Mixed_6e -> Mixed_7c)."""
-    if weights_path is None or not os.path.isfile(weights_path):
-        raise FileNotFoundError(
-            f"the 'inception' DAMSM image encoder needs torchvision's ImageNet Inception-v3 "
+def missing_inception_weights_message(weights_path: str | None) -> str:
+    return (f"the 'inception' DAMSM image encoder needs torchvision's ImageNet Inception-v3 "
             f"weights, file {INCEPTION_WEIGHTS_FILE} ({INCEPTION_WEIGHTS_URL}); download it "
             f"where there is internet access and set damsm.inception_weights=/path/to/"
             f"{INCEPTION_WEIGHTS_FILE} (got {weights_path!r}), or use damsm.image_backbone=cnn")
+
+
+def not_inception_weights_message(weights_path: str, reason: str) -> str:
+    """`weights_path` exists but is not a state dict of tensors (`reason`: what it is instead)."""
+    return (f"damsm.inception_weights: {weights_path} {reason}; it must be torchvision's ImageNet "
+            f"Inception-v3 weights {INCEPTION_WEIGHTS_FILE} from {INCEPTION_WEIGHTS_URL}")
+
+
+def _inception_trunks(weights_path: str | None) -> tuple[nn.Sequential, nn.Sequential]:
+    """ImageNet Inception-v3 split into (input -> Mixed_6e, Mixed_6e -> Mixed_7c)."""
+    if weights_path is None or not os.path.isfile(weights_path):
+        raise FileNotFoundError(missing_inception_weights_message(weights_path))
     from torchvision.models import inception_v3
 
     net = inception_v3(weights=None, aux_logits=False, init_weights=False)
-    state = torch.load(weights_path, map_location="cpu", weights_only=True)
+    try:
+        state = load_state_dict_file(weights_path)
+    except WeightsFileError as e:
+        raise WeightsFileError(not_inception_weights_message(weights_path, str(e))) from e
     # The torchvision file also holds the auxiliary classifier, which DAMSM never uses.
     state = {k: v for k, v in state.items() if not k.startswith("AuxLogits.")}
     net.load_state_dict(state)  # strict: a wrong file fails loudly here

@@ -89,6 +89,9 @@ def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = No
         from t2i_ray.eval.inception import resolve_inception_weights
 
         cfg = apply_overrides(cfg, {"eval.inception_weights": resolve_inception_weights(cfg.eval.inception_weights)})
+    from t2i_ray.config_checks import check_inputs
+
+    check_inputs(cfg)  # paths that exist but are wrong, a real train split smaller than a batch
     return cfg
 
 

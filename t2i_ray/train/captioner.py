@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from t2i_ray.console import console
-from t2i_ray.config import ExperimentConfig
+from t2i_ray.config import ConfigError, ExperimentConfig
 from t2i_ray.data.dataset import TextImageDataset
 from t2i_ray.data import registry
 from t2i_ray.data.text import Vocabulary
@@ -72,9 +72,16 @@ def pretrain_captioner(cfg: ExperimentConfig, out_dir: str | Path, log: Callable
     model = build_captioner(cfg, len(vocab))
     loader = DataLoader(train_set, batch_size=c.batch_size, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(cfg.seed))
+    # Raised inside build_dir_atomically: nothing is cached, so the next run trains again.
     if len(loader) == 0:
+<<<<<<< HEAD
         raise ValueError(f"the train split's {len(train_set)} images give no full batch of "
                          f"captioner.batch_size={c.batch_size}")
+=======
+        raise ConfigError(f"captioner.batch_size: {c.batch_size} is more than the {len(train_set)} train images "
+                          f"of data.dataset={cfg.data.dataset}, so captioner pre-training would run no step; "
+                          f"lower captioner.batch_size to at most {len(train_set)}")
+>>>>>>> badinput
     opt = torch.optim.Adam(model.parameters(), lr=c.lr)
     # Cosine decay to 0: short CPU budgets end on a low-noise model.
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=c.epochs * len(loader))
@@ -92,6 +99,10 @@ def pretrain_captioner(cfg: ExperimentConfig, out_dir: str | Path, log: Callable
             opt.step()
             sched.step()
             losses.append(loss.item())
+            if not math.isfinite(losses[-1]):
+                raise FloatingPointError(
+                    f"[captioner] non-finite loss ({losses[-1]}) at epoch {epoch + 1}, batch {len(losses)}; "
+                    f"try a lower captioner.lr or captioner.grad_clip (nothing was cached)")
         log(f"[captioner] epoch {epoch + 1}/{c.epochs} loss {np.mean(losses):.3f} "
             f"({time.time() - start:.0f}s)")
     model.eval()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from t2i_ray.console import console
-from t2i_ray.config import ExperimentConfig
+from t2i_ray.config import ConfigError, ExperimentConfig
 from t2i_ray.data.dataset import TextImageDataset
 from t2i_ray.data import registry
 from t2i_ray.data.text import Vocabulary
@@ -72,10 +73,15 @@ def pretrain_damsm(cfg: ExperimentConfig, out_dir: str | Path, log: Callable[[st
     vocab = registry.vocabulary(cfg, log)
     train_set = TextImageDataset(registry.source(cfg, "train", log), vocab, cfg.data.words_num, train=True,
                                  seed=cfg.seed)
-    text, image = _make_encoders(cfg, len(vocab))
-    params = [q for q in list(text.parameters()) + list(image.parameters()) if q.requires_grad]
     loader = DataLoader(train_set, batch_size=p.batch_size, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(cfg.seed))
+    # Raised inside build_dir_atomically: nothing is cached, so the next run trains again.
+    if len(loader) == 0:
+        raise ConfigError(f"damsm.batch_size: {p.batch_size} is more than the {len(train_set)} train images of "
+                          f"data.dataset={cfg.data.dataset}, so DAMSM pre-training would run no step; lower "
+                          f"damsm.batch_size to at most {len(train_set)}")
+    text, image = _make_encoders(cfg, len(vocab))
+    params = [q for q in list(text.parameters()) + list(image.parameters()) if q.requires_grad]
     lr, lw = p.lr, cfg.loss
     start = time.time()
     for epoch in range(p.epochs):
@@ -95,6 +101,10 @@ def pretrain_damsm(cfg: ExperimentConfig, out_dir: str | Path, log: Callable[[st
             torch.nn.utils.clip_grad_norm_(text.parameters(), p.grad_clip)
             opt.step()
             losses.append(loss.item())
+            if not math.isfinite(losses[-1]):
+                raise FloatingPointError(
+                    f"[damsm] non-finite loss ({losses[-1]}) at epoch {epoch + 1}, batch {len(losses)}; "
+                    f"try a lower damsm.lr or damsm.grad_clip (nothing was cached)")
         if lr > p.lr / 10:
             lr *= p.lr_decay
         log(f"[damsm] epoch {epoch + 1}/{p.epochs} loss {np.mean(losses):.3f} "

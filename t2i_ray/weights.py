@@ -1,0 +1,52 @@
+"""Reading weights files the user points at (FID Inception, DAMSM's ImageNet Inception-v3).
+
+One loader for the config-time check (`config_checks.check_paths`) and the models that use the
+files, so that a file the check accepts is a file they can read. Files are loaded with
+`weights_only=True`: a pickle from disk never runs code.
+"""
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Mapping
+from typing import IO, Any
+
+import torch
+
+
+class WeightsFileError(ValueError):
+    """A file is not a state dict of tensors; the message says what it holds instead."""
+
+
+def _describe(obj: Any) -> str:
+    if isinstance(obj, Mapping):
+        if not obj:
+            return "an empty mapping"
+        bad = next(k for k, v in obj.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor)))
+        return f"a mapping whose entry {bad!r} is a {type(obj[bad]).__name__}"
+    return f"a {type(obj).__name__}"
+
+
+def load_state_dict_file(source: str | os.PathLike | IO[bytes], mmap: bool | None = None
+                         ) -> dict[str, torch.Tensor]:
+    """{name: tensor} of a torch weights file (a training checkpoint that nests it under
+    "state_dict" is unwrapped). `mmap` (default: for zip-format files on disk) maps the tensors
+    instead of reading them, so checking a 100 MB file costs little; legacy non-zip files cannot be
+    mapped and are read. Raises WeightsFileError when the file is not such a state dict."""
+    if mmap is None:
+        mmap = isinstance(source, (str, os.PathLike)) and zipfile.is_zipfile(source)
+    try:
+        obj = torch.load(source, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as e:  # torch.load raises many types on foreign files (KeyError on a text file)
+        first_line = (str(e).strip().splitlines() or [""])[0][:200]
+        reason = f"{type(e).__name__}: {first_line}" if first_line else type(e).__name__
+        raise WeightsFileError(f"cannot be read by torch.load(weights_only=True) ({reason})") from e
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    if not (isinstance(obj, Mapping) and obj
+            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())):
+        raise WeightsFileError(f"holds {_describe(obj)}, not a state dict of tensors")
+    return dict(obj)
+
+
+__all__ = ["WeightsFileError", "load_state_dict_file"]
