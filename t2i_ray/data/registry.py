@@ -85,7 +85,6 @@ def build_vocabulary(data_cfg: DataConfig, cache_root: str | Path | None = None,
     return Vocabulary.build([*train.all_captions(), *test.all_captions()])
 
 
-<<<<<<< HEAD
 def source(cfg: ExperimentConfig, split: Literal["train", "test"],
            log: Callable[[str], None] = console) -> shapes.ShapesSource | CachedSource:
     """`build_source` for an experiment: a real dataset is cached under `data_cache_root(cfg)`."""
@@ -97,13 +96,9 @@ def vocabulary(cfg: ExperimentConfig, log: Callable[[str], None] = console) -> V
     return build_vocabulary(cfg.data, data_cache_root(cfg), log)
 
 
-def check_dataset(data_cfg: DataConfig) -> None:
-    """Cheap start-up check of a real dataset's tree and lists (no decoding); no-op for shapes."""
-=======
 def check_dataset(data_cfg: DataConfig) -> dict[str, int]:
     """Cheap start-up check of a real dataset's tree and lists (no decoding); split -> number of
     images listed (shapes: data.num_train / data.num_test, nothing is read)."""
->>>>>>> badinput
     if data_cfg.dataset == "shapes":
         return {"train": data_cfg.num_train, "test": data_cfg.num_test}
     spec, root = _reader(data_cfg)

@@ -84,14 +84,14 @@ def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = No
     cfg = build_config_with_file(args.preset, args.config, overrides)
     from t2i_ray.data.registry import check_dataset
 
-    check_dataset(cfg.data)  # a missing or malformed real dataset fails here, before Ray (DatasetError)
+    sizes = check_dataset(cfg.data)  # a missing or malformed real dataset fails here, before Ray (DatasetError)
     if check_eval_weights and resolved_eval_backbone(cfg) == "inception":
         from t2i_ray.eval.inception import resolve_inception_weights
 
         cfg = apply_overrides(cfg, {"eval.inception_weights": resolve_inception_weights(cfg.eval.inception_weights)})
     from t2i_ray.config_checks import check_inputs
 
-    check_inputs(cfg)  # paths that exist but are wrong, a real train split smaller than a batch
+    check_inputs(cfg, sizes)  # paths that exist but are wrong, a real train split smaller than a batch
     return cfg
 
 

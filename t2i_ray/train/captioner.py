@@ -74,14 +74,9 @@ def pretrain_captioner(cfg: ExperimentConfig, out_dir: str | Path, log: Callable
                         generator=torch.Generator().manual_seed(cfg.seed))
     # Raised inside build_dir_atomically: nothing is cached, so the next run trains again.
     if len(loader) == 0:
-<<<<<<< HEAD
-        raise ValueError(f"the train split's {len(train_set)} images give no full batch of "
-                         f"captioner.batch_size={c.batch_size}")
-=======
         raise ConfigError(f"captioner.batch_size: {c.batch_size} is more than the {len(train_set)} train images "
                           f"of data.dataset={cfg.data.dataset}, so captioner pre-training would run no step; "
                           f"lower captioner.batch_size to at most {len(train_set)}")
->>>>>>> badinput
     opt = torch.optim.Adam(model.parameters(), lr=c.lr)
     # Cosine decay to 0: short CPU budgets end on a low-noise model.
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=c.epochs * len(loader))
