@@ -17,7 +17,8 @@ def main(argv: list[str] | None = None) -> None:
     p = base_parser(__doc__.splitlines()[0])
     args = p.parse_args(argv)
     try:
-        cfg = config_from_args(args, check_eval_weights=False)  # no FID here: no Inception needed
+        # no FID here (no Inception needed), and only this pre-training's batch must fit the data
+        cfg = config_from_args(args, check_eval_weights=False, stages=("captioner",))
     except ConfigError as exc:
         fail(str(exc))
     from t2i_ray.train.captioner import captioner_dir, ensure_captioner, load_captioner

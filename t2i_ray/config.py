@@ -320,20 +320,28 @@ def _check_finite_floats(node: Any, prefix: str = "") -> None:
             _check(math.isfinite(value), where, f"must be a finite number, got {value}")
 
 
-def check_batches_fit(cfg: ExperimentConfig, num_train: int, images: str, fix: str = "") -> None:
+TRAINING_STAGES = ("train", "damsm", "captioner")
+
+
+def check_batches_fit(cfg: ExperimentConfig, num_train: int, images: str, fix: str = "",
+                      stages: tuple[str, ...] = TRAINING_STAGES) -> None:
     """Refuse batch sizes larger than the train split. Every train loader drops its last partial
     batch, so such a run would take no optimisation step (DAMSM once logged `loss nan` for every
     epoch and cached untrained encoders). `images` names the split, e.g. "data.num_train=64 train
-    images"; `fix` is an alternative appended to the advice."""
+    images"; `fix` is an alternative appended to the advice; `stages` the trainings that will run
+    (a pre-training script runs one)."""
     t, p, c = cfg.train, cfg.damsm, cfg.captioner
     workers = t.num_workers > 1
     per_gan_step = (f"train.batch_size x train.num_workers = {t.batch_size} x {t.num_workers} = "
                     f"{t.batch_size * t.num_workers}" if workers else str(t.batch_size))
-    for where, need, shown, what, most in (
-            ("train.batch_size", t.batch_size * t.num_workers, per_gan_step, "GAN training",
+    for stage, where, need, shown, what, most in (
+            ("train", "train.batch_size", t.batch_size * t.num_workers, per_gan_step, "GAN training",
              f"{num_train // t.num_workers}" + (" (or lower train.num_workers)" if workers else "")),
-            ("damsm.batch_size", p.batch_size, str(p.batch_size), "DAMSM pre-training", num_train),
-            ("captioner.batch_size", c.batch_size, str(c.batch_size), "captioner pre-training", num_train)):
+            ("damsm", "damsm.batch_size", p.batch_size, str(p.batch_size), "DAMSM pre-training", num_train),
+            ("captioner", "captioner.batch_size", c.batch_size, str(c.batch_size), "captioner pre-training",
+             num_train)):
+        if stage not in stages:
+            continue
         _check(need <= num_train, where,
                f"{shown} is more than the {images}, so {what} would get no full batch and run no step; "
                f"lower {where} to at most {most}{fix}")

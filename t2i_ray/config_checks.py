@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Mapping
 
-from t2i_ray.config import ConfigError, ExperimentConfig, check_batches_fit
+from t2i_ray.config import TRAINING_STAGES, ConfigError, ExperimentConfig, check_batches_fit
 
 
 def _check_cache_dir(path: str | None) -> None:
@@ -54,23 +54,25 @@ def check_paths(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"damsm.inception_weights: {missing_inception_weights_message(p.inception_weights)}")
 
 
-def check_split_sizes(cfg: ExperimentConfig, sizes: Mapping[str, int]) -> None:
+def check_split_sizes(cfg: ExperimentConfig, sizes: Mapping[str, int],
+                      stages: tuple[str, ...] = TRAINING_STAGES) -> None:
     """A real dataset's train split (`sizes["train"]` images listed) must hold one batch of every
-    train loader; `shapes` is checked by config.validate from data.num_train."""
+    train loader of `stages`; `shapes` is checked by config.validate from data.num_train."""
     if cfg.data.dataset == "shapes":
         return
     d = cfg.data
     check_batches_fit(cfg, sizes["train"], f"{sizes['train']} train images listed for "
-                                           f"data.dataset={d.dataset} under {d.data_root}")
+                                           f"data.dataset={d.dataset} under {d.data_root}", stages=stages)
 
 
-def check_inputs(cfg: ExperimentConfig, split_sizes: Mapping[str, int] | None = None) -> None:
+def check_inputs(cfg: ExperimentConfig, split_sizes: Mapping[str, int] | None = None,
+                 stages: tuple[str, ...] = TRAINING_STAGES) -> None:
     """check_paths and check_split_sizes; `split_sizes` as `registry.check_dataset` returns them
     (None: index the dataset here)."""
     from t2i_ray.data.registry import check_dataset
 
     check_paths(cfg)
-    check_split_sizes(cfg, split_sizes if split_sizes is not None else check_dataset(cfg.data))
+    check_split_sizes(cfg, split_sizes if split_sizes is not None else check_dataset(cfg.data), stages)
 
 
 __all__ = ["check_paths", "check_split_sizes", "check_inputs"]

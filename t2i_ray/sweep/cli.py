@@ -60,7 +60,8 @@ def base_parser(description: str) -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = None,
-                     check_eval_weights: bool = True) -> ExperimentConfig:
+                     check_eval_weights: bool = True,
+                     stages: tuple[str, ...] = ("train", "damsm", "captioner")) -> ExperimentConfig:
     """The validated config of the command line; with eval.backbone=inception (and
     `check_eval_weights`, off for scripts that never evaluate), the Inception weights are resolved
     here (flag, config field or $T2I_INCEPTION_WEIGHTS) and pinned into the config as an absolute
@@ -91,7 +92,7 @@ def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = No
         cfg = apply_overrides(cfg, {"eval.inception_weights": resolve_inception_weights(cfg.eval.inception_weights)})
     from t2i_ray.config_checks import check_inputs
 
-    check_inputs(cfg, sizes)  # paths that exist but are wrong, a real train split smaller than a batch
+    check_inputs(cfg, sizes, stages)  # paths that exist but are wrong, a real train split smaller than a batch
     return cfg
 
 
