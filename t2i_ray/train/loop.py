@@ -28,7 +28,7 @@ from t2i_ray.data.registry import source
 from t2i_ray.eval.evaluate import evaluate_method
 from t2i_ray.train import checkpoint as ckpt
 from t2i_ray.train.accel import Accel, resolve_accel, select_device
-from t2i_ray.train.method import build_method, load_assets
+from t2i_ray.train.method import load_assets, method_class
 from t2i_ray.train.runlog import RunLog
 
 
@@ -149,8 +149,9 @@ def run_training(cfg: ExperimentConfig, env: RunEnv, damsm_path: str, run_name: 
         torch.set_num_threads(t.torch_threads)
     torch.manual_seed(cfg.seed * 1000 + env.world_rank)
     assets = load_assets(cfg, damsm_path, captioner_path)
+    method_cls = method_class(cfg)
     train_set = TextImageDataset(source(cfg, "train"), assets.damsm.vocab, cfg.data.words_num, train=True,
-                                 seed=cfg.seed)
+                                 seed=cfg.seed, layouts=method_cls.needs_layouts)
     sampler = DistributedSampler(train_set, num_replicas=env.world_size, rank=env.world_rank,
                                  shuffle=True, seed=cfg.seed, drop_last=True)
     # Its own generator: a DataLoader iterator otherwise draws a seed from torch's global RNG,
@@ -161,7 +162,7 @@ def run_training(cfg: ExperimentConfig, env: RunEnv, damsm_path: str, run_name: 
     if len(loader) == 0:
         raise ValueError(f"the train split ({len(train_set)} images) gives no full batch of train.batch_size="
                          f"{t.batch_size} per worker over {env.world_size} workers")
-    method = build_method(cfg, assets)  # after the seed: initial weights are a function of it
+    method = method_cls(cfg, assets)  # after the seed: initial weights are a function of it
     # The method's randomness (GAN noise, diffusion timesteps) comes from this checkpointed generator.
     noise_gen = torch.Generator().manual_seed(cfg.seed * 1000 + 7 + env.world_rank)
     step = 0

@@ -36,6 +36,7 @@ class Method:
     `self.optimizers`."""
 
     name: ClassVar[str]
+    needs_layouts: ClassVar[bool] = False  # batches carry "layout" (B, H, W) int64 class indices
     optimizers: dict[str, torch.optim.Optimizer]
 
     def trainable(self) -> dict[str, nn.Module]:
@@ -84,15 +85,19 @@ def load_assets(cfg: ExperimentConfig, damsm_path: str, captioner_path: str | No
     return Assets(damsm, captioner)
 
 
-def build_method(cfg: ExperimentConfig, assets: Assets) -> Method:
-    """The method `model.method` names, built from the config (validate() refuses unknown names)."""
+def method_class(cfg: ExperimentConfig) -> type[Method]:
+    """The class `model.method` names (validate() refuses unknown names)."""
     from t2i_ray.train.gan import GanMethod
 
-    methods: dict[str, Callable[[ExperimentConfig, Assets], Method]] = {"gan": GanMethod}
+    methods: dict[str, type[Method]] = {"gan": GanMethod}
     if cfg.model.method not in methods:
         raise ValueError(f"model.method={cfg.model.method!r} is not built by this version; "
                          f"available: {', '.join(methods)}")
-    return methods[cfg.model.method](cfg, assets)
+    return methods[cfg.model.method]
 
 
-__all__ = ["Assets", "Method", "SampleFn", "build_method", "load_assets"]
+def build_method(cfg: ExperimentConfig, assets: Assets) -> Method:
+    return method_class(cfg)(cfg, assets)
+
+
+__all__ = ["Assets", "Method", "SampleFn", "build_method", "load_assets", "method_class"]
