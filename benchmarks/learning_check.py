@@ -17,9 +17,10 @@ from t2i_ray.config import build_config, parse_override
 from t2i_ray.data import registry
 from t2i_ray.eval.features import extract, load_or_train_domain_evaluator
 from t2i_ray.eval.fid import feature_stats, frechet_distance
-from t2i_ray.models.factory import build_gan_models
+from t2i_ray.eval.evaluate import evaluate_method
 from t2i_ray.train.damsm import ensure_damsm, load_damsm
-from t2i_ray.train.loop import LocalEnv, evaluate_models, run_training
+from t2i_ray.train.loop import LocalEnv, run_training
+from t2i_ray.train.method import Assets, build_method
 
 KEYS = ("fid", "kid", "r_precision", "r_precision_std", "attr_pair_recall", "attr_shape_recall",
         "attr_color_recall", "fid_num_fake", "fid_num_real", "fid_backbone", "r_precision_backbone")
@@ -44,8 +45,7 @@ def main() -> None:
     real_test, _ = extract(evaluator, [np.stack([test_src[i].image for i in range(len(test_src))])])
     real_fid = frechet_distance(*feature_stats(real_train), *feature_stats(real_test))
     torch.manual_seed(cfg.seed * 1000)  # the same init the training run starts from
-    untrained = evaluate_models(cfg, build_gan_models(cfg, damsm.text_encoder, damsm.image_encoder),
-                                damsm, None, 0, "untrained")
+    untrained = evaluate_method(cfg, build_method(cfg, Assets(damsm)), damsm, "untrained")
     run_dir = Path(cfg.output_dir) / "benchmarks" / f"learning-{cfg.key()}"
     start = time.time()
     trained = run_training(cfg, LocalEnv(run_dir), damsm_path, f"learning-{cfg.key()}")

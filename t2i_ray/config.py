@@ -18,6 +18,7 @@ from typing import Any, Mapping
 DATASETS = ("shapes", "cub", "oxford102", "coco", "mmceleba", "cityscapes")  # readers: t2i_ray/data/registry.py
 CAPTION_FILE_DATASETS = ("mmceleba", "cityscapes")  # the ones with a captions JSONL
 ARCHITECTURES = ("dfgan", "ssagan", "attngan_style")
+METHODS = ("gan",)  # model.method: what the training loop trains (t2i_ray/train/method.py)
 # model.nf of each architecture at its reference setting (256x256). The presets set model.nf for
 # every architecture alike (smoke 8, local 16, paper 32): set model.nf=64 for SSA-GAN's widths
 # (512 .. 64) or StyleGAN2's 256x256 config-e widths (attngan_style, w_dim = 8nf = 512).
@@ -59,6 +60,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    method: str = "gan"  # METHODS: the GAN architectures below (model.arch)
     arch: str = "dfgan"  # dfgan | ssagan | attngan_style (t2i_ray/models/factory.py)
     nf: int = 32  # base width (ngf = ndf); reference per architecture: REFERENCE_NF
     z_dim: int = 100
@@ -370,6 +372,8 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     _check(d.data_seed >= 0, "data.data_seed", f"must be >= 0 (numpy refuses negative seeds), got {d.data_seed}")
     _check(1 <= d.words_num <= 64, "data.words_num", f"must be in 1..64, got {d.words_num}")
     _check(d.loader_workers >= 0, "data.loader_workers", "must be >= 0")
+    _check(m.method in METHODS, "model.method",
+           f"unknown method {m.method!r}; available: {', '.join(METHODS)}")
     _check(m.arch in ARCHITECTURES, "model.arch",
            f"unknown architecture {m.arch!r}; available: {', '.join(ARCHITECTURES)}")
     _check(m.text_embedding in TEXT_EMBEDDINGS, "model.text_embedding",

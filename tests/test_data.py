@@ -447,6 +447,21 @@ def test_dataset_items_shapes_dtypes_and_ranges(data):
     assert batch["image"].shape == (8, 3, 32, 32) and batch["caption_len"].shape == (8,)
 
 
+def test_dataset_with_layouts_gives_the_exact_shapes_layouts(data):
+    src, _ = data
+    assert "layout" not in _ds(data, train=True)[0]  # only when asked for
+    ds = _ds(data, train=True, layouts=True)
+    for i in (0, 30):
+        layout = ds[i]["layout"]
+        assert layout.shape == (32, 32) and layout.dtype == torch.int64
+        assert np.array_equal(layout.numpy(), src[i].layout)
+        assert np.array_equal(src.layout(i), src[i].layout)
+    assert int(layout.max()) <= len(S.LAYOUT_CLASSES) - 1
+    assert np.array_equal(src.layouts()[30], src[30].layout)
+    batch = next(iter(DataLoader(ds, batch_size=8)))
+    assert batch["layout"].shape == (8, 32, 32)
+
+
 def test_dataset_test_mode_uses_captions_0_and_1_truncated(data):
     src, vocab = data
     ds = _ds(data, train=False, words_num=6)

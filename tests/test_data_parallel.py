@@ -31,7 +31,7 @@ from t2i_ray.models.text import TextEncoder
 from t2i_ray.train import gan
 from t2i_ray.train.accel import resolve_accel
 from t2i_ray.train.checkpoint import unwrap
-from t2i_ray.train.loop import RunEnv, _wrap
+from t2i_ray.train.loop import RunEnv
 
 B, WORDS, VOCAB = 4, 8, 40
 
@@ -77,7 +77,8 @@ def _rank_main(rank: int, world: int, store_path: str, out_path: str, cfg_dict: 
     dist.init_process_group("gloo", store=dist.FileStore(store_path, world), rank=rank, world_size=world)
     try:
         cfg, models, opts = _build(cfg_dict, init)
-        models = _wrap(models, _GlooEnv(rank, world), resolve_accel(cfg.train, torch.device("cpu")))
+        env, accel = _GlooEnv(rank, world), resolve_accel(cfg.train, torch.device("cpu"))
+        gan.prepare_gan_models(models, env.prepare_model, accel.prepare_module, env.device)
         shard = slice(rank * B, (rank + 1) * B)
         losses = _step(cfg, models, opts, {k: v[shard] for k, v in batch.items()}, z[shard])
         if rank == 0:

@@ -186,6 +186,9 @@ def test_text_image_dataset_on_a_real_source(cub_root, tmp_path):
     torch.testing.assert_close(item["image"], torch.from_numpy(src.image(3)).permute(2, 0, 1).float() / 127.5 - 1)
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))
     assert batch["image"].shape == (4, 3, 32, 32) and batch["caption"].shape == (4, 18)
+    assert "layout" not in batch
+    with pytest.raises(ValueError, match="has no layouts; datasets with layouts: shapes, mmceleba, cityscapes"):
+        TextImageDataset(src, Vocabulary.build(src.all_captions()), 18, train=True, layouts=True)
 
 
 # ---------------------------------------------------------------------- other formats
@@ -273,6 +276,10 @@ def test_mmceleba_masks_and_jsonl_captions(tmp_path):
     want[:16], want[16:, :16], want[16:, 16:] = 13, 1, 18  # nearest x1.6: exact halves
     assert np.array_equal(s.layout, want)
     assert train.layouts().shape == (3, 32, 32)
+    ds = TextImageDataset(train, Vocabulary.build(train.all_captions()), 18, train=True, layouts=True)
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=3)))
+    assert batch["layout"].shape == (3, 32, 32) and batch["layout"].dtype == torch.int64
+    assert torch.equal(batch["layout"][1], torch.from_numpy(want).long())
     # a mask with a value outside 0..18 is an unreadable item
     _png(root / "CelebAMask-HQ-mask-anno" / "preprocessed" / "2.png", np.full((20, 20), 19), "L")
     with pytest.raises(DatasetError, match=r"(?s)max_bad_images.*2\.jpg: ValueError: mask .*preprocessed/2\.png: "

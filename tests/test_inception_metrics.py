@@ -294,12 +294,13 @@ def test_evaluate_with_inception_backbone_caches_reference_and_records_provenanc
     n_test = cfg.data.num_test
     assert not ctx.reference["cache_hit"] and ctx.real_features.shape == (n_test, 2048)
 
-    def generate(ids, lens, z):  # a fixed "generator": any function of its inputs will do
+    def sample(ids, lens, generator):  # a fixed "generator": any function of its inputs will do
+        z = torch.randn(len(ids), cfg.model.z_dim, generator=generator)
         return torch.tanh(z[:, :3, None, None].expand(-1, 3, 32, 32))
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # N=8 < 2048 warns
-        out = evaluate_generator(generate, ctx, cfg, z_dim=cfg.model.z_dim, seed=0)
+        out = evaluate_generator(sample, ctx, cfg, seed=0)
     assert np.isfinite(out["fid"]) and out["fid"] > 0 and np.isfinite(out["kid"])
     assert out["is"] >= 1.0 and out["is_splits"] == 2 and out["is_num_images"] == 8
     assert out["fid_backbone"] == out["is_backbone"] and out["fid_backbone"].startswith("inception-v3-")

@@ -1,4 +1,4 @@
-"""torch Dataset of (image, caption ids, second caption ids, attributes) from a source.
+"""torch Dataset of (image, caption ids, second caption ids, attributes[, layout]) from a source.
 
 A source is the built-in ShapesSource or a real dataset's CachedSource (data/registry.py); only
 `shapes` has ground-truth attributes, so items of real datasets have no "attributes" entry.
@@ -26,7 +26,7 @@ from t2i_ray.data.text import Vocabulary, pad_ids
 
 class TextImageDataset(Dataset):
     def __init__(self, source: ShapesSource | CachedSource, vocab: Vocabulary, words_num: int, train: bool,
-                 seed: int = 0):
+                 seed: int = 0, layouts: bool = False):
         if words_num < 1:
             raise ValueError(f"words_num: must be >= 1, got {words_num}")
         if seed < 0:
@@ -56,6 +56,14 @@ class TextImageDataset(Dataset):
         # instead of each re-rendering the whole source every epoch. A real dataset's images are a
         # read-only memory map of its cache, shared the same way without loading it into RAM.
         self.images: np.ndarray = source.images()  # (n, H, W, 3) uint8
+        # Semantic layouts (the joint diffusion's second modality), only when asked for: GANs do not
+        # read them, and most real datasets have none.
+        self.layouts: np.ndarray | None = None  # (n, H, W) uint8 class indices
+        if layouts:
+            self.layouts = source.layouts()
+            if self.layouts is None:
+                raise ValueError(f"source {source!r} has no layouts; datasets with layouts: shapes, "
+                                 f"mmceleba, cityscapes")
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -96,6 +104,8 @@ class TextImageDataset(Dataset):
             "caption2_len": caption2_len,
             "index": torch.tensor(i, dtype=torch.int64),
         }
+        if self.layouts is not None:
+            item["layout"] = torch.from_numpy(np.array(self.layouts[i])).long()  # (H, W) int64
         if self.attributes is not None:
             item["attributes"] = torch.tensor(self.attributes[i])  # (NUM_ATTRIBUTES,) float32
         return item

@@ -41,6 +41,10 @@ class Source(Protocol):
 
     def images(self) -> np.ndarray: ...
 
+    def layout(self, i: int) -> np.ndarray | None: ...
+
+    def layouts(self) -> np.ndarray | None: ...  # (n, H, W) uint8 class indices; None: no layouts
+
     def all_captions(self) -> list[str]: ...
 
 

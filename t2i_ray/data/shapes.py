@@ -682,6 +682,19 @@ class ShapesSource:
             out[i] = self.image(i)
         return out
 
+    def layout(self, i: int) -> np.ndarray:
+        """(R, R) uint8 layout of item i: 0 background, 1 + shape index (identical to self[i].layout)."""
+        i = self._check(i)
+        objs, bg, _ = self._scene(i)
+        return _render(objs, bg, self.resolution)[1]
+
+    def layouts(self) -> np.ndarray:
+        """(n, R, R) uint8: every layout, rendered now."""
+        out = np.empty((self.n, self.resolution, self.resolution), dtype=np.uint8)
+        for i in range(self.n):
+            out[i] = self.layout(i)
+        return out
+
     def all_captions(self) -> list[str]:
         """n * 10 captions, item-major (captions of item 0, then item 1, ...)."""
         return [cap for i in range(self.n) for cap in self.captions(i)]

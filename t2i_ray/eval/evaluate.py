@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -37,8 +38,8 @@ from t2i_ray.eval.r_precision import r_precision
 from t2i_ray.eval.reference_stats import load_or_compute_reference_stats
 from t2i_ray.train.damsm import Damsm
 
-# generate(caption_ids (B,T), caption_lens (B,), z (B,z_dim)) -> images (B,3,H,W) in [-1, 1]
-GenerateFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+# sample(caption_ids (B,T), caption_lens (B,), generator) -> images (B,3,H,W) in [-1, 1]
+SampleFn = Callable[[Tensor, Tensor, torch.Generator], Tensor]
 
 
 @dataclass
@@ -124,9 +125,10 @@ def build_eval_context(cfg: ExperimentConfig, damsm: Damsm) -> EvalContext:
 
 
 @torch.no_grad()
-def evaluate_generator(generate: GenerateFn, ctx: EvalContext, cfg: ExperimentConfig,
-                       z_dim: int, seed: int = 0) -> dict[str, float | int | str | bool]:
-    """Generate eval.num_images fakes for test captions (cycling over the test split) and score them."""
+def evaluate_generator(sample: SampleFn, ctx: EvalContext, cfg: ExperimentConfig,
+                       seed: int = 0) -> dict[str, float | int | str | bool]:
+    """Sample eval.num_images fakes for test captions (cycling over the test split) and score them.
+    Every batch draws from one generator seeded with `seed`."""
     e = cfg.eval
     n_test = len(ctx.test_set)
     noise = torch.Generator().manual_seed(seed)
@@ -137,8 +139,7 @@ def evaluate_generator(generate: GenerateFn, ctx: EvalContext, cfg: ExperimentCo
         items = [ctx.test_set[i] for i in idx]
         ids = torch.stack([it["caption"] for it in items])
         lens = torch.stack([it["caption_len"] for it in items])
-        z = torch.randn(len(idx), z_dim, generator=noise)
-        fake = generate(ids, lens, z).float().cpu().clamp(-1, 1)
+        fake = sample(ids, lens, noise).float().cpu().clamp(-1, 1)
         f, logits = ctx.extract(fake)
         fake_feats.append(f)
         fake_logits.append(logits)
@@ -193,3 +194,22 @@ def evaluate_generator(generate: GenerateFn, ctx: EvalContext, cfg: ExperimentCo
         out.update({"is": is_mean, "is_std": is_std, "is_splits": e.is_splits, "is_num_images": len(fake_np),
                     "is_backbone": backbone, "is_resize": info["resize"], "is_library_versions": libraries})
     return out
+
+
+def evaluate_method(cfg: ExperimentConfig, method, damsm: Damsm, run_name: str) -> dict[str, Any]:
+    """The final evaluation of a trained method (t2i_ray.train.method.Method) through its sampler,
+    and its sample grid; `eval_seconds` and `samples_path` join the metrics."""
+    from t2i_ray.eval.samples import save_samples
+
+    start = time.time()
+    ctx = build_eval_context(cfg, damsm)
+    # Randomness drawn from torch's global RNG inside a sampler (StyleGAN2's noise inputs) is
+    # seeded too, so that evaluation is a function of the weights and the seed, without disturbing
+    # the training RNG.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        metrics: dict[str, Any] = evaluate_generator(method.sampler(), ctx, cfg, seed=cfg.seed)
+        metrics["eval_seconds"] = time.time() - start
+        samples = save_samples(cfg, method.sampler(), ctx, run_name, mask_sample=method.mask_sampler())
+    metrics["samples_path"] = str(samples)
+    return metrics

@@ -184,3 +184,15 @@ def ensure_captioner(cfg: ExperimentConfig, log: Callable[[str], None] = console
         return final
     log(f"[captioner] no cached captioner for this data/captioner config: pre-training into {final}")
     return build_dir_atomically(final, lambda tmp: pretrain_captioner(cfg, tmp, log))
+
+
+def load_frozen_captioner(captioner_path: str | None, vocab) -> Captioner:
+    """The cached captioner for l4, refused unless it predicts the same vocabulary as the DAMSM."""
+    if captioner_path is None:
+        raise ValueError("loss.recap > 0 needs a pre-trained captioner: pass captioner_path (the sweeps "
+                         "do, see t2i_ray.sweep.run.prepare_assets) or set loss.recap=0")
+    cached = load_captioner(captioner_path)
+    if cached.vocab.fingerprint() != vocab.fingerprint():
+        raise ValueError(f"captioner {captioner_path} was trained with another vocabulary than the DAMSM "
+                         f"encoders; pre-train both for this data config")
+    return cached.model

@@ -12,7 +12,7 @@ import contextlib
 from typing import Callable, ContextManager, Mapping
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from t2i_ray.config import ExperimentConfig
 from t2i_ray.losses.adversarial import (
@@ -24,9 +24,10 @@ from t2i_ray.losses.adversarial import (
 from t2i_ray.losses.contrastive import info_nce, nt_xent
 from t2i_ray.losses.damsm import damsm_loss
 from t2i_ray.losses.recaption import recaption_loss
-from t2i_ray.models.factory import GANModels
+from t2i_ray.models.factory import GANModels, build_gan_models
 from t2i_ray.models.text import word_mask
 from t2i_ray.train.checkpoint import unwrap
+from t2i_ray.train.method import Assets, Method, SampleFn
 
 
 def encode_text(encoder, ids: Tensor, lengths: Tensor, trainable: bool) -> tuple[Tensor, Tensor]:
@@ -194,3 +195,65 @@ def build_optimizers(models: GANModels, cfg: ExperimentConfig) -> dict[str, torc
             text_params += list(models.text_a.parameters())
         opts["text"] = torch.optim.Adam(text_params, lr=t.lr_text, betas=betas)
     return opts
+
+
+# Every module slot of GANModels in a fixed order; the conv nets take the accelerator's memory format.
+SLOTS = ("generator", "discriminator", "head", "text_g", "text_a", "align_proj", "damsm_text", "damsm_image",
+         "captioner")
+CONV_NETS = ("generator", "discriminator", "damsm_image")
+
+
+def prepare_gan_models(models: GANModels, wrap, prepare_module, device) -> None:
+    """Move every module to `device` (conv nets through `prepare_module`) and replace each trainable
+    one by `wrap(module)` (DDP), in place; `shared` mode's one text encoder is wrapped once."""
+    done: dict[int, nn.Module] = {}
+    trainable_ids = {id(m) for m in models.trainable().values()}
+    for name in SLOTS:
+        module = getattr(models, name)
+        if module is None:
+            continue
+        if name in CONV_NETS:
+            module = prepare_module(module)
+        if id(module) not in done:
+            done[id(module)] = wrap(module) if id(module) in trainable_ids else module.to(device)
+        setattr(models, name, done[id(module)])
+
+
+class GanMethod(Method):
+    """`model.method=gan`: the architectures of models/factory.py trained by `gan_step`; samples
+    are G(z, e) with z ~ N(0, I) drawn from the sampler's generator."""
+
+    name = "gan"
+
+    def __init__(self, cfg: ExperimentConfig, assets: Assets):
+        self.cfg = cfg
+        self.models = build_gan_models(cfg, assets.damsm.text_encoder, assets.damsm.image_encoder,
+                                       assets.captioner)
+        self.optimizers = build_optimizers(self.models, cfg)
+
+    def trainable(self) -> dict[str, nn.Module]:
+        return self.models.trainable()
+
+    def prepare(self, wrap, prepare_module, device) -> None:
+        prepare_gan_models(self.models, wrap, prepare_module, device)
+
+    def step(self, batch, rng, autocast) -> dict[str, float]:
+        return gan_step(self.models, self.optimizers, batch, self.cfg, rng, autocast=autocast)
+
+    def _generate(self, ids: Tensor, lens: Tensor, rng: torch.Generator, **extra):
+        generator, text_g = unwrap(self.models.generator), unwrap(self.models.text_g)
+        device = next(generator.parameters()).device
+        generator.eval()
+        text_g.eval()
+        z = torch.randn(len(ids), self.cfg.model.z_dim, generator=rng)
+        ids, lens = ids.to(device), lens.to(device)
+        words, sent = text_g(ids, lens)
+        return generator(z.to(device), sent, words, word_mask(lens, ids.shape[1]), **extra)
+
+    def sampler(self) -> SampleFn:
+        return torch.no_grad()(self._generate)
+
+    def mask_sampler(self):
+        if not getattr(unwrap(self.models.generator), "predicts_masks", False):
+            return None
+        return torch.no_grad()(lambda ids, lens, rng: self._generate(ids, lens, rng, return_masks=True)[1])

@@ -1,0 +1,103 @@
+"""The seam between the training loop and what it trains (`model.method`: gan, diffusion).
+
+A method supplies its models and optimisers, one training step, a sampler and what its
+checkpoint carries; the loop (train/loop.py) owns devices, DDP, data order, resume, reporting and
+checkpoints and names no method. Evaluation (eval/evaluate.py) sees a method only through its
+sampler, so every metric is computed the same way for every method.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, ContextManager, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from t2i_ray.config import ExperimentConfig
+from t2i_ray.train.damsm import Damsm, load_damsm
+
+# sample(caption_ids (B, T), caption_lens (B,), generator) -> images (B, 3, H, W) in [-1, 1].
+# All randomness comes from `generator` (a CPU torch.Generator), so samples are a function of the
+# weights, the captions and the seed.
+SampleFn = Callable[[Tensor, Tensor, torch.Generator], Tensor]
+
+
+@dataclass
+class Assets:
+    """Frozen networks a run loads from the sweep's caches (the same for every method)."""
+
+    damsm: Damsm  # text + image encoders and the vocabulary they were trained with
+    captioner: nn.Module | None = None  # l4's captioner, only when loss.recap > 0
+
+
+class Method:
+    """Base of the training methods. Subclasses build their modules in __init__ (in a fixed order:
+    the global RNG seeded by the loop gives every run the same initial weights) and fill
+    `self.optimizers`."""
+
+    name: ClassVar[str]
+    needs_layouts: ClassVar[bool] = False  # batches carry "layout" (B, H, W) int64 class indices
+    optimizers: dict[str, torch.optim.Optimizer]
+
+    def trainable(self) -> dict[str, nn.Module]:
+        """Modules the optimisers update: DDP-wrapped by the loop and checkpointed."""
+        raise NotImplementedError
+
+    def checkpointed(self) -> dict[str, nn.Module]:
+        """Everything a checkpoint holds: the trainable modules plus state that is not trained by
+        gradients (e.g. EMA weights)."""
+        return self.trainable()
+
+    def prepare(self, wrap: Callable[[nn.Module], nn.Module], prepare_module: Callable[[nn.Module], nn.Module],
+                device: torch.device) -> None:
+        """Move every module to `device` (through `prepare_module`, e.g. channels_last, for the conv
+        nets that benefit) and replace each trainable one by `wrap(module)` (DDP under Ray Train)."""
+        raise NotImplementedError
+
+    def train_mode(self) -> None:
+        for module in self.trainable().values():
+            module.train()
+
+    def step(self, batch: Mapping[str, Tensor], rng: torch.Generator,
+             autocast: Callable[[], ContextManager]) -> dict[str, float]:
+        """One optimisation step on `batch`; returns its losses as floats. `rng` is the run's
+        checkpointed CPU generator (noise, timesteps), so a resumed run replays the same draws."""
+        raise NotImplementedError
+
+    def sampler(self) -> SampleFn:
+        raise NotImplementedError
+
+    def mask_sampler(self) -> Callable[[Tensor, Tensor, torch.Generator], list[Tensor]] | None:
+        """Optional: per-block spatial masks for the same draws as `sampler` (SSA-GAN)."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        """Parameter counts (and anything else worth a results column)."""
+        return {f"params_{name}": sum(p.numel() for p in module.parameters())
+                for name, module in self.checkpointed().items()}
+
+
+def load_assets(cfg: ExperimentConfig, damsm_path: str, captioner_path: str | None) -> Assets:
+    from t2i_ray.train.captioner import load_frozen_captioner
+
+    damsm = load_damsm(damsm_path)
+    captioner = load_frozen_captioner(captioner_path, damsm.vocab) if cfg.loss.recap > 0 else None
+    return Assets(damsm, captioner)
+
+
+def method_class(cfg: ExperimentConfig) -> type[Method]:
+    """The class `model.method` names (validate() refuses unknown names)."""
+    from t2i_ray.train.gan import GanMethod
+
+    methods: dict[str, type[Method]] = {"gan": GanMethod}
+    if cfg.model.method not in methods:
+        raise ValueError(f"model.method={cfg.model.method!r} is not built by this version; "
+                         f"available: {', '.join(methods)}")
+    return methods[cfg.model.method]
+
+
+def build_method(cfg: ExperimentConfig, assets: Assets) -> Method:
+    return method_class(cfg)(cfg, assets)
+
+
+__all__ = ["Assets", "Method", "SampleFn", "build_method", "load_assets", "method_class"]
