@@ -18,7 +18,8 @@ from typing import Any, Mapping
 DATASETS = ("shapes", "cub", "oxford102", "coco", "mmceleba", "cityscapes")  # readers: t2i_ray/data/registry.py
 CAPTION_FILE_DATASETS = ("mmceleba", "cityscapes")  # the ones with a captions JSONL
 ARCHITECTURES = ("dfgan", "ssagan", "attngan_style")
-METHODS = ("gan",)  # model.method: what the training loop trains (t2i_ray/train/method.py)
+METHODS = ("gan", "diffusion")  # model.method: what the training loop trains (t2i_ray/train/method.py)
+LAYOUT_DATASETS = ("shapes", "mmceleba", "cityscapes")  # the ones with semantic layouts
 # model.nf of each architecture at its reference setting (256x256). The presets set model.nf for
 # every architecture alike (smoke 8, local 16, paper 32): set model.nf=64 for SSA-GAN's widths
 # (512 .. 64) or StyleGAN2's 256x256 config-e widths (attngan_style, w_dim = 8nf = 512).
@@ -60,7 +61,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    method: str = "gan"  # METHODS: the GAN architectures below (model.arch)
+    method: str = "gan"  # METHODS: gan (the architectures below, model.arch) | diffusion (section diffusion)
     arch: str = "dfgan"  # dfgan | ssagan | attngan_style (t2i_ray/models/factory.py)
     nf: int = 32  # base width (ngf = ndf); reference per architecture: REFERENCE_NF
     z_dim: int = 100
@@ -147,6 +148,35 @@ class DamsmConfig:
 
 
 @dataclass(frozen=True)
+class DiffusionConfig:
+    """Gaussian-categorical diffusion (seed paper 002, GCDP; model.method=diffusion): an image and its
+    semantic layout denoised jointly at a shared t (t2i_ray/models/diffusion, t2i_ray/train/diffusion.py).
+    Defaults follow GCDP's code (pmh9960/GCDP train.py) where it applies to one stage; the U-Net widths
+    and the sampling steps are sized for a CPU (README "Gaussian-categorical diffusion")."""
+
+    joint: bool = True  # False: the image-only variant (layout branch off), the ablation baseline
+    layout_weight: float = 1.0  # lambda: weight of the categorical layout loss (GCDP --lambdas 1 1)
+    timesteps: int = 1000  # T of both forward processes
+    schedule: str = "cosine"  # cosine | linear, for both modalities (GCDP: cosine on MM CelebA-HQ)
+    dim: int = 32  # U-Net base width
+    dim_mults: str = "1,2,4"  # width multiplier per level (comma-separated)
+    blocks: str = "1,2,2"  # residual blocks per level
+    attention_levels: str = "0,1,1"  # 1: self- and cross-attention after each block of that level
+    heads: int = 4
+    layout_channels: int = 3  # embed(y_t): one-hot layout -> this many channels (GCDP: 3)
+    cond_drop: float = 0.1  # p of training with the null text (classifier-free guidance)
+    p2_gamma: float = 0.0  # P2 loss weighting (Choi et al., arXiv:2204.00227); 0: off
+    lr: float = 1.2e-4  # Adam(0.9, 0.99) as GCDP
+    ema_decay: float = 0.999  # EMA of the weights used for sampling, warmed up as (1+s)/(10+s)
+    sample_steps: int = 50  # respaced ancestral steps at evaluation (GCDP: 100)
+    guidance_scale: float = 3.0  # classifier-free guidance at evaluation (GCDP test.py: 3)
+    # More guidance scales scored by the same final evaluation (no retraining), as extra columns
+    # `<metric>@g<scale>`; comma-separated, empty: none.
+    extra_guidance_scales: str = ""
+    outpaint_resample: int = 5  # RePaint resampling n of layout -> image outpainting (GCDP: 5)
+
+
+@dataclass(frozen=True)
 class CaptionerConfig:
     """The frozen captioner of the re-captioning loss l4 (Show and Tell, models/captioner.py),
     pre-trained on real pairs once per data config and cached like the DAMSM encoders."""
@@ -170,6 +200,7 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     damsm: DamsmConfig = field(default_factory=DamsmConfig)
     captioner: CaptionerConfig = field(default_factory=CaptionerConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     seed: int = 0
     output_dir: str = "t2i_runs"  # results table, checkpoints, caches, TensorBoard logs
     name: str = "default"  # a label for the row in the results table
@@ -466,10 +497,74 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     _check(c.grad_clip > 0, "captioner.grad_clip", "must be > 0")
     if not real:  # a real dataset's split sizes are known from its files (config_checks.py)
         check_batches_fit(cfg, d.num_train, f"data.num_train={d.num_train} train images", " or raise data.num_train")
+    _check_diffusion(cfg)
     _check_combinations(cfg)
     _check(cfg.seed >= 0, "seed", f"must be >= 0, got {cfg.seed}")
     _check(bool(cfg.output_dir), "output_dir", "must be a non-empty path")
     return cfg
+
+
+def int_list(text: str, where: str) -> tuple[int, ...]:
+    """"1,2,4" -> (1, 2, 4); ConfigError naming `where` otherwise."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{where}: must be comma-separated integers (e.g. 1,2,4), got {text!r}") from None
+    return values
+
+
+def float_list(text: str, where: str) -> tuple[float, ...]:
+    """"1,2.5" -> (1.0, 2.5); "" -> (); ConfigError naming `where` otherwise."""
+    if not text.strip():
+        return ()
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{where}: must be comma-separated numbers (e.g. 1,2,4) or empty, got {text!r}") from None
+    return values
+
+
+def _check_diffusion(cfg: ExperimentConfig) -> None:
+    f = cfg.diffusion
+    mults = int_list(f.dim_mults, "diffusion.dim_mults")
+    blocks = int_list(f.blocks, "diffusion.blocks")
+    attn = int_list(f.attention_levels, "diffusion.attention_levels")
+    _check(len(mults) >= 1 and all(m >= 1 for m in mults), "diffusion.dim_mults",
+           f"needs one multiplier >= 1 per level, got {f.dim_mults!r}")
+    _check(len(blocks) == len(mults) and all(b >= 1 for b in blocks), "diffusion.blocks",
+           f"needs one count >= 1 per level ({len(mults)} levels in diffusion.dim_mults), got {f.blocks!r}")
+    _check(len(attn) == len(mults) and set(attn) <= {0, 1}, "diffusion.attention_levels",
+           f"needs one 0/1 per level ({len(mults)} levels in diffusion.dim_mults), got {f.attention_levels!r}")
+    _check(cfg.data.resolution % 2 ** (len(mults) - 1) == 0, "diffusion.dim_mults",
+           f"{len(mults)} levels halve the image {len(mults) - 1} times: data.resolution={cfg.data.resolution} "
+           f"is not divisible by {2 ** (len(mults) - 1)}")
+    _check(f.dim >= 8 and f.dim % 8 == 0, "diffusion.dim", f"must be a multiple of 8 (GroupNorm groups), got {f.dim}")
+    _check(f.heads >= 1 and (f.dim * min(mults)) % f.heads == 0, "diffusion.heads",
+           f"must divide every level's width (diffusion.dim x multiplier), got {f.heads}")
+    _check(f.layout_channels >= 1, "diffusion.layout_channels", f"must be >= 1, got {f.layout_channels}")
+    _check(f.timesteps >= 2, "diffusion.timesteps", f"must be >= 2, got {f.timesteps}")
+    _check(1 <= f.sample_steps <= f.timesteps, "diffusion.sample_steps",
+           f"must be in 1..diffusion.timesteps ({f.timesteps}), got {f.sample_steps}")
+    _check(f.schedule in ("cosine", "linear"), "diffusion.schedule", f"must be cosine or linear, got {f.schedule!r}")
+    _check(f.layout_weight >= 0, "diffusion.layout_weight", f"must be >= 0, got {f.layout_weight}")
+    _check(0 <= f.cond_drop < 1, "diffusion.cond_drop", f"must be in [0, 1), got {f.cond_drop}")
+    _check(f.p2_gamma >= 0, "diffusion.p2_gamma", f"must be >= 0, got {f.p2_gamma}")
+    _check(f.lr > 0, "diffusion.lr", f"must be > 0, got {f.lr}")
+    _check(0 <= f.ema_decay < 1, "diffusion.ema_decay", f"must be in [0, 1), got {f.ema_decay}")
+    _check(f.guidance_scale >= 0, "diffusion.guidance_scale", f"must be >= 0, got {f.guidance_scale}")
+    _check(all(g >= 0 for g in float_list(f.extra_guidance_scales, "diffusion.extra_guidance_scales")),
+           "diffusion.extra_guidance_scales", f"must be numbers >= 0, got {f.extra_guidance_scales!r}")
+    _check(f.outpaint_resample >= 1, "diffusion.outpaint_resample", f"must be >= 1, got {f.outpaint_resample}")
+    if cfg.model.method == "diffusion":
+        _check(not f.joint or cfg.data.dataset in LAYOUT_DATASETS, "diffusion.joint",
+               f"the joint model generates layouts and needs a dataset with them ({', '.join(LAYOUT_DATASETS)}), "
+               f"not {cfg.data.dataset!r}; set diffusion.joint=false for the image-only model")
+        _check(cfg.loss.damsm == cfg.loss.f2r == cfg.loss.f2f == cfg.loss.recap == 0, "loss",
+               "loss.damsm/f2r/f2f/recap are GAN generator terms; model.method=diffusion trains with its own "
+               "loss (diffusion.layout_weight): set them to 0")
+        _check(cfg.model.text_embedding == "pretrained", "model.text_embedding",
+               "model.method=diffusion conditions on the frozen DAMSM text encoder (pretrained); shared/dual "
+               "are DTE-GAN's trainable embeddings")
 
 
 def _check_combinations(cfg: ExperimentConfig) -> None:
@@ -665,7 +760,7 @@ def build_config_with_file(preset: str, config_file: str | Path | None,
 
 __all__ = [
     "ConfigError", "DataConfig", "ModelConfig", "LossWeights", "TrainConfig", "EvalConfig",
-    "DamsmConfig", "CaptionerConfig", "ExperimentConfig", "PRESETS", "EVAL_PROTOCOLS", "build_config",
+    "DamsmConfig", "CaptionerConfig", "DiffusionConfig", "ExperimentConfig", "PRESETS", "EVAL_PROTOCOLS", "build_config",
     "apply_overrides", "parse_override", "protocol_overrides", "resolved_eval_backbone", "validate", "replace",
     "check_batches_fit",
     "read_config_file", "build_config_with_file",
