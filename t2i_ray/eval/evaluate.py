@@ -196,19 +196,29 @@ def evaluate_generator(sample: SampleFn, ctx: EvalContext, cfg: ExperimentConfig
     return out
 
 
+# The headline numbers repeated per extra sampler variant (Method.eval_variants), e.g. `fid@g1.5`.
+VARIANT_METRICS = ("fid", "kid", "r_precision", "attr_pair_recall", "is")
+
+
 def evaluate_method(cfg: ExperimentConfig, method, damsm: Damsm, run_name: str) -> dict[str, Any]:
-    """The final evaluation of a trained method (t2i_ray.train.method.Method) through its sampler,
+    """The final evaluation of a trained method (t2i_ray.train.method.Method) through its samplers,
     and its sample grid; `eval_seconds` and `samples_path` join the metrics."""
     from t2i_ray.eval.samples import save_samples
 
     start = time.time()
     ctx = build_eval_context(cfg, damsm)
+    metrics: dict[str, Any] = {}
     # Randomness drawn from torch's global RNG inside a sampler (StyleGAN2's noise inputs) is
     # seeded too, so that evaluation is a function of the weights and the seed, without disturbing
     # the training RNG.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        metrics: dict[str, Any] = evaluate_generator(method.sampler(), ctx, cfg, seed=cfg.seed)
+        for suffix, sample in method.eval_variants().items():
+            torch.manual_seed(cfg.seed)
+            scores = evaluate_generator(sample, ctx, cfg, seed=cfg.seed)
+            if suffix:
+                metrics.update({f"{k}{suffix}": scores[k] for k in VARIANT_METRICS if k in scores})
+            else:
+                metrics.update(scores)
         metrics["eval_seconds"] = time.time() - start
         samples = save_samples(cfg, method.sampler(), ctx, run_name, mask_sample=method.mask_sampler())
     metrics["samples_path"] = str(samples)

@@ -151,7 +151,7 @@ def run_training(cfg: ExperimentConfig, env: RunEnv, damsm_path: str, run_name: 
     assets = load_assets(cfg, damsm_path, captioner_path)
     method_cls = method_class(cfg)
     train_set = TextImageDataset(source(cfg, "train"), assets.damsm.vocab, cfg.data.words_num, train=True,
-                                 seed=cfg.seed, layouts=method_cls.needs_layouts)
+                                 seed=cfg.seed, layouts=method_cls.needs_layouts(cfg))
     sampler = DistributedSampler(train_set, num_replicas=env.world_size, rank=env.world_rank,
                                  shuffle=True, seed=cfg.seed, drop_last=True)
     # Its own generator: a DataLoader iterator otherwise draws a seed from torch's global RNG,
@@ -170,6 +170,7 @@ def run_training(cfg: ExperimentConfig, env: RunEnv, damsm_path: str, run_name: 
         if ckpt_dir is not None:
             state = ckpt.load_state(ckpt_dir)
             step = ckpt.restore(state, method.checkpointed(), method.optimizers)
+            method.restored(step)
             rng = state["rng"]
             noise_gen.set_state(rng[f"noise_{env.world_rank}"] if f"noise_{env.world_rank}" in rng else rng["noise_0"])
             torch.set_rng_state(rng["torch"])

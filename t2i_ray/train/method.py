@@ -36,8 +36,17 @@ class Method:
     `self.optimizers`."""
 
     name: ClassVar[str]
-    needs_layouts: ClassVar[bool] = False  # batches carry "layout" (B, H, W) int64 class indices
     optimizers: dict[str, torch.optim.Optimizer]
+
+    @classmethod
+    def needs_layouts(cls, cfg: ExperimentConfig) -> bool:
+        """Whether batches must carry "layout" (B, H, W) int64 class indices (asked before the
+        method is built: the data comes first)."""
+        return False
+
+    def restored(self, step: int) -> None:
+        """Called after the checkpointed modules and optimisers were loaded at `step` (state that
+        counts steps, e.g. an EMA warm-up, resumes from it)."""
 
     def trainable(self) -> dict[str, nn.Module]:
         """Modules the optimisers update: DDP-wrapped by the loop and checkpointed."""
@@ -71,6 +80,16 @@ class Method:
         """Optional: per-block spatial masks for the same draws as `sampler` (SSA-GAN)."""
         return None
 
+    def eval_variants(self) -> dict[str, SampleFn]:
+        """Samplers the final evaluation scores, by column suffix: "" is the main one (its metrics
+        are the row's `fid`, `r_precision`, ...), others add `<metric><suffix>` columns (diffusion:
+        one per extra guidance scale, "@g1.5"), all from the same trained weights."""
+        return {"": self.sampler()}
+
+    def layout_sampler(self) -> Callable[[Tensor, Tensor, torch.Generator], tuple[Tensor, Tensor]] | None:
+        """Optional: (images, layouts) drawn jointly, for the layout metrics."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         """Parameter counts (and anything else worth a results column)."""
         return {f"params_{name}": sum(p.numel() for p in module.parameters())
@@ -87,9 +106,11 @@ def load_assets(cfg: ExperimentConfig, damsm_path: str, captioner_path: str | No
 
 def method_class(cfg: ExperimentConfig) -> type[Method]:
     """The class `model.method` names (validate() refuses unknown names)."""
+    # Imported here: each method module imports this one.
+    from t2i_ray.train.diffusion import DiffusionMethod
     from t2i_ray.train.gan import GanMethod
 
-    methods: dict[str, type[Method]] = {"gan": GanMethod}
+    methods: dict[str, type[Method]] = {"gan": GanMethod, "diffusion": DiffusionMethod}
     if cfg.model.method not in methods:
         raise ValueError(f"model.method={cfg.model.method!r} is not built by this version; "
                          f"available: {', '.join(methods)}")
