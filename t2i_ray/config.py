@@ -743,11 +743,15 @@ def read_config_file(path: str | Path) -> dict[str, _YamlLeaf]:
 
 
 def build_config_with_file(preset: str, config_file: str | Path | None,
-                           overrides: Mapping[str, Any] | None = None) -> ExperimentConfig:
-    """preset < config file < explicit overrides; an error in the file names its line."""
+                           overrides: Mapping[str, Any] | None = None,
+                           defaults: Mapping[str, Any] | None = None) -> ExperimentConfig:
+    """preset < `defaults` (a script's own, e.g. the diffusion sweep's sizes) < config file < explicit
+    overrides; an error in the file names its line."""
     leaves = read_config_file(config_file) if config_file else {}
+    if defaults:
+        build_config(preset, defaults)  # a bad default is the script's bug, reported as such
     try:
-        cfg = build_config(preset, {k: leaf.value for k, leaf in leaves.items()})
+        cfg = build_config(preset, {**(defaults or {}), **{k: leaf.value for k, leaf in leaves.items()}})
     except ConfigError as exc:
         msg = str(exc)
         # The failing dotted key is the message's subject: "train.steps: ..." or "unknown config key 'x.y'".

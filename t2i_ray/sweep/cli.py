@@ -61,7 +61,8 @@ def base_parser(description: str) -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = None,
                      check_eval_weights: bool = True,
-                     stages: tuple[str, ...] = ("train", "damsm", "captioner")) -> ExperimentConfig:
+                     stages: tuple[str, ...] = ("train", "damsm", "captioner"),
+                     defaults: dict[str, Any] | None = None) -> ExperimentConfig:
     """The validated config of the command line; with eval.backbone=inception (and
     `check_eval_weights`, off for scripts that never evaluate), the Inception weights are resolved
     here (flag, config field or $T2I_INCEPTION_WEIGHTS) and pinned into the config as an absolute
@@ -82,7 +83,7 @@ def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = No
         if overrides.get(key):
             overrides[key] = str(Path(str(overrides[key])).expanduser().resolve())
     overrides.update(extra or {})
-    cfg = build_config_with_file(args.preset, args.config, overrides)
+    cfg = build_config_with_file(args.preset, args.config, overrides, defaults)
     from t2i_ray.data.registry import check_dataset
 
     sizes = check_dataset(cfg.data)  # a missing or malformed real dataset fails here, before Ray (DatasetError)
