@@ -477,8 +477,8 @@ def summarize(rows: pd.DataFrame, order: list[str] | None = None) -> pd.DataFram
     cols = [c for c in SUMMARY_METRICS if c in ok.columns]
     agg = ok.groupby("row")[cols].agg(["mean", "std"])
     agg.insert(0, ("n_seeds", ""), ok.groupby("row")["seed"].nunique())
-    if order:
-        agg = agg.reindex([r for r in order if r in agg.index])
+    if order:  # the given order first, then any other rows (e.g. `joint l=0.5`) as they come
+        agg = agg.reindex([r for r in order if r in agg.index] + [r for r in agg.index if r not in order])
     return agg
 
 
