@@ -121,9 +121,9 @@ def uniform_resample(labels: torch.Tensor, keep_prob: torch.Tensor, num_classes:
                      generator: torch.Generator) -> torch.Tensor:
     """Cat(a y + (1 - a)/K) for one-hot y: keep each label with probability a (B,), else draw a
     class uniformly (which may be the same one). Exact and cheaper than sampling K-way."""
-    keep = torch.rand(labels.shape, generator=generator, device=labels.device, dtype=torch.float64)
+    keep = torch.rand(labels.shape, generator=generator, device=labels.device)
     fresh = torch.randint(0, num_classes, labels.shape, generator=generator, device=labels.device)
-    return torch.where(keep < keep_prob.to(labels.device).view(-1, 1, 1), labels, fresh)
+    return torch.where(keep < keep_prob.to(labels.device, torch.float32).view(-1, 1, 1), labels, fresh)
 
 
 # --- the process ----------------------------------------------------------------------------

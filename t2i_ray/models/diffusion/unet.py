@@ -16,10 +16,10 @@ arXiv:2205.11487, Sec. 2.4 and App. F; lucidrains/imagen-pytorch). For classifie
 text of the samples the caller marks in `drop_text`; the net draws nothing at random.
 
 Blocks: ResBlocks with GroupNorm, SiLU and scale-shift time conditioning (Dhariwal & Nichol,
-arXiv:2105.05233, Sec. 3 "AdaGN"), self- + cross-attention after each ResBlock of the attention
-levels, one skip connection per ResBlock (lucidrains/denoising-diffusion-pytorch Unet), and the
-cheap resamplers of Imagen's Efficient U-Net: space-to-depth + 1x1 conv down, 1x1 conv +
-pixel shuffle up. `image_only=True` drops the layout input and output (the ablation baseline).
+arXiv:2105.05233, Sec. 3 "AdaGN"); at the attention levels cross-attention after each ResBlock
+and self-attention once per level; one skip connection per ResBlock
+(lucidrains/denoising-diffusion-pytorch Unet); the cheap resamplers of Imagen's Efficient U-Net:
+space-to-depth + 1x1 conv down, 1x1 conv + pixel shuffle up. `image_only=True` drops the layout input and output (the ablation baseline).
 """
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 class AttentionBlock(nn.Module):
-    """Self-attention over the H*W positions, then cross-attention to the text tokens.
+    """Self-attention over the H*W positions (if self_attention), then cross-attention to the text.
 
     Works on tokens (B, H*W, C) with pre-LayerNorm and residuals, so the feature map is transposed
     once in and once out; both output projections start at zero (the block starts as the identity).
@@ -81,19 +81,21 @@ class AttentionBlock(nn.Module):
     `context_mask` (B, T) is True at the tokens a sample may attend to.
     """
 
-    def __init__(self, channels: int, text_dim: int, heads: int):
+    def __init__(self, channels: int, text_dim: int, heads: int, self_attention: bool = True):
         super().__init__()
         if channels % heads:
             raise ValueError(f"channels {channels} not divisible by heads {heads}")
         self.heads = heads
-        self.self_norm = nn.LayerNorm(channels)
-        self.self_qkv = nn.Linear(channels, 3 * channels, bias=False)
-        self.self_out = nn.Linear(channels, channels)
+        self.self_attention = self_attention
+        if self_attention:
+            self.self_norm = nn.LayerNorm(channels)
+            self.self_qkv = nn.Linear(channels, 3 * channels, bias=False)
+            self.self_out = nn.Linear(channels, channels)
         self.cross_norm = nn.LayerNorm(channels)
         self.cross_q = nn.Linear(channels, channels, bias=False)
         self.cross_kv = nn.Linear(text_dim, 2 * channels, bias=False)
         self.cross_out = nn.Linear(channels, channels)
-        for out in (self.self_out, self.cross_out):
+        for out in (self.self_out, self.cross_out) if self_attention else (self.cross_out,):
             nn.init.zeros_(out.weight)
             nn.init.zeros_(out.bias)
 
@@ -102,10 +104,11 @@ class AttentionBlock(nn.Module):
         # x: (B, C, H, W), context: (B, T, text_dim), context_mask: (B, T) bool or None
         B, C, H, W = x.shape
         tokens = x.flatten(2).transpose(1, 2)  # (B, N, C), N = H*W
-        q, k, v = self.self_qkv(self.self_norm(tokens)).chunk(3, dim=2)  # (B, N, C) each
-        h = F.scaled_dot_product_attention(_heads(q, self.heads), _heads(k, self.heads),
-                                           _heads(v, self.heads))  # (B, heads, N, C/heads)
-        tokens = tokens + self.self_out(h.transpose(1, 2).reshape(B, -1, C))
+        if self.self_attention:
+            q, k, v = self.self_qkv(self.self_norm(tokens)).chunk(3, dim=2)  # (B, N, C) each
+            h = F.scaled_dot_product_attention(_heads(q, self.heads), _heads(k, self.heads),
+                                               _heads(v, self.heads))  # (B, heads, N, C/heads)
+            tokens = tokens + self.self_out(h.transpose(1, 2).reshape(B, -1, C))
         q = self.cross_q(self.cross_norm(tokens))  # (B, N, C)
         k, v = self.cross_kv(context).chunk(2, dim=2)  # (B, T, C) each
         mask = None if context_mask is None else context_mask[:, None, None, :]  # (B, 1, 1, T)
@@ -154,7 +157,8 @@ class JointUNet(nn.Module):
 
     dim: base width; widths are dim * dim_mults[l] at level l (resolution H / 2^l).
     blocks: ResBlocks per level (same length as dim_mults); attention_levels: per level, whether
-    each ResBlock there (and the middle) is followed by self- + cross-attention.
+    each ResBlock there is followed by cross-attention to the words, the level's last ResBlock (on
+    the way down and on the way up) also by self-attention; the middle always has both.
     Constructor arguments are plain ints / tuples / bools, kept in `self.config` for checkpoints:
     JointUNet(**ckpt["config"]).
     """
@@ -196,8 +200,11 @@ class JointUNet(nn.Module):
         self.init_conv = nn.Conv2d(in_ch, widths[0], 3, 1, 1)
 
         def attentions(enabled: bool, ch: int, n: int) -> nn.ModuleList:
-            # one AttentionBlock after each of the level's n ResBlocks, or none
-            return nn.ModuleList(AttentionBlock(ch, text_dim, heads) for _ in range(n if enabled else 0))
+            # cross-attention after each of the level's n ResBlocks, self-attention after the last
+            # only (Imagen's one transformer block per level; at 64 px the 32x32 self-attention
+            # was a third of a training step when it followed every ResBlock)
+            return nn.ModuleList(AttentionBlock(ch, text_dim, heads, self_attention=j == n - 1)
+                                 for j in range(n if enabled else 0))
 
         self.down = nn.ModuleList()
         self.down_attn = nn.ModuleList()
