@@ -109,10 +109,21 @@ def categorical_kl(log_q: torch.Tensor, log_p: torch.Tensor, dim: int = 1) -> to
     return (log_q.exp() * (log_q - log_p)).sum(dim)
 
 
+def draw(fn: Callable, shape, generator: torch.Generator, device: torch.device | str, **kwargs) -> torch.Tensor:
+    """fn(shape) (torch.rand / randn / randint with low, high) drawn on the generator's device, then
+    moved to `device`: a run's random draws are the same on a CPU and a GPU, and one checkpointed
+    CPU generator serves both."""
+    if fn is torch.randint:
+        out = fn(kwargs.pop("low"), kwargs.pop("high"), tuple(shape), generator=generator,
+                 device=generator.device, **kwargs)
+    else:
+        out = fn(tuple(shape), generator=generator, device=generator.device, **kwargs)
+    return out.to(device)
+
+
 def gumbel_sample(log_probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """One class per pixel from (B, K, H, W) log-probabilities: argmax(log p + Gumbel) -> (B, H, W)."""
-    u = torch.rand(log_probs.shape, generator=generator, device=log_probs.device,
-                   dtype=log_probs.dtype)
+    u = draw(torch.rand, log_probs.shape, generator, log_probs.device, dtype=log_probs.dtype)
     gumbel = -torch.log(-torch.log(u.clamp(1e-20, 1.0)).clamp_min(1e-20))
     return (log_probs + gumbel).argmax(dim=1)
 
@@ -121,8 +132,8 @@ def uniform_resample(labels: torch.Tensor, keep_prob: torch.Tensor, num_classes:
                      generator: torch.Generator) -> torch.Tensor:
     """Cat(a y + (1 - a)/K) for one-hot y: keep each label with probability a (B,), else draw a
     class uniformly (which may be the same one). Exact and cheaper than sampling K-way."""
-    keep = torch.rand(labels.shape, generator=generator, device=labels.device)
-    fresh = torch.randint(0, num_classes, labels.shape, generator=generator, device=labels.device)
+    keep = draw(torch.rand, labels.shape, generator, labels.device)
+    fresh = draw(torch.randint, labels.shape, generator, labels.device, low=0, high=num_classes)
     return torch.where(keep < keep_prob.to(labels.device, torch.float32).view(-1, 1, 1), labels, fresh)
 
 
@@ -173,7 +184,8 @@ class GaussianCategoricalDiffusion:
                         words: torch.Tensor | None, word_mask: torch.Tensor | None,
                         sentence: torch.Tensor | None, drop_text: torch.Tensor | None,
                         generator: torch.Generator, layout_weight: float = 1.0,
-                        p2_gamma: float = 0.0) -> dict[str, torch.Tensor]:
+                        p2_gamma: float = 0.0, draws: dict[str, torch.Tensor] | None = None
+                        ) -> dict[str, torch.Tensor]:
         """One Monte-Carlo draw of the GCDP loss for a batch: t, eps and y_t drawn from `generator`.
 
         images (B, 3, H, W) in [-1, 1]; layouts (B, H, W) long in 0..K-1, None for an image-only
@@ -187,13 +199,13 @@ class GaussianCategoricalDiffusion:
         lambda = 1 means the same here). The constant prior term KL(q(y_T|y_0) || U) is left out.
         p2_gamma > 0 weights each sample by (1 + SNR_t)^-gamma (Choi et al., arXiv:2204.00227;
         GCDP trains with imagen-pytorch's default 0.5 on both terms); 0 (default) = unweighted.
+        `draws` (training_draws' dict) gives t, eps and y_t instead of drawing them.
         """
         B = images.shape[0]
-        t = self.sample_timesteps(B, generator, images.device)
-        noise = torch.randn(images.shape, generator=generator, device=images.device,
-                            dtype=images.dtype)
+        if draws is None:
+            draws = self.training_draws(images, layouts, generator)
+        t, noise, y_t = draws["t"], draws["noise"], draws.get("y_t")
         x_t = self.q_sample_image(images, t, noise)
-        y_t = None if layouts is None else self.q_sample_layout(layouts, t, generator)
         eps_hat, logits = net(x_t, y_t, t, words, word_mask, sentence, drop_text)
         weight = torch.ones(B, device=images.device, dtype=images.dtype)
         if p2_gamma:
@@ -206,6 +218,19 @@ class GaussianCategoricalDiffusion:
         layout_loss = (weight * per_sample).mean()
         return {"loss": image_loss + layout_weight * layout_loss,
                 "image_loss": image_loss.detach(), "layout_loss": layout_loss.detach()}
+
+    def training_draws(self, images: torch.Tensor, layouts: torch.Tensor | None,
+                       generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """The random parts of one training_losses call: t (B,), noise like images, y_t (B, H, W)
+        (absent for an image-only batch). Drawn from the CPU `generator` and moved to the images'
+        device, so that a run's draws do not depend on where it trains and a resume replays them."""
+        B, device = images.shape[0], images.device
+        t = self.sample_timesteps(B, generator)
+        noise = torch.randn(images.shape, generator=generator, dtype=images.dtype)
+        out = {"t": t.to(device), "noise": noise.to(device)}
+        if layouts is not None:
+            out["y_t"] = self.q_sample_layout(layouts.cpu(), t, generator).to(device)
+        return out
 
     def layout_vb(self, logits: torch.Tensor, y0: torch.Tensor, y_t: torch.Tensor,
                   t: torch.Tensor) -> torch.Tensor:
@@ -223,7 +248,7 @@ def text_drop_mask(batch: int, p: float, generator: torch.Generator,
                    device: torch.device | str = "cpu") -> torch.Tensor:
     """(B,) bool, True (use the null text) with probability p: classifier-free guidance training
     (GCDP cond_drop_prob = 0.1)."""
-    return torch.rand(batch, generator=generator, device=device) < p
+    return draw(torch.rand, (batch,), generator, device) < p
 
 
 # --- sampling (free functions; randomness passed in) ----------------------------------------
@@ -280,7 +305,7 @@ def denoise_step(net: Callable, process: GaussianCategoricalDiffusion, x_t: torc
     mean = (math.sqrt(abar_s) * beta / (1 - abar_t)) * x0_hat \
         + (math.sqrt(1 - beta) * (1 - abar_s) / (1 - abar_t)) * x_t
     var = (1 - abar_s) / (1 - abar_t) * beta
-    noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
+    noise = draw(torch.randn, x_t.shape, generator, x_t.device, dtype=x_t.dtype)
     x_s = mean + math.sqrt(var) * noise
     if y_t is None:
         return x_s, None
@@ -295,7 +320,7 @@ def renoise_step(process: GaussianCategoricalDiffusion, x_s: torch.Tensor,
     """The exact forward transition from s back up to t > s for both modalities (RePaint's jump):
     x_t = sqrt(a) x_s + sqrt(1 - a) eps and y_t ~ Cat(a' y_s + (1 - a')/K), a = abar_t / abar_s."""
     a_img = float(process.image_alpha_bar[t] / process.image_alpha_bar[s])
-    noise = torch.randn(x_s.shape, generator=generator, device=x_s.device, dtype=x_s.dtype)
+    noise = draw(torch.randn, x_s.shape, generator, x_s.device, dtype=x_s.dtype)
     x_t = math.sqrt(a_img) * x_s + math.sqrt(1 - a_img) * noise
     if y_s is None:
         return x_t, None
@@ -307,9 +332,9 @@ def _prior(process: GaussianCategoricalDiffusion, batch: int, height: int, width
            with_layout: bool, generator: torch.Generator, device: torch.device | str
            ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """x_T ~ N(0, I), y_T ~ Uniform{0..K-1} per pixel."""
-    x = torch.randn((batch, 3, height, width), generator=generator, device=device)
-    y = (torch.randint(0, process.num_classes, (batch, height, width), generator=generator,
-                       device=device) if with_layout else None)
+    x = draw(torch.randn, (batch, 3, height, width), generator, device)
+    y = (draw(torch.randint, (batch, height, width), generator, device, low=0, high=process.num_classes)
+         if with_layout else None)
     return x, y
 
 
@@ -342,8 +367,7 @@ def outpaint_step(net: Callable, process: GaussianCategoricalDiffusion, x_t: tor
     the model's draw for the known modality at s is discarded by the next replacement."""
     tt = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
     if known_images is not None:
-        noise = torch.randn(known_images.shape, generator=generator, device=x_t.device,
-                            dtype=x_t.dtype)
+        noise = draw(torch.randn, known_images.shape, generator, x_t.device, dtype=x_t.dtype)
         x_t = process.q_sample_image(known_images, tt, noise)
     else:
         y_t = process.q_sample_layout(known_layouts, tt, generator)
