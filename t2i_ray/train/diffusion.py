@@ -88,7 +88,7 @@ class DiffusionMethod(Method):
         losses["loss"].backward()
         opt.step()
         self._update_ema()
-        return {k: float(v) for k, v in losses.items()}
+        return {k: float(v.detach()) for k, v in losses.items()}
 
     @torch.no_grad()
     def _update_ema(self) -> None:
