@@ -73,12 +73,17 @@ def test_main_command_runs_and_a_rerun_retrains_nothing(tmp_path, local_ray):
 @pytest.mark.parametrize("script, rows", [
     ("ablate_embeddings", ["pretrained", "shared", "dual"]),
     ("compare_architectures", ["dfgan", "ssagan", "attngan_style"]),
+    ("ablate_diffusion", ["joint", "image-only"]),
 ])
 def test_sibling_sweeps_run_with_their_defaults(script, rows, tmp_path, local_ray):
     out = tmp_path / "runs"
     proc = run_script(script, "--preset", "ci", "--output-dir", str(out), cwd=tmp_path)
     table = _check_sweep(proc, out, rows)
     assert (table["sweep"].str.startswith(f"{script}-grid-")).all()
+    if script == "ablate_diffusion":  # the joint model also wrote its image | layout and outpainting grids
+        joint = table.set_index("row").loc["joint"]
+        assert Path(joint["layout_samples_path"]).is_file() and Path(joint["outpaint_samples_path"]).is_file()
+        assert (table["config.model.method"] == "diffusion").all()
 
 
 @pytest.mark.parametrize("script, folder, keys", [
@@ -100,7 +105,7 @@ def test_pretraining_scripts_run_and_cache(script, folder, keys, tmp_path):
 
 
 def test_dry_run_of_every_sweep_lists_trials_without_starting_ray(tmp_path):
-    for script in ("ablate_losses", "ablate_embeddings", "compare_architectures"):
+    for script in ("ablate_losses", "ablate_embeddings", "compare_architectures", "ablate_diffusion"):
         proc = run_script(script, "--preset", "ci", "--output-dir", str(tmp_path / "runs"), "--dry-run",
                           cwd=tmp_path, timeout=120)
         assert proc.returncode == 0, proc.stdout[-3000:]

@@ -71,11 +71,13 @@ def check_eval_assets(cfg: ExperimentConfig) -> str | None:
     return None
 
 
-def build_eval_context(cfg: ExperimentConfig, damsm: Damsm) -> EvalContext:
+def build_eval_context(cfg: ExperimentConfig, damsm: Damsm, layouts: bool = False) -> EvalContext:
+    """`layouts`: test items carry their true layouts (layout metrics, outpainting)."""
     cache_dir = f"{cfg.output_dir}/cache"
     backbone = resolved_eval_backbone(cfg)
     weights_path = check_eval_assets(cfg)  # refuse before the test-set pass
-    test_set = TextImageDataset(registry.source(cfg, "test"), damsm.vocab, cfg.data.words_num, train=False)
+    test_set = TextImageDataset(registry.source(cfg, "test"), damsm.vocab, cfg.data.words_num, train=False,
+                                layouts=layouts)
     loader = DataLoader(test_set, batch_size=cfg.eval.batch_size)
     # One pass: DAMSM caption features and a content hash of the real images as the evaluator sees
     # them (uint8 levels), which keys the cached reference statistics.
@@ -206,7 +208,8 @@ def evaluate_method(cfg: ExperimentConfig, method, damsm: Damsm, run_name: str) 
     from t2i_ray.eval.samples import save_samples
 
     start = time.time()
-    ctx = build_eval_context(cfg, damsm)
+    layout_sample = method.layout_sampler()
+    ctx = build_eval_context(cfg, damsm, layouts=layout_sample is not None)
     metrics: dict[str, Any] = {}
     # Randomness drawn from torch's global RNG inside a sampler (StyleGAN2's noise inputs) is
     # seeded too, so that evaluation is a function of the weights and the seed, without disturbing
@@ -221,5 +224,10 @@ def evaluate_method(cfg: ExperimentConfig, method, damsm: Damsm, run_name: str) 
                 metrics.update(scores)
         metrics["eval_seconds"] = time.time() - start
         samples = save_samples(cfg, method.sampler(), ctx, run_name, mask_sample=method.mask_sampler())
+        if layout_sample is not None:
+            from t2i_ray.eval.samples import save_layout_samples
+
+            metrics.update(save_layout_samples(cfg, layout_sample, method.outpainter(), ctx, run_name,
+                                               method.num_layout_classes))
     metrics["samples_path"] = str(samples)
     return metrics

@@ -56,4 +56,52 @@ def save_samples(cfg: ExperimentConfig, sample, ctx, run_name: str, num: int = 1
     return out
 
 
-__all__ = ["save_samples", "tile", "GRID_SEED"]
+def colorize(layouts: np.ndarray, num_classes: int) -> np.ndarray:
+    """(N, H, W) class indices -> (N, H, W, 3) uint8 in a fixed palette (class 0 black, the rest
+    evenly spaced hues), the same colours in every figure of a dataset."""
+    import colorsys
+
+    palette = np.zeros((max(num_classes, 1), 3), np.uint8)
+    for k in range(1, num_classes):
+        palette[k] = [round(255 * c) for c in colorsys.hsv_to_rgb((k - 1) / max(num_classes - 1, 1), 0.75, 0.95)]
+    return palette[np.clip(layouts, 0, num_classes - 1)]
+
+
+def _uint8(images: torch.Tensor) -> np.ndarray:
+    return ((images.float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+@torch.no_grad()
+def save_layout_samples(cfg: ExperimentConfig, layout_sample: Callable, outpaint: Callable | None, ctx,
+                        run_name: str, num_classes: int, num: int = 8) -> dict[str, str]:
+    """`<run>_layouts.png`: rows real image | real layout | generated image | generated layout for
+    the same test captions; with `outpaint`, `<run>_outpaint.png`: rows real layout | image generated
+    from it (layout -> image) | real image | layout generated from it (image -> layout)."""
+    from PIL import Image
+
+    items = [ctx.test_set[i] for i in range(min(num, len(ctx.test_set)))]
+    ids = torch.stack([it["caption"] for it in items])
+    lens = torch.stack([it["caption_len"] for it in items])
+    real = torch.stack([it["image"] for it in items])
+    real_layouts = torch.stack([it["layout"] for it in items]) if "layout" in items[0] else None
+    images, layouts = layout_sample(ids, lens, torch.Generator().manual_seed(GRID_SEED))
+    rows = [_uint8(real)]
+    if real_layouts is not None:
+        rows.append(colorize(real_layouts.numpy(), num_classes))
+    rows += [_uint8(images), colorize(layouts.cpu().numpy(), num_classes)]
+    out = Path(cfg.output_dir) / "samples" / f"{run_name}_layouts.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(tile(np.concatenate(rows), len(items))).save(out)
+    paths = {"layout_samples_path": str(out)}
+    if outpaint is not None and real_layouts is not None:
+        from_layout, _ = outpaint(ids, lens, torch.Generator().manual_seed(GRID_SEED), known_layouts=real_layouts)
+        _, from_image = outpaint(ids, lens, torch.Generator().manual_seed(GRID_SEED), known_images=real)
+        grid = np.concatenate([colorize(real_layouts.numpy(), num_classes), _uint8(from_layout), _uint8(real),
+                               colorize(from_image.cpu().numpy(), num_classes)])
+        path = out.with_name(f"{run_name}_outpaint.png")
+        Image.fromarray(tile(grid, len(items))).save(path)
+        paths["outpaint_samples_path"] = str(path)
+    return paths
+
+
+__all__ = ["save_samples", "save_layout_samples", "colorize", "tile", "GRID_SEED"]

@@ -125,6 +125,13 @@ class DiffusionMethod(Method):
             return None
         return lambda ids, lens, rng: self.sample_pairs(ids, lens, rng)
 
+    def outpainter(self):
+        return self.outpaint if self.cfg.diffusion.joint else None
+
+    @property
+    def num_layout_classes(self) -> int:
+        return self.num_classes
+
     def outpaint(self, ids: Tensor, lens: Tensor, rng: torch.Generator, known_images: Tensor | None = None,
                  known_layouts: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Layout -> image (known_layouts, RePaint resampling diffusion.outpaint_resample) or image ->

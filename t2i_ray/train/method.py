@@ -90,6 +90,15 @@ class Method:
         """Optional: (images, layouts) drawn jointly, for the layout metrics."""
         return None
 
+    def outpainter(self) -> Callable[..., tuple[Tensor, Tensor]] | None:
+        """Optional: f(ids, lens, generator, known_images=None | known_layouts=None) -> (images,
+        layouts), the known modality kept (cross-modal outpainting)."""
+        return None
+
+    @property
+    def num_layout_classes(self) -> int:
+        return 0
+
     def describe(self) -> dict[str, Any]:
         """Parameter counts (and anything else worth a results column)."""
         return {f"params_{name}": sum(p.numel() for p in module.parameters())
