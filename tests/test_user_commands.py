@@ -24,8 +24,11 @@ SWEEPS = REPO / "sweeps"
 
 
 def run_script(name: str, *args: str, cwd: Path, timeout: int = 420) -> subprocess.CompletedProcess:
-    """`python sweeps/<name>.py args...` with the user's environment (no PYTHONPATH games)."""
+    """`python sweeps/<name>.py args...` with the user's environment. PYTHONPATH names this checkout,
+    which is what the README's editable install gives a user (an install made from another checkout
+    of the repository would otherwise be imported)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "PYTEST"))}
+    env["PYTHONPATH"] = str(REPO)
     return subprocess.run([sys.executable, str(SWEEPS / f"{name}.py"), *args], cwd=cwd, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
 
