@@ -70,10 +70,10 @@ def measure(resolution: int, batch: int, dim: int, steps: int) -> tuple[float, i
 
 def measure_reference(python: str, script: str, resolution: int, batch: int, dim: int,
                       steps: int, threads: int) -> tuple[float, int]:
-    """The reference GCDP step, timed by its own script in a subprocess (it prints one JSON line)."""
+    """The reference GCDP step timed by its own script in a subprocess (one JSON line out)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    out = subprocess.run([python, script, str(resolution), str(batch), str(steps), str(dim), str(K)],
-                         capture_output=True, text=True, check=True, env=env).stdout
+    argv = [python, script, str(resolution), str(batch), str(steps), str(dim), str(K)]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True, env=env).stdout
     row = json.loads(out.strip().splitlines()[-1])
     return row["img_per_s"], row["params"]
 
@@ -107,9 +107,9 @@ def main() -> None:
             ips, params = measure(resolution, batch, dim, args.steps)
             ours.append(round(ips, 2))
             if with_reference:
-                ref_ips, ref_params = measure_reference(args.reference_python, args.reference_script,
-                                                        resolution, batch, dim, args.steps,
-                                                        args.threads)
+                ref_ips, ref_params = measure_reference(
+                    args.reference_python, args.reference_script, resolution, batch, dim,
+                    args.steps, args.threads)
                 ref.append(ref_ips)
             loads.append(os.getloadavg()[0])
         row = {"resolution": resolution, "batch_size": batch, "dim": dim, "params": params,
@@ -118,9 +118,10 @@ def main() -> None:
                "speedup_vs_quoted": round(statistics.median(ours) / quoted, 2),
                "load_avg_1min": [round(v, 2) for v in loads]}
         if with_reference:
-            row.update(reference_params=ref_params,
-                       reference_images_per_s=round(statistics.median(ref), 2), reference_runs=ref,
-                       speedup_vs_reference=round(statistics.median(ours) / statistics.median(ref), 2))
+            ref_median = statistics.median(ref)
+            row.update(reference_params=ref_params, reference_images_per_s=round(ref_median, 2),
+                       reference_runs=ref,
+                       speedup_vs_reference=round(statistics.median(ours) / ref_median, 2))
         rows.append(row)
         print(row, flush=True)
         # written after every setting, so a run cut short keeps what it measured. The 1-minute

@@ -98,7 +98,8 @@ def categorical_posterior_log_probs(y_t: torch.Tensor, log_y0: torch.Tensor, aba
     log_diff = torch.log((1 - a) / K).to(log_y0.dtype).view(view)
     hit = torch.arange(K, device=y_t.device)[None, :, None, None] == y_t[:, None]
     log_step = torch.where(hit, log_same, log_diff)  # (B, K, H, W)
-    # factor q(y_s | y_0) = abar_s y_0 + (1 - abar_s)/K; log(0) = -inf at s = 0 is exact for logaddexp
+    # factor q(y_s | y_0) = abar_s y_0 + (1 - abar_s)/K; at s = 0 the log(0) = -inf term drops
+    # out of logaddexp exactly
     log_marginal = torch.logaddexp(log_y0 + torch.log(abar_s).to(log_y0.dtype).view(view),
                                    torch.log((1 - abar_s) / K).to(log_y0.dtype).view(view))
     return torch.log_softmax(log_step + log_marginal, dim=1)
@@ -110,7 +111,7 @@ def categorical_kl(log_q: torch.Tensor, log_p: torch.Tensor, dim: int = 1) -> to
 
 
 def gumbel_sample(log_probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One class per pixel from (B, K, H, W) log-probabilities: argmax(log p + Gumbel) -> (B, H, W)."""
+    """Log-probabilities (B, K, H, W) -> one class per pixel, argmax(log p + Gumbel): (B, H, W)."""
     u = torch.rand(log_probs.shape, generator=generator, device=log_probs.device,
                    dtype=log_probs.dtype)
     gumbel = -torch.log(-torch.log(u.clamp(1e-20, 1.0)).clamp_min(1e-20))
@@ -123,7 +124,8 @@ def uniform_resample(labels: torch.Tensor, keep_prob: torch.Tensor, num_classes:
     class uniformly (which may be the same one). Exact and cheaper than sampling K-way."""
     keep = torch.rand(labels.shape, generator=generator, device=labels.device)
     fresh = torch.randint(0, num_classes, labels.shape, generator=generator, device=labels.device)
-    return torch.where(keep < keep_prob.to(labels.device, torch.float32).view(-1, 1, 1), labels, fresh)
+    keep_prob = keep_prob.to(labels.device, torch.float32).view(-1, 1, 1)
+    return torch.where(keep < keep_prob, labels, fresh)
 
 
 # --- the process ----------------------------------------------------------------------------
@@ -150,7 +152,8 @@ class GaussianCategoricalDiffusion:
         """t ~ U{1..T}, (B,) long."""
         return torch.randint(1, self.num_steps + 1, (batch,), generator=generator, device=device)
 
-    def q_sample_image(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def q_sample_image(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
+                       ) -> torch.Tensor:
         """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, x0 (B, 3, H, W)."""
         abar = _at(self.image_alpha_bar, t, x0)
         return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
@@ -178,9 +181,12 @@ class GaussianCategoricalDiffusion:
 
         images (B, 3, H, W) in [-1, 1]; layouts (B, H, W) long in 0..K-1, None for an image-only
         net; text as JointUNet.forward takes it, drop_text (B,) bool drawn by the caller
-        (`text_drop_mask`). Returns scalar tensors: "loss" (the one to backpropagate) =
-        image_loss + layout_weight * layout_loss, "image_loss" = MSE(eps_hat, eps) (the simple loss,
-        DDPM eq. 14), "layout_loss" = T * L_{t-1} / (K ln 2) per pixel, where L_{t-1} =
+        (`text_drop_mask`; pass one even at p = 0, so that the null text stays in the graph and
+        DDP sees a gradient for every parameter).
+
+        Returns scalar tensors: "loss" (the one to backpropagate) = image_loss + layout_weight *
+        layout_loss, "image_loss" = MSE(eps_hat, eps) (the simple loss, DDPM eq. 14),
+        "layout_loss" = T * L_{t-1} / (K ln 2) per pixel, where L_{t-1} =
         KL(q(y_{t-1}|y_t,y_0) || p(y_{t-1}|y_t)) and at t = 1 the decoder NLL -log p(y_0|y_1):
         the uniform-t estimate of the categorical VLB (Hoogeboom `loss_fn`: vb = L_t / p_t),
         normalised per logit in bits as GCDP's `MultinomialDiffusion.loss_fn` does (so GCDP's
