@@ -68,7 +68,8 @@ def test_q_sample_image_moments():
         x_t = proc.q_sample_image(x0, tt, torch.randn(x0.shape, generator=g))
         abar = proc.image_alpha_bar[t].item()
         torch.testing.assert_close(x_t.mean(0), math.sqrt(abar) * x0[0], atol=0.03, rtol=0)
-        torch.testing.assert_close(x_t.var(0), torch.full_like(x0[0], 1 - abar), atol=0.03, rtol=0.05)
+        torch.testing.assert_close(x_t.var(0), torch.full_like(x0[0], 1 - abar), atol=0.03,
+                                   rtol=0.05)
 
 
 def test_q_sample_layout_frequencies():
@@ -94,8 +95,9 @@ def test_categorical_posterior_equals_bayes_rule():
     for t, s in ((1, 0), (2, 1), (30, 29), (50, 10), (50, 0)):
         a = (abar[t] / abar[s]).item()
         for y0, yt in itertools.product(range(K), range(K)):
-            bayes = torch.tensor([cat(a, ys, yt) * cat(abar[s].item(), y0, ys)
-                                  for ys in range(K)], dtype=torch.float64) / cat(abar[t].item(), y0, yt)
+            joint = torch.tensor([cat(a, ys, yt) * cat(abar[s].item(), y0, ys) for ys in range(K)],
+                                 dtype=torch.float64)
+            bayes = joint / cat(abar[t].item(), y0, yt)
             assert bayes.sum().item() == pytest.approx(1.0, abs=1e-9)
             log_post = proc.layout_posterior(
                 torch.tensor([[[yt]]]), gc.log_onehot(torch.tensor([[[y0]]]), K).double(),

@@ -98,7 +98,8 @@ def categorical_posterior_log_probs(y_t: torch.Tensor, log_y0: torch.Tensor, aba
     log_diff = torch.log((1 - a) / K).to(log_y0.dtype).view(view)
     hit = torch.arange(K, device=y_t.device)[None, :, None, None] == y_t[:, None]
     log_step = torch.where(hit, log_same, log_diff)  # (B, K, H, W)
-    # factor q(y_s | y_0) = abar_s y_0 + (1 - abar_s)/K; log(0) = -inf at s = 0 is exact for logaddexp
+    # factor q(y_s | y_0) = abar_s y_0 + (1 - abar_s)/K; at s = 0 the log(0) = -inf term drops
+    # out of logaddexp exactly
     log_marginal = torch.logaddexp(log_y0 + torch.log(abar_s).to(log_y0.dtype).view(view),
                                    torch.log((1 - abar_s) / K).to(log_y0.dtype).view(view))
     return torch.log_softmax(log_step + log_marginal, dim=1)
@@ -161,7 +162,8 @@ class GaussianCategoricalDiffusion:
         """t ~ U{1..T}, (B,) long."""
         return torch.randint(1, self.num_steps + 1, (batch,), generator=generator, device=device)
 
-    def q_sample_image(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def q_sample_image(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
+                       ) -> torch.Tensor:
         """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, x0 (B, 3, H, W)."""
         abar = _at(self.image_alpha_bar, t, x0)
         return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
@@ -190,9 +192,12 @@ class GaussianCategoricalDiffusion:
 
         images (B, 3, H, W) in [-1, 1]; layouts (B, H, W) long in 0..K-1, None for an image-only
         net; text as JointUNet.forward takes it, drop_text (B,) bool drawn by the caller
-        (`text_drop_mask`). Returns scalar tensors: "loss" (the one to backpropagate) =
-        image_loss + layout_weight * layout_loss, "image_loss" = MSE(eps_hat, eps) (the simple loss,
-        DDPM eq. 14), "layout_loss" = T * L_{t-1} / (K ln 2) per pixel, where L_{t-1} =
+        (`text_drop_mask`; pass one even at p = 0, so that the null text stays in the graph and
+        DDP sees a gradient for every parameter).
+
+        Returns scalar tensors: "loss" (the one to backpropagate) = image_loss + layout_weight *
+        layout_loss, "image_loss" = MSE(eps_hat, eps) (the simple loss, DDPM eq. 14),
+        "layout_loss" = T * L_{t-1} / (K ln 2) per pixel, where L_{t-1} =
         KL(q(y_{t-1}|y_t,y_0) || p(y_{t-1}|y_t)) and at t = 1 the decoder NLL -log p(y_0|y_1):
         the uniform-t estimate of the categorical VLB (Hoogeboom `loss_fn`: vb = L_t / p_t),
         normalised per logit in bits as GCDP's `MultinomialDiffusion.loss_fn` does (so GCDP's

@@ -19,7 +19,8 @@ Blocks: ResBlocks with GroupNorm, SiLU and scale-shift time conditioning (Dhariw
 arXiv:2105.05233, Sec. 3 "AdaGN"); at the attention levels cross-attention after each ResBlock
 and self-attention once per level; one skip connection per ResBlock
 (lucidrains/denoising-diffusion-pytorch Unet); the cheap resamplers of Imagen's Efficient U-Net:
-space-to-depth + 1x1 conv down, 1x1 conv + pixel shuffle up. `image_only=True` drops the layout input and output (the ablation baseline).
+space-to-depth + 1x1 conv down, 1x1 conv + pixel shuffle up. `image_only=True` drops the layout
+input and output (the ablation baseline).
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 
 class ResBlock(nn.Module):
-    """h = conv(SiLU(GN(x))); h = GN(h) * (1 + scale(emb)) + shift(emb); out = skip(x) + conv(SiLU(h)).
+    """h = conv(SiLU(GN(x))); h = GN(h) (1 + scale(emb)) + shift(emb); skip(x) + conv(SiLU(h)).
 
     The second conv starts at zero, so every block starts as its skip path (ADM, arXiv:2105.05233,
     `guided_diffusion/unet.py` ResBlock with use_scale_shift_norm).
@@ -169,7 +170,9 @@ class JointUNet(nn.Module):
                  text_dim: int = 256, layout_channels: int = 3, norm_groups: int = 8,
                  image_only: bool = False):
         super().__init__()
-        dim_mults, blocks, attention_levels = tuple(dim_mults), tuple(blocks), tuple(attention_levels)
+        # JSON gives lists back: store tuples, so that config round-trips compare equal
+        dim_mults, blocks = tuple(dim_mults), tuple(blocks)
+        attention_levels = tuple(attention_levels)
         if not len(dim_mults) == len(blocks) == len(attention_levels):
             raise ValueError(f"dim_mults {dim_mults}, blocks {blocks} and attention_levels "
                              f"{attention_levels} need one entry per level")
@@ -185,7 +188,8 @@ class JointUNet(nn.Module):
 
         # Conditioning: time MLP + pooled text, added (Imagen adds the pooled text to the time
         # embedding); the null tokens stand in for dropped text (classifier-free guidance).
-        self.time_mlp = nn.Sequential(nn.Linear(dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.time_mlp = nn.Sequential(nn.Linear(dim, emb_dim), nn.SiLU(),
+                                      nn.Linear(emb_dim, emb_dim))
         self.text_norm = nn.LayerNorm(text_dim)
         self.sentence_proj = nn.Sequential(nn.LayerNorm(text_dim), nn.Linear(text_dim, emb_dim))
         self.null_word = nn.Parameter(torch.randn(text_dim) * 0.02)
@@ -224,7 +228,8 @@ class JointUNet(nn.Module):
         self.upsample = nn.ModuleList()
         for level in reversed(range(self.num_levels)):
             w, n = widths[level], blocks[level]
-            self.up.append(nn.ModuleList(ResBlock(2 * w, w, emb_dim, norm_groups) for _ in range(n)))
+            self.up.append(nn.ModuleList(
+                ResBlock(2 * w, w, emb_dim, norm_groups) for _ in range(n)))
             self.up_attn.append(attentions(attention_levels[level], w, n))
             if level > 0:
                 self.upsample.append(Upsample(w, widths[level - 1]))
@@ -267,7 +272,8 @@ class JointUNet(nn.Module):
                 sentence: torch.Tensor | None = None, drop_text: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x_t (B, 3, H, W); y_t (B, H, W) int or (B, K, H, W) float, None if image_only;
-        t (B,) timesteps (1..T); words (B, T, text_dim) with word_mask (B, T) True at real words,
+        t (B,) timesteps (1..T); words (B, T, text_dim) with word_mask (B, T) True at real words
+        (the DAMSM TextEncoder's words (B, 256, T) go in as words.transpose(1, 2)),
         sentence (B, text_dim), both None for an unconditional call; drop_text (B,) bool: use
         the null text for these samples. Returns eps (B, 3, H, W), logits (B, K, H, W) or None."""
         B, _, H, W = x_t.shape
@@ -279,7 +285,8 @@ class JointUNet(nn.Module):
             h = torch.cat((x_t, self._embed_layout(y_t)), dim=1)  # (B, 3 + layout_channels, H, W)
         context, context_mask, sentence = self._text_context(words, word_mask, sentence,
                                                              drop_text, B)
-        emb = self.time_mlp(timestep_embedding(t, self.config["dim"])) + self.sentence_proj(sentence)
+        emb = self.time_mlp(timestep_embedding(t, self.config["dim"]))
+        emb = emb + self.sentence_proj(sentence)
         emb = F.silu(emb)  # (B, 4 dim); every ResBlock's projection starts with this SiLU
 
         h = self.init_conv(h)  # (B, w0, H, W)
