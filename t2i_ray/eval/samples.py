@@ -63,7 +63,8 @@ def colorize(layouts: np.ndarray, num_classes: int) -> np.ndarray:
 
     palette = np.zeros((max(num_classes, 1), 3), np.uint8)
     for k in range(1, num_classes):
-        palette[k] = [round(255 * c) for c in colorsys.hsv_to_rgb((k - 1) / max(num_classes - 1, 1), 0.75, 0.95)]
+        hue = (k - 1) / max(num_classes - 1, 1)
+        palette[k] = [round(255 * c) for c in colorsys.hsv_to_rgb(hue, 0.75, 0.95)]
     return palette[np.clip(layouts, 0, num_classes - 1)]
 
 
@@ -94,8 +95,9 @@ def save_layout_samples(cfg: ExperimentConfig, layout_sample: Callable, outpaint
     Image.fromarray(tile(np.concatenate(rows), len(items))).save(out)
     paths = {"layout_samples_path": str(out)}
     if outpaint is not None and real_layouts is not None:
-        from_layout, _ = outpaint(ids, lens, torch.Generator().manual_seed(GRID_SEED), known_layouts=real_layouts)
-        _, from_image = outpaint(ids, lens, torch.Generator().manual_seed(GRID_SEED), known_images=real)
+        seed = GRID_SEED
+        from_layout, _ = outpaint(ids, lens, torch.Generator().manual_seed(seed), known_layouts=real_layouts)
+        _, from_image = outpaint(ids, lens, torch.Generator().manual_seed(seed), known_images=real)
         grid = np.concatenate([colorize(real_layouts.numpy(), num_classes), _uint8(from_layout), _uint8(real),
                                colorize(from_image.cpu().numpy(), num_classes)])
         path = out.with_name(f"{run_name}_outpaint.png")

@@ -13,7 +13,6 @@ without the layout input and output.
 from __future__ import annotations
 
 import copy
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -25,17 +24,15 @@ from t2i_ray.models.diffusion.gaussian_categorical import (GaussianCategoricalDi
 from t2i_ray.models.diffusion.unet import JointUNet
 from t2i_ray.models.text import word_mask
 from t2i_ray.train.checkpoint import unwrap
-from t2i_ray.train.gan import encode_text
-from t2i_ray.train.method import Assets, Method, SampleFn
+from t2i_ray.train.method import Assets, Method, SampleFn, encode_text
 
 
 def build_unet(cfg: ExperimentConfig, num_classes: int) -> JointUNet:
     f = cfg.diffusion
+    attention = tuple(bool(a) for a in int_list(f.attention_levels, "diffusion.attention_levels"))
     return JointUNet(num_classes=num_classes, dim=f.dim, dim_mults=int_list(f.dim_mults, "diffusion.dim_mults"),
-                     blocks=int_list(f.blocks, "diffusion.blocks"),
-                     attention_levels=tuple(bool(a) for a in int_list(f.attention_levels, "diffusion.attention_levels")),
-                     heads=f.heads, text_dim=cfg.model.embed_dim, layout_channels=f.layout_channels,
-                     image_only=not f.joint)
+                     blocks=int_list(f.blocks, "diffusion.blocks"), attention_levels=attention, heads=f.heads,
+                     text_dim=cfg.model.embed_dim, layout_channels=f.layout_channels, image_only=not f.joint)
 
 
 class DiffusionMethod(Method):
@@ -50,7 +47,8 @@ class DiffusionMethod(Method):
         self.text = assets.damsm.text_encoder  # frozen (load_damsm)
         self.unet = build_unet(cfg, self.num_classes)
         self.ema = copy.deepcopy(self.unet).requires_grad_(False).eval()
-        self.optimizers = {"unet": torch.optim.Adam(self.unet.parameters(), lr=f.lr, betas=(0.9, 0.99), eps=1e-8)}
+        adam = torch.optim.Adam(self.unet.parameters(), lr=f.lr, betas=(0.9, 0.99), eps=1e-8)  # GCDP's
+        self.optimizers = {"unet": adam}
         self.updates = 0  # EMA updates since the start, restored from the checkpoint with the step
 
     @classmethod
@@ -83,8 +81,8 @@ class DiffusionMethod(Method):
         opt = self.optimizers["unet"]
         opt.zero_grad(set_to_none=True)
         with autocast():
-            losses = self.process.training_losses(self.unet, images, layouts, words, mask, sentence, drop, rng,
-                                                  layout_weight=f.layout_weight, p2_gamma=f.p2_gamma)
+            losses = self.process.training_losses(self.unet, images, layouts, words, mask, sentence, drop,
+                                                  rng, layout_weight=f.layout_weight, p2_gamma=f.p2_gamma)
         losses["loss"].backward()
         opt.step()
         self._update_ema()

@@ -27,17 +27,7 @@ from t2i_ray.losses.recaption import recaption_loss
 from t2i_ray.models.factory import GANModels, build_gan_models
 from t2i_ray.models.text import word_mask
 from t2i_ray.train.checkpoint import unwrap
-from t2i_ray.train.method import Assets, Method, SampleFn
-
-
-def encode_text(encoder, ids: Tensor, lengths: Tensor, trainable: bool) -> tuple[Tensor, Tensor]:
-    """(words (B,E,T), sentence (B,E)); gradients only when the encoder is being trained.
-    Always in float32, also inside an autocast region (a small LSTM: nothing to gain from bf16)."""
-    with torch.autocast(ids.device.type, enabled=False):
-        if trainable:
-            return encoder(ids, lengths)
-        with torch.no_grad():
-            return unwrap(encoder)(ids, lengths)
+from t2i_ray.train.method import Assets, Method, SampleFn, encode_text
 
 
 def damsm_image_features(encoder, images: Tensor) -> tuple[Tensor, Tensor]:

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from t2i_ray.config import ExperimentConfig
+from t2i_ray.train.checkpoint import unwrap
 from t2i_ray.train.damsm import Damsm, load_damsm
 
 # sample(caption_ids (B, T), caption_lens (B,), generator) -> images (B, 3, H, W) in [-1, 1].
@@ -105,6 +106,16 @@ class Method:
                 for name, module in self.checkpointed().items()}
 
 
+def encode_text(encoder, ids: Tensor, lengths: Tensor, trainable: bool) -> tuple[Tensor, Tensor]:
+    """(words (B,E,T), sentence (B,E)); gradients only when the encoder is being trained.
+    Always in float32, also inside an autocast region (a small LSTM: nothing to gain from bf16)."""
+    with torch.autocast(ids.device.type, enabled=False):
+        if trainable:
+            return encoder(ids, lengths)
+        with torch.no_grad():
+            return unwrap(encoder)(ids, lengths)
+
+
 def load_assets(cfg: ExperimentConfig, damsm_path: str, captioner_path: str | None) -> Assets:
     from t2i_ray.train.captioner import load_frozen_captioner
 
@@ -130,4 +141,4 @@ def build_method(cfg: ExperimentConfig, assets: Assets) -> Method:
     return method_class(cfg)(cfg, assets)
 
 
-__all__ = ["Assets", "Method", "SampleFn", "build_method", "load_assets", "method_class"]
+__all__ = ["Assets", "Method", "SampleFn", "build_method", "encode_text", "load_assets", "method_class"]
