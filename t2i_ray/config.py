@@ -124,6 +124,9 @@ class EvalConfig:
     kid_subset_size: int = 256
     evaluator_steps: int = 1500  # training steps of the `domain` evaluator (cached)
     evaluator_images: int = 16384  # its training pool: fresh procedural images, own seed
+    # The `segmenter` of the layout metrics (shapes only; t2i_ray/eval/layout.py): steps and pool.
+    segmenter_steps: int = 800
+    segmenter_images: int = 8192
     backbone: str = "auto"  # FID/KID features: auto | domain | inception (EVAL_BACKBONES)
     # Local TF-ported FID Inception weights (weights-/pt_inception-2015-12-05-6726825d.pth); None:
     # the T2I_INCEPTION_WEIGHTS environment variable. Never downloaded.
@@ -174,6 +177,7 @@ class DiffusionConfig:
     # `<metric>@g<scale>`; comma-separated, empty: none.
     extra_guidance_scales: str = ""
     outpaint_resample: int = 5  # RePaint resampling n of layout -> image outpainting (GCDP: 5)
+    outpaint_images: int = 64  # real test items scored in each outpainting direction at evaluation
 
 
 @dataclass(frozen=True)
@@ -555,6 +559,10 @@ def _check_diffusion(cfg: ExperimentConfig) -> None:
     _check(all(g >= 0 for g in float_list(f.extra_guidance_scales, "diffusion.extra_guidance_scales")),
            "diffusion.extra_guidance_scales", f"must be numbers >= 0, got {f.extra_guidance_scales!r}")
     _check(f.outpaint_resample >= 1, "diffusion.outpaint_resample", f"must be >= 1, got {f.outpaint_resample}")
+    _check(f.outpaint_images >= 1, "diffusion.outpaint_images", f"must be >= 1, got {f.outpaint_images}")
+    _check(cfg.eval.segmenter_steps >= 1, "eval.segmenter_steps", f"must be >= 1, got {cfg.eval.segmenter_steps}")
+    _check(cfg.eval.segmenter_images >= 32, "eval.segmenter_images",
+           f"must be >= 32 (one segmenter batch), got {cfg.eval.segmenter_images}")
     if cfg.model.method == "diffusion":
         _check(not f.joint or cfg.data.dataset in LAYOUT_DATASETS, "diffusion.joint",
                f"the joint model generates layouts and needs a dataset with them ({', '.join(LAYOUT_DATASETS)}), "
@@ -599,6 +607,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval.num_images": 64, "eval.batch_size": 64, "eval.r_precision_candidates": 32,
         "eval.r_precision_folds": 2, "eval.kid_subsets": 5, "eval.kid_subset_size": 32,
         "eval.evaluator_steps": 30, "eval.evaluator_images": 256,
+        "eval.segmenter_steps": 20, "eval.segmenter_images": 256, "diffusion.outpaint_images": 8,
         "damsm.epochs": 1, "damsm.batch_size": 16,
         "captioner.epochs": 1, "captioner.batch_size": 16,
     },

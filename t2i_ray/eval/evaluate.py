@@ -204,30 +204,98 @@ VARIANT_METRICS = ("fid", "kid", "r_precision", "attr_pair_recall", "is")
 
 def evaluate_method(cfg: ExperimentConfig, method, damsm: Damsm, run_name: str) -> dict[str, Any]:
     """The final evaluation of a trained method (t2i_ray.train.method.Method) through its samplers,
-    and its sample grid; `eval_seconds` and `samples_path` join the metrics."""
-    from t2i_ray.eval.samples import save_samples
+    and its sample grids; `eval_seconds` and the grids' paths join the metrics. A method that
+    samples layouts also gets the layout metrics (`evaluate_layouts`) on the same samples."""
+    from t2i_ray.eval.samples import save_layout_samples, save_samples
 
     start = time.time()
     layout_sample = method.layout_sampler()
     ctx = build_eval_context(cfg, damsm, layouts=layout_sample is not None)
     metrics: dict[str, Any] = {}
+    pairs: list[tuple[Tensor, Tensor]] = []
+
+    def sample_keeping_layouts(ids: Tensor, lens: Tensor, generator: torch.Generator) -> Tensor:
+        images, layouts = layout_sample(ids, lens, generator)
+        pairs.append((images.float().cpu().clamp(-1, 1), layouts.cpu()))
+        return images
+
     # Randomness drawn from torch's global RNG inside a sampler (StyleGAN2's noise inputs) is
     # seeded too, so that evaluation is a function of the weights and the seed, without disturbing
     # the training RNG.
     with torch.random.fork_rng(devices=[]):
         for suffix, sample in method.eval_variants().items():
             torch.manual_seed(cfg.seed)
+            if not suffix and layout_sample is not None:
+                sample = sample_keeping_layouts  # the main variant's draws, with their layouts
             scores = evaluate_generator(sample, ctx, cfg, seed=cfg.seed)
             if suffix:
                 metrics.update({f"{k}{suffix}": scores[k] for k in VARIANT_METRICS if k in scores})
             else:
                 metrics.update(scores)
+        if layout_sample is not None:
+            images, layouts = (torch.cat(t) for t in zip(*pairs))
+            metrics.update(evaluate_layouts(cfg, ctx, images, layouts, method))
         metrics["eval_seconds"] = time.time() - start
         samples = save_samples(cfg, method.sampler(), ctx, run_name, mask_sample=method.mask_sampler())
         if layout_sample is not None:
-            from t2i_ray.eval.samples import save_layout_samples
-
             metrics.update(save_layout_samples(cfg, layout_sample, method.outpainter(), ctx, run_name,
                                                method.num_layout_classes))
     metrics["samples_path"] = str(samples)
     return metrics
+
+
+@torch.no_grad()
+def evaluate_layouts(cfg: ExperimentConfig, ctx: EvalContext, images: Tensor, layouts: Tensor,
+                     method) -> dict[str, Any]:
+    """Layout metrics of generated (image, layout) pairs made for the test captions in evaluation
+    order (item k of the test split for sample k, cycling), GCDP Sec. 4 (arXiv:2308.08157):
+    - `fsd`: Frechet segmentation distance of the layouts' class shares vs the real test layouts;
+    - `outpaint_image_to_layout_miou`: layouts generated from real test images vs their true ones;
+    and, on `shapes`, with the project's `segmenter` (eval/layout.py; real datasets need a
+    segmentation network from a local weights file, not built yet):
+    - `layout_miou`: generated layout vs the segmenter on the generated image (image-layout alignment);
+    - `semantic_recall`: share of the caption's shapes the segmenter finds in the generated image;
+    - `outpaint_layout_to_image_miou`: a real test layout vs the segmenter on the image generated
+      from it. Each number carries its N and the segmenter's name and held-out mIoU."""
+    from t2i_ray.eval.layout import (fsd, image_layout_alignment, layout_agreement, load_or_train_segmenter,
+                                     named_classes, segment, semantic_recall)
+
+    k = method.num_layout_classes
+    n_test = len(ctx.test_set)
+    real_layouts = torch.from_numpy(np.asarray(ctx.test_set.layouts)).long()  # (N_test, H, W)
+    order = [i % n_test for i in range(len(images))]
+    out: dict[str, Any] = {"fsd": fsd(real_layouts.numpy(), layouts.numpy(), k), "fsd_num_fake": len(layouts),
+                           "fsd_num_real": n_test}
+    # Outpainting both ways on the first items of the test split, from one seeded generator each.
+    n_out = min(cfg.diffusion.outpaint_images, n_test)
+    items = [ctx.test_set[i] for i in range(n_out)]
+    ids = torch.stack([it["caption"] for it in items])
+    lens = torch.stack([it["caption_len"] for it in items])
+    real = torch.stack([it["image"] for it in items])
+    outpaint = method.outpainter()
+    from_layout, from_image = [], []
+    for b in range(0, n_out, cfg.eval.batch_size):
+        sl = slice(b, b + cfg.eval.batch_size)
+        _, lay = outpaint(ids[sl], lens[sl], torch.Generator().manual_seed(cfg.seed + b), known_images=real[sl])
+        img, _ = outpaint(ids[sl], lens[sl], torch.Generator().manual_seed(cfg.seed + b),
+                          known_layouts=real_layouts[sl].to(real.device))
+        from_image.append(lay.cpu())
+        from_layout.append(img.float().cpu().clamp(-1, 1))
+    to_layout = layout_agreement(torch.cat(from_image), real_layouts[:n_out], k)
+    out.update(outpaint_image_to_layout_miou=to_layout["miou"], outpaint_num_images=n_out,
+               outpaint_resample=cfg.diffusion.outpaint_resample)
+    if cfg.data.dataset != "shapes":
+        return out
+    segmenter, info = load_or_train_segmenter(cfg.data, cfg.eval.segmenter_steps, cfg.eval.segmenter_images,
+                                              f"{cfg.output_dir}/cache")
+    align = image_layout_alignment(segmenter, images, layouts)
+    predicted = segment(segmenter, [images[i:i + 256] for i in range(0, len(images), 256)])
+    named = [named_classes(ctx.test_set.source.meta(i)) for i in order]
+    out.update(
+        layout_miou=align["miou"], layout_pixel_accuracy=align["pixel_accuracy"], layout_num_images=len(images),
+        semantic_recall=semantic_recall(predicted, named),
+        outpaint_layout_to_image_miou=image_layout_alignment(segmenter, torch.cat(from_layout),
+                                                             real_layouts[:n_out])["miou"],
+        layout_backbone=info["backbone"], segmenter_heldout_miou=info["heldout_miou"],
+        segmenter_heldout_semantic_recall=info["heldout_semantic_recall"])
+    return out
