@@ -466,7 +466,8 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, max_concurrent: in
     return store.load_results(output_dir, sweep=spec.name)
 
 
-SUMMARY_METRICS = ("fid", "kid", "r_precision", "attr_pair_recall", "wall_time_s")
+SUMMARY_METRICS = ("fid", "kid", "r_precision", "attr_pair_recall", "layout_miou", "semantic_recall", "fsd",
+                   "wall_time_s")
 
 
 def summarize(rows: pd.DataFrame, order: list[str] | None = None) -> pd.DataFrame:
@@ -488,7 +489,8 @@ def format_table(summary: pd.DataFrame) -> str:
     if summary.empty:
         return "(no finished trials)"
     metrics = [m for m in SUMMARY_METRICS if (m, "mean") in summary.columns]
-    arrows = {"fid": " ↓", "kid": " ↓", "r_precision": " ↑", "attr_pair_recall": " ↑", "wall_time_s": ""}
+    arrows = {"fid": " ↓", "kid": " ↓", "r_precision": " ↑", "attr_pair_recall": " ↑", "layout_miou": " ↑",
+              "semantic_recall": " ↑", "fsd": " ↓", "wall_time_s": ""}
     lines = ["| row | seeds | " + " | ".join(m + arrows[m] for m in metrics) + " |",
              "|---|---|" + "---|" * len(metrics)]
     for row, vals in summary.iterrows():
@@ -497,6 +499,9 @@ def format_table(summary: pd.DataFrame) -> str:
             mean, std = vals[(m, "mean")], vals[(m, "std")]
             digits = 1 if m == "wall_time_s" else 4 if m == "kid" else 3
             # One seed has no spread: print the mean alone rather than a made-up "± 0".
+            if pd.isna(mean):  # a metric this row's method does not produce (image-only: no layouts)
+                cells.append("–")
+                continue
             cells.append(f"{mean:.{digits}f}" + ("" if pd.isna(std) else f" ± {std:.{digits}f}"))
         lines.append(f"| {row} | {int(vals[('n_seeds', '')])} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
