@@ -235,11 +235,56 @@ def _save_atomic(payload: dict[str, Any], path: str) -> None:
             os.remove(tmp)
 
 
+# ---------------------------------------------------------------------------------------------
+# Cached evaluators (shared by the `domain` evaluator and the layout `segmenter`, eval/layout.py)
+
+
+def evaluator_file(name: str, config: dict[str, Any], cache_dir: str) -> str:
+    """`<cache_dir>/evaluators/<name>-v<version>-<sha1(config)[:10]>.pt`.
+
+    `config` holds every field that changes the weights, its "version" included, so a changed
+    recipe or architecture is a new file and never mixes with old numbers.
+    """
+    key = hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
+    return os.path.join(cache_dir, "evaluators", f"{name}-v{config['version']}-{key}.pt")
+
+
+def load_cached_evaluator(path: str, config: dict[str, Any], what: str,
+                          log: Callable[[str], None]) -> dict[str, Any] | None:
+    """The payload {"state_dict", "config", "info"} cached at `path` if it was trained with
+    `config`, else None (nothing there, or a stale config: the caller retrains)."""
+    if not os.path.exists(path):
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        raise RuntimeError(f"cannot read cached {what} {path} ({e}); delete it to retrain") from e
+    if payload.get("config") != config:
+        log(f"ignoring cached {what} {path}: its config {payload.get('config')} != {config}; retraining")
+        return None
+    log(f"loaded {what} from {path}")
+    return payload
+
+
+def cache_evaluator(path: str, model: nn.Module, config: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+    """Write model + config + info atomically to `path`; returns info with "backbone" and "cache_path".
+
+    The recipe fixes the weights only up to float reduction order (thread count, CPU vs GPU), so
+    the backbone name also carries a digest of the weights: scores of two differently trained
+    evaluators never share a backbone and cannot be mixed in one column.
+    """
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    digest = hashlib.sha1(b"".join(v.numpy().tobytes() for v in state.values())).hexdigest()[:8]
+    info = {"backbone": f"{os.path.basename(path)[:-len('.pt')]}-{digest}", "cache_path": path, **info}
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    _save_atomic({"state_dict": state, "config": config, "info": info}, path)
+    return info
+
+
 def evaluator_cache_path(data_cfg: DataConfig, steps: int, pool_images: int, cache_dir: str) -> tuple[str, dict[str, Any]]:
     """Where the evaluator for these settings is cached, and the config stored with it."""
     config = _cache_config(data_cfg, steps, pool_images, shapes.NUM_ATTRIBUTES)
-    key = hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
-    return os.path.join(cache_dir, "evaluators", f"domain-v{DOMAIN_EVALUATOR_VERSION}-{key}.pt"), config
+    return evaluator_file("domain", config, cache_dir), config
 
 
 def load_or_train_domain_evaluator(
@@ -260,18 +305,12 @@ def load_or_train_domain_evaluator(
     num_attributes = shapes.NUM_ATTRIBUTES
     path, config = evaluator_cache_path(data_cfg, steps, pool_images, cache_dir)
 
-    if os.path.exists(path):
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
-            raise RuntimeError(f"cannot read cached domain evaluator {path} ({e}); delete it to retrain") from e
-        if payload.get("config") == config:
-            model = DomainEvaluator(config["resolution"], num_attributes, config["feature_dim"])
-            model.load_state_dict(payload["state_dict"])
-            model.eval().requires_grad_(False)
-            log(f"loaded domain evaluator from {path}")
-            return model.to(device), dict(payload["info"])
-        log(f"ignoring cached domain evaluator {path}: its config {payload.get('config')} != {config}; retraining")
+    payload = load_cached_evaluator(path, config, "domain evaluator", log)
+    if payload is not None:
+        model = DomainEvaluator(config["resolution"], num_attributes, config["feature_dim"])
+        model.load_state_dict(payload["state_dict"])
+        model.eval().requires_grad_(False)
+        return model.to(device), dict(payload["info"])
 
     start = time.perf_counter()
     pool = shapes.ShapesSource(pool_images, data_cfg.resolution, config["pool_seed"])
@@ -281,15 +320,8 @@ def load_or_train_domain_evaluator(
     test_images, test_targets = _render(shapes.build_source(data_cfg, "test"))
     _, logits = extract(model, np.array_split(test_images, max(len(test_images) // 256, 1)))
     heldout = {f"heldout_{k}": v for k, v in attribute_scores(logits, test_targets).items()}
-    state = {k: v.cpu() for k, v in model.state_dict().items()}
-    # The recipe fixes the weights only up to float reduction order (thread count, CPU vs GPU),
-    # so the backbone name also carries a digest of the weights: FIDs of two differently trained
-    # evaluators never share a backbone and cannot be mixed in one column.
-    digest = hashlib.sha1(b"".join(v.numpy().tobytes() for v in state.values())).hexdigest()[:8]
-    info = {"backbone": f"{os.path.basename(path)[:-len('.pt')]}-{digest}", "cache_path": path,
-            "train_seconds": train_seconds, "heldout_num_images": len(test_images), **config, **heldout}
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    _save_atomic({"state_dict": state, "config": config, "info": info}, path)
+    info = cache_evaluator(path, model, config, {"train_seconds": train_seconds,
+                                                 "heldout_num_images": len(test_images), **config, **heldout})
     log(f"trained domain evaluator in {train_seconds:.1f}s, held-out pair recall "
         f"{heldout['heldout_attr_pair_recall']:.3f}; cached at {path}")
     return model, info
