@@ -57,6 +57,16 @@ def test_resumed_diffusion_run_equals_uninterrupted_run(diffusion_cfg, tiny_dams
             assert torch.equal(value, b["modules"][name][key]), f"{name}.{key} differs after resume"
     assert straight["fid"] == resumed["fid"] and math.isfinite(straight["fid"])
     assert ("layout_loss" in straight) is False  # the final row holds metrics, the curve the losses
+    layout_keys = ("layout_miou", "semantic_recall", "fsd", "outpaint_image_to_layout_miou",
+                   "outpaint_layout_to_image_miou", "segmenter_heldout_miou")
+    if joint:  # the layout metrics, each finite and with its N and segmenter
+        assert all(math.isfinite(straight[k]) for k in layout_keys)
+        assert 0 <= straight["layout_miou"] <= 1 and 0 <= straight["semantic_recall"] <= 1
+        assert straight["layout_num_images"] == cfg.eval.num_images
+        assert straight["layout_backbone"].startswith("segmenter-v1-")
+        assert Path(straight["outpaint_samples_path"]).is_file()
+    else:
+        assert not any(k in straight for k in layout_keys) and "layout_samples_path" not in straight
     # EMA and raw weights differ after training (the EMA lags), and both moved from the init
     ema, raw = a["modules"]["unet_ema"], a["modules"]["unet"]
     assert any(not torch.equal(ema[k], raw[k]) for k in raw)

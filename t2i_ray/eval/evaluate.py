@@ -272,16 +272,17 @@ def evaluate_layouts(cfg: ExperimentConfig, ctx: EvalContext, images: Tensor, la
     ids = torch.stack([it["caption"] for it in items])
     lens = torch.stack([it["caption_len"] for it in items])
     real = torch.stack([it["image"] for it in items])
+    true_layouts = real_layouts[:n_out]
     outpaint = method.outpainter()
     from_layout, from_image = [], []
     for b in range(0, n_out, cfg.eval.batch_size):
         sl = slice(b, b + cfg.eval.batch_size)
         _, lay = outpaint(ids[sl], lens[sl], torch.Generator().manual_seed(cfg.seed + b), known_images=real[sl])
         img, _ = outpaint(ids[sl], lens[sl], torch.Generator().manual_seed(cfg.seed + b),
-                          known_layouts=real_layouts[sl].to(real.device))
+                          known_layouts=true_layouts[sl])
         from_image.append(lay.cpu())
         from_layout.append(img.float().cpu().clamp(-1, 1))
-    to_layout = layout_agreement(torch.cat(from_image), real_layouts[:n_out], k)
+    to_layout = layout_agreement(torch.cat(from_image), true_layouts, k)
     out.update(outpaint_image_to_layout_miou=to_layout["miou"], outpaint_num_images=n_out,
                outpaint_resample=cfg.diffusion.outpaint_resample)
     if cfg.data.dataset != "shapes":
@@ -294,8 +295,7 @@ def evaluate_layouts(cfg: ExperimentConfig, ctx: EvalContext, images: Tensor, la
     out.update(
         layout_miou=align["miou"], layout_pixel_accuracy=align["pixel_accuracy"], layout_num_images=len(images),
         semantic_recall=semantic_recall(predicted, named),
-        outpaint_layout_to_image_miou=image_layout_alignment(segmenter, torch.cat(from_layout),
-                                                             real_layouts[:n_out])["miou"],
+        outpaint_layout_to_image_miou=image_layout_alignment(segmenter, torch.cat(from_layout), true_layouts)["miou"],
         layout_backbone=info["backbone"], segmenter_heldout_miou=info["heldout_miou"],
         segmenter_heldout_semantic_recall=info["heldout_semantic_recall"])
     return out

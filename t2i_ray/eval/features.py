@@ -107,6 +107,7 @@ def _render(source: Any) -> tuple[np.ndarray, np.ndarray]:
     return images, targets
 
 
+@torch.enable_grad()  # also when an evaluation under no_grad trains it on first use
 def train_domain_evaluator(
     source: Any,
     steps: int,

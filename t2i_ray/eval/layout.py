@@ -250,6 +250,7 @@ def _render_with_layouts(source: shapes.ShapesSource) -> tuple[np.ndarray, np.nd
     return np.stack([s.image for s in samples]), np.stack([s.layout for s in samples])
 
 
+@torch.enable_grad()  # also when an evaluation under no_grad trains it on first use
 def train_segmenter(
     source: shapes.ShapesSource,
     steps: int,

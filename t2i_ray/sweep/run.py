@@ -186,6 +186,14 @@ def prepare_assets(cfg: ExperimentConfig, log: Callable[[str], None] = console,
         _, info = load_or_train_domain_evaluator(cfg.data, e.evaluator_steps, e.evaluator_images,
                                                  f"{cfg.output_dir}/cache", log=log)
         log(f"[eval] domain evaluator {info['backbone']} ready")
+    if cfg.model.method == "diffusion" and cfg.data.dataset == "shapes":
+        # The layout metrics' segmenter (eval/layout.py), trained here once rather than inside a
+        # trial's evaluation (where several trials would race to train it).
+        from t2i_ray.eval.layout import load_or_train_segmenter
+
+        _, info = load_or_train_segmenter(cfg.data, e.segmenter_steps, e.segmenter_images, f"{cfg.output_dir}/cache",
+                                          log=log)
+        log(f"[eval] segmenter {info['backbone']} ready (held-out mIoU {info['heldout_miou']:.3f})")
     captioner_path = ensure_captioner(cfg, log) if need_captioner else None
     return {"damsm_path": str(Path(damsm_path).resolve()),
             "captioner_path": str(Path(captioner_path).resolve()) if captioner_path else None}
