@@ -107,6 +107,38 @@ def _render(source: Any) -> tuple[np.ndarray, np.ndarray]:
     return images, targets
 
 
+def fit_metric_network(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor,
+                       logits_of: Callable[[torch.Tensor], torch.Tensor],
+                       loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], steps: int, batch_size: int,
+                       lr: float, seed: int, name: str, loss_name: str, log: Callable[[str], None],
+                       device: str | torch.device) -> None:
+    """The training loop every cached metric network shares (domain evaluator, segmenter): Adam
+    with cosine decay to 0 (the last steps average out batch noise, which lifts held-out scores),
+    batches drawn from `np.random.default_rng(seed)` over the rendered pool `x_all`/`y_all`, the
+    mean loss logged five times. A non-finite loss raises before the caller caches anything."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    rng = np.random.default_rng(seed)
+    model.train()
+    log_every = max(steps // 5, 1)
+    start, running = time.perf_counter(), []
+    for step in range(1, steps + 1):
+        idx = torch.from_numpy(rng.integers(0, len(x_all), size=batch_size))
+        loss = loss_fn(logits_of(x_all[idx].to(device)), y_all[idx].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        running.append(loss.item())
+        if not math.isfinite(running[-1]):
+            raise FloatingPointError(f"{name}: non-finite {loss_name} ({running[-1]}) at step {step}/{steps} "
+                                     f"(nothing was cached)")
+        if step % log_every == 0 or step == steps:
+            log(f"{name}: step {step}/{steps} {loss_name} {np.mean(running):.4f} "
+                f"({time.perf_counter() - start:.1f}s)")
+            running = []
+
+
 @torch.enable_grad()  # also when an evaluation under no_grad trains it on first use
 def train_domain_evaluator(
     source: Any,
@@ -135,29 +167,8 @@ def train_domain_evaluator(
     with torch.random.fork_rng(devices=[]):  # seed the init without touching the caller's RNG
         torch.manual_seed(seed)
         model = DomainEvaluator(res, targets.shape[1]).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    # Cosine decay to 0: the last steps average out batch noise, which lifts held-out recall.
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    rng = np.random.default_rng(seed)
-    model.train()
-    log_every = max(steps // 5, 1)
-    start, running = time.perf_counter(), []
-    for step in range(1, steps + 1):
-        idx = torch.from_numpy(rng.integers(0, n, size=batch_size))
-        _, logits = model(x_all[idx].to(device))  # (B, A)
-        loss = F.binary_cross_entropy_with_logits(logits, y_all[idx].to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        running.append(loss.item())
-        if not math.isfinite(running[-1]):
-            raise FloatingPointError(f"domain evaluator {res}x{res}: non-finite bce ({running[-1]}) at step "
-                                     f"{step}/{steps} (nothing was cached)")
-        if step % log_every == 0 or step == steps:
-            log(f"domain evaluator {res}x{res}: step {step}/{steps} bce {np.mean(running):.4f} "
-                f"({time.perf_counter() - start:.1f}s)")
-            running = []
+    fit_metric_network(model, x_all, y_all, lambda x: model(x)[1], F.binary_cross_entropy_with_logits, steps,
+                       batch_size, lr, seed, f"domain evaluator {res}x{res}", "bce", log, device)
     model.eval().requires_grad_(False)
     feats, _ = extract(model, torch.split(x_all, 256))  # (N, F) float64, scale 1 so far
     model.feature_scale.fill_(float(np.sqrt((feats**2).sum(axis=1).mean() / feats.shape[1])))

@@ -31,7 +31,8 @@ from torch import nn
 from t2i_ray.config import ConfigError, DataConfig
 from t2i_ray.console import console
 from t2i_ray.data import shapes
-from t2i_ray.eval.features import _to_model_input, cache_evaluator, evaluator_file, load_cached_evaluator
+from t2i_ray.eval.features import (_to_model_input, cache_evaluator, evaluator_file, fit_metric_network,
+                                   load_cached_evaluator)
 from t2i_ray.eval.fid import feature_stats, frechet_distance
 
 NUM_LAYOUT_CLASSES = len(shapes.LAYOUT_CLASSES)
@@ -278,29 +279,8 @@ def train_segmenter(
     with torch.random.fork_rng(devices=[]):  # seed the init without touching the caller's RNG
         torch.manual_seed(seed)
         model = LayoutSegmenter(res, NUM_LAYOUT_CLASSES, width).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    # Cosine decay to 0, as the domain evaluator: the last steps average out batch noise.
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    rng = np.random.default_rng(seed)
-    model.train()
-    log_every = max(steps // 5, 1)
-    start, running = time.perf_counter(), []
-    for step in range(1, steps + 1):
-        idx = torch.from_numpy(rng.integers(0, n, size=batch_size))
-        logits = model(_to_model_input(x_all[idx]).to(device))  # (B, K, R, R)
-        loss = F.cross_entropy(logits, y_all[idx].to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        running.append(loss.item())
-        if not math.isfinite(running[-1]):
-            raise FloatingPointError(f"segmenter {res}x{res}: non-finite cross-entropy ({running[-1]}) at step "
-                                     f"{step}/{steps} (nothing was cached)")
-        if step % log_every == 0 or step == steps:
-            log(f"segmenter {res}x{res}: step {step}/{steps} ce {np.mean(running):.4f} "
-                f"({time.perf_counter() - start:.1f}s)")
-            running = []
+    fit_metric_network(model, x_all, y_all, lambda x: model(_to_model_input(x)), F.cross_entropy, steps,
+                       batch_size, lr, seed, f"segmenter {res}x{res}", "ce", log, device)
     return model.eval().requires_grad_(False)
 
 
