@@ -280,7 +280,7 @@ def train_segmenter(
         torch.manual_seed(seed)
         model = LayoutSegmenter(res, NUM_LAYOUT_CLASSES, width).to(device)
     fit_metric_network(model, x_all, y_all, lambda x: model(_to_model_input(x)), F.cross_entropy, steps,
-                       batch_size, lr, seed, f"segmenter {res}x{res}", "ce", log, device)
+                       batch_size, lr, seed, f"segmenter {res}x{res}", "cross-entropy", log, device)
     return model.eval().requires_grad_(False)
 
 
