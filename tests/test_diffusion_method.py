@@ -18,6 +18,8 @@ from t2i_ray.train.damsm import Damsm
 from t2i_ray.train.loop import LocalEnv, RunEnv, run_training
 from t2i_ray.train.method import Assets, build_method
 
+from tests.test_architectures import KillAfterCheckpoint, Killed  # a run killed right after its step-2 checkpoint
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "sweeps"))
 import ablate_diffusion  # noqa: E402  (sweeps/ is not a package)
@@ -28,17 +30,6 @@ sys.path.remove(str(REPO / "sweeps"))
 @pytest.fixture
 def diffusion_cfg(tiny_cfg):
     return apply_overrides(tiny_cfg, {**ablate_diffusion.PRESET_DEFAULTS["ci"], "model.method": "diffusion"})
-
-
-class Killed(Exception):
-    pass
-
-
-class KillAfterCheckpoint(LocalEnv):
-    def report(self, metrics, checkpoint_dir):
-        super().report(metrics, checkpoint_dir)
-        if checkpoint_dir is not None and metrics.get("step") == 2:
-            raise Killed
 
 
 @pytest.mark.parametrize("joint", [True, False])
