@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Literal
 
+from t2i_ray.paths import RunPaths
 from t2i_ray.console import console
 from t2i_ray.config import ConfigError, DataConfig, ExperimentConfig
 from t2i_ray.data import shapes
@@ -41,7 +42,7 @@ def layout_classes(dataset: str) -> tuple[str, ...] | None:
 
 def data_cache_root(cfg: ExperimentConfig) -> Path:
     """Where decoded real datasets live: `data.cache_dir`, else `<output_dir>/cache/data`."""
-    return Path(cfg.data.cache_dir) if cfg.data.cache_dir else Path(cfg.output_dir) / "cache" / "data"
+    return Path(cfg.data.cache_dir) if cfg.data.cache_dir else RunPaths.of(cfg).cached("data")
 
 
 def _reader(data_cfg: DataConfig) -> tuple[DatasetSpec, Path]:

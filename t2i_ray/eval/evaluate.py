@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from t2i_ray.paths import RunPaths
 from t2i_ray.config import ExperimentConfig, resolved_eval_backbone
 from t2i_ray.data.dataset import TextImageDataset
 from t2i_ray.data import registry
@@ -73,7 +74,7 @@ def check_eval_assets(cfg: ExperimentConfig) -> str | None:
 
 def build_eval_context(cfg: ExperimentConfig, damsm: Damsm, layouts: bool = False) -> EvalContext:
     """`layouts`: test items carry their true layouts (layout metrics, outpainting)."""
-    cache_dir = f"{cfg.output_dir}/cache"
+    cache_dir = str(RunPaths.of(cfg).cache)
     backbone = resolved_eval_backbone(cfg)
     weights_path = check_eval_assets(cfg)  # refuse before the test-set pass
     test_set = TextImageDataset(registry.source(cfg, "test"), damsm.vocab, cfg.data.words_num, train=False,
@@ -288,7 +289,7 @@ def evaluate_layouts(cfg: ExperimentConfig, ctx: EvalContext, images: Tensor, la
     if cfg.data.dataset != "shapes":
         return out
     segmenter, info = load_or_train_segmenter(cfg.data, cfg.eval.segmenter_steps, cfg.eval.segmenter_images,
-                                              f"{cfg.output_dir}/cache")
+                                              str(RunPaths.of(cfg).cache))
     align = image_layout_alignment(segmenter, images, layouts)
     predicted = segment(segmenter, [images[i:i + 256] for i in range(0, len(images), 256)])
     named = [named_classes(ctx.test_set.source.meta(i)) for i in order]

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from t2i_ray.paths import RunPaths
 from t2i_ray.config import ExperimentConfig
 
 GRID_SEED = 1234  # the same draws for every run, so grids of different runs compare image by image
@@ -43,7 +44,7 @@ def save_samples(cfg: ExperimentConfig, sample, ctx, run_name: str, num: int = 1
     fake = sample(ids, lens, torch.Generator().manual_seed(GRID_SEED)).float().cpu().clamp(-1, 1)
     grid = ((torch.cat([real, fake]) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()  # (2n, H, W, 3)
     n, h, w = len(items), grid.shape[1], grid.shape[2]
-    out = Path(cfg.output_dir) / "samples" / f"{run_name}.png"
+    out = RunPaths.of(cfg).sample_grid(run_name)
     out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(tile(grid, n)).save(out)
     captions = [ctx.damsm.vocab.decode(it["caption"][: int(it["caption_len"])].tolist()) for it in items]
@@ -52,7 +53,7 @@ def save_samples(cfg: ExperimentConfig, sample, ctx, run_name: str, num: int = 1
         masks = mask_sample(ids, lens, torch.Generator().manual_seed(GRID_SEED))  # [(n, 1, h_k, w_k)] per block
         rows = [F.interpolate(m.float().cpu(), size=(h, w), mode="nearest") for m in masks]
         mask_grid = (torch.cat(rows)[:, 0] * 255).round().byte().numpy()  # (blocks * n, H, W)
-        Image.fromarray(tile(mask_grid, n)).save(out.with_name(f"{run_name}_masks.png"))
+        Image.fromarray(tile(mask_grid, n)).save(RunPaths.of(cfg).sample_grid(run_name, "_masks"))
     return out
 
 
@@ -90,7 +91,7 @@ def save_layout_samples(cfg: ExperimentConfig, layout_sample: Callable, outpaint
     if real_layouts is not None:
         rows.append(colorize(real_layouts.numpy(), num_classes))
     rows += [_uint8(images), colorize(layouts.cpu().numpy(), num_classes)]
-    out = Path(cfg.output_dir) / "samples" / f"{run_name}_layouts.png"
+    out = RunPaths.of(cfg).sample_grid(run_name, "_layouts")
     out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(tile(np.concatenate(rows), len(items))).save(out)
     paths = {"layout_samples_path": str(out)}
@@ -100,7 +101,7 @@ def save_layout_samples(cfg: ExperimentConfig, layout_sample: Callable, outpaint
         _, from_image = outpaint(ids, lens, torch.Generator().manual_seed(seed), known_images=real)
         grid = np.concatenate([colorize(real_layouts.numpy(), num_classes), _uint8(from_layout), _uint8(real),
                                colorize(from_image.cpu().numpy(), num_classes)])
-        path = out.with_name(f"{run_name}_outpaint.png")
+        path = RunPaths.of(cfg).sample_grid(run_name, "_outpaint")
         Image.fromarray(tile(grid, len(items))).save(path)
         paths["outpaint_samples_path"] = str(path)
     return paths

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
+from t2i_ray.paths import RunPaths
 from t2i_ray.config import (EVAL_PROTOCOLS, PRESETS, ConfigError, ExperimentConfig, apply_overrides,
                             build_config_with_file, parse_override, protocol_overrides, read_config_file,
                             resolved_eval_backbone)
@@ -105,15 +106,15 @@ def fail(message: str) -> None:
 def report_locations(output_dir: str | Path, experiment: str, storage_path: str | None = None) -> str:
     from t2i_ray.sweep.run import storage_root
 
-    out = Path(output_dir).resolve()
-    ray_dir = storage_root(out, storage_path)
+    paths = RunPaths(Path(output_dir).resolve())
+    ray_dir = storage_root(paths.output_dir, storage_path)
     return "\n".join([
-        f"results table (one parquet file per trial): {out / 'results'}",
+        f"results table (one parquet file per trial): {paths.results}",
         f"checkpoints (Ray Train, per trial):         {ray_dir}/train",
         f"Tune experiment (resume state, trial logs):  {ray_dir}/tune/{experiment}",
-        f"sample grids (PNG + captions JSON):          {out / 'samples'}",
-        f"TensorBoard logs:                            tensorboard --logdir {out / 'tensorboard'}",
-        f"cached DAMSM encoders, evaluator, datasets:  {out / 'cache'}",
+        f"sample grids (PNG + captions JSON):          {paths.samples}",
+        f"TensorBoard logs:                            tensorboard --logdir {paths.tensorboard()}",
+        f"cached DAMSM encoders, evaluators, datasets: {paths.cache}",
     ])
 
 
@@ -198,7 +199,7 @@ def run_and_report(spec: "SweepSpec", args: argparse.Namespace, order: Sequence[
     except (ConfigError, ResumeError) as exc:
         fail(str(exc))
     table = format_table(summarize(rows, list(order)))
-    out = Path(spec.base.output_dir) / "tables"
+    out = RunPaths.of(spec.base).tables
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{spec.name}.md").write_text(table + "\n")
     rows.to_csv(out / f"{spec.name}.csv", index=False)

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from t2i_ray.paths import RunPaths
 from t2i_ray.console import console
 from t2i_ray.config import ConfigError, ExperimentConfig, apply_overrides
 from t2i_ray.sweep import store
@@ -108,7 +109,7 @@ def driver_resources(cluster: dict[str, float]) -> dict[str, float]:
 
 def check_output_dir(output_dir: Path) -> None:
     """Fail before any expensive work when the results folder cannot be written."""
-    probe = output_dir / "results" / ".write_probe"
+    probe = RunPaths(output_dir).results / ".write_probe"
     try:
         probe.parent.mkdir(parents=True, exist_ok=True)
         probe.write_text("ok")
@@ -184,15 +185,15 @@ def prepare_assets(cfg: ExperimentConfig, log: Callable[[str], None] = console,
     e = cfg.eval
     if resolved_eval_backbone(cfg) == "domain":
         _, info = load_or_train_domain_evaluator(cfg.data, e.evaluator_steps, e.evaluator_images,
-                                                 f"{cfg.output_dir}/cache", log=log)
+                                                 str(RunPaths.of(cfg).cache), log=log)
         log(f"[eval] domain evaluator {info['backbone']} ready")
     if cfg.model.method == "diffusion" and cfg.data.dataset == "shapes":
         # The layout metrics' segmenter (eval/layout.py), trained here once rather than inside a
         # trial's evaluation (where several trials would race to train it).
         from t2i_ray.eval.layout import load_or_train_segmenter
 
-        _, info = load_or_train_segmenter(cfg.data, e.segmenter_steps, e.segmenter_images, f"{cfg.output_dir}/cache",
-                                          log=log)
+        _, info = load_or_train_segmenter(cfg.data, e.segmenter_steps, e.segmenter_images,
+                                          str(RunPaths.of(cfg).cache), log=log)
         log(f"[eval] segmenter {info['backbone']} ready (held-out mIoU {info['heldout_miou']:.3f})")
     captioner_path = ensure_captioner(cfg, log) if need_captioner else None
     return {"damsm_path": str(Path(damsm_path).resolve()),
@@ -269,7 +270,7 @@ def train_driver(config: dict[str, Any]) -> None:
 def storage_root(output_dir: Path, storage_path: str | None) -> str:
     """Ray's storage (Tune state, Train checkpoints): a local folder or a URI (s3://, gs://)."""
     if not storage_path:
-        return str(output_dir / "ray")
+        return str(RunPaths(output_dir).ray)
     return storage_path.rstrip("/") if "://" in storage_path else str(Path(storage_path).resolve())
 
 

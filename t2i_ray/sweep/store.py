@@ -21,6 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from t2i_ray.paths import RunPaths
 from t2i_ray.config import flatten_dict
 
 ROW_COLUMNS = ("run_name", "sweep", "row", "seed", "status", "error", "wall_time_s",
@@ -28,7 +29,7 @@ ROW_COLUMNS = ("run_name", "sweep", "row", "seed", "status", "error", "wall_time
 
 
 def results_dir(output_dir: str | Path) -> Path:
-    return Path(output_dir) / "results"
+    return RunPaths(Path(output_dir)).results
 
 
 def code_version() -> str:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from t2i_ray.paths import RunPaths
 from t2i_ray.console import console
 from t2i_ray.config import ConfigError, ExperimentConfig
 from t2i_ray.data.dataset import TextImageDataset
@@ -52,7 +53,7 @@ def captioner_key(cfg: ExperimentConfig) -> str:
 
 
 def captioner_dir(cfg: ExperimentConfig) -> Path:
-    return Path(cfg.output_dir) / "cache" / "captioner" / captioner_key(cfg)
+    return RunPaths.of(cfg).cached("captioner") / captioner_key(cfg)
 
 
 def build_captioner(cfg: ExperimentConfig, vocab_size: int) -> Captioner:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from t2i_ray.paths import RunPaths
 from t2i_ray.console import console
 from t2i_ray.config import ConfigError, ExperimentConfig
 from t2i_ray.data.dataset import TextImageDataset
@@ -56,7 +57,7 @@ def damsm_key(cfg: ExperimentConfig) -> str:
 
 
 def damsm_dir(cfg: ExperimentConfig) -> Path:
-    return Path(cfg.output_dir) / "cache" / "damsm" / damsm_key(cfg)
+    return RunPaths.of(cfg).cached("damsm") / damsm_key(cfg)
 
 
 def _make_encoders(cfg: ExperimentConfig, vocab_size: int) -> tuple[TextEncoder, ImageEncoder]:

@@ -10,15 +10,16 @@ import json
 from pathlib import Path
 from typing import Any
 
+from t2i_ray.paths import RunPaths
 from t2i_ray.config import ExperimentConfig
 
 
 def curves_path(output_dir: str | Path, run_name: str) -> Path:
-    return Path(output_dir) / "curves" / f"{run_name}.jsonl"
+    return RunPaths(Path(output_dir)).curve(run_name)
 
 
 def tensorboard_dir(output_dir: str | Path, run_name: str) -> Path:
-    return Path(output_dir) / "tensorboard" / run_name
+    return RunPaths(Path(output_dir)).tensorboard(run_name)
 
 
 class RunLog:
