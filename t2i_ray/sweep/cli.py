@@ -23,7 +23,7 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", choices=list(PRESETS), default="local",
-                   help="ci: seconds per trial, for tests (numbers mean nothing); smoke: ~3 min on a 2-core CPU; "
+                   help="ci: seconds per trial, for tests (numbers mean nothing); smoke: ~2 min on a quiet 2-core CPU; "
                         "local: < 20 min; paper: GPU cluster scale")
     p.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="seeds per configuration (default per preset: smoke 0; local 0 1; paper 0 1 2)")
