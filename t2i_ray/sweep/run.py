@@ -208,7 +208,6 @@ def train_driver(config: dict[str, Any]) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from t2i_ray.train.loop import ray_worker
-    from t2i_ray.train.runlog import curves_path, tensorboard_dir
 
     start = time.time()
     base = ExperimentConfig.from_dict(config["base"])
@@ -254,8 +253,8 @@ def train_driver(config: dict[str, Any]) -> None:
     row_data = store.make_row(
         run_name=run_name, sweep=config["experiment"], row=row, seed=seed, status=status, error=error,
         wall_time_s=time.time() - start, config=cfg.to_dict(), metrics=final, version=config["code_version"],
-        extra={"checkpoint_path": checkpoint_path, "curves_path": str(curves_path(cfg.output_dir, run_name)),
-               "tensorboard_dir": str(tensorboard_dir(cfg.output_dir, run_name))})
+        extra={"checkpoint_path": checkpoint_path, "curves_path": str(RunPaths.of(cfg).curve(run_name)),
+               "tensorboard_dir": str(RunPaths.of(cfg).tensorboard(run_name))})
     store.write_row(cfg.output_dir, row_data)
     if diverged:
         # A finished (failed) result, not a crash: Tune records the trial as done, the sweep goes

@@ -8,7 +8,7 @@ sampler, so every metric is computed the same way for every method.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, ContextManager, Mapping
+from typing import Callable, ClassVar, ContextManager, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -99,11 +99,6 @@ class Method:
     @property
     def num_layout_classes(self) -> int:
         return 0
-
-    def describe(self) -> dict[str, Any]:
-        """Parameter counts (and anything else worth a results column)."""
-        return {f"params_{name}": sum(p.numel() for p in module.parameters())
-                for name, module in self.checkpointed().items()}
 
 
 def encode_text(encoder, ids: Tensor, lengths: Tensor, trainable: bool) -> tuple[Tensor, Tensor]:

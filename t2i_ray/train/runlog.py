@@ -7,19 +7,10 @@ the crash appear twice and readers (`analysis.plots.load_curves`) keep the later
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from t2i_ray.paths import RunPaths
 from t2i_ray.config import ExperimentConfig
-
-
-def curves_path(output_dir: str | Path, run_name: str) -> Path:
-    return RunPaths(Path(output_dir)).curve(run_name)
-
-
-def tensorboard_dir(output_dir: str | Path, run_name: str) -> Path:
-    return RunPaths(Path(output_dir)).tensorboard(run_name)
 
 
 class RunLog:
@@ -27,8 +18,9 @@ class RunLog:
         from tensorboardX import SummaryWriter
 
         self.cfg, self.run_name = cfg, run_name
-        self.writer = SummaryWriter(str(tensorboard_dir(cfg.output_dir, run_name)))
-        self.curves = curves_path(cfg.output_dir, run_name)
+        paths = RunPaths.of(cfg)
+        self.writer = SummaryWriter(str(paths.tensorboard(run_name)))
+        self.curves = paths.curve(run_name)
         self.curves.parent.mkdir(parents=True, exist_ok=True)
 
     def training(self, metrics: dict[str, float], step: int) -> None:
@@ -53,4 +45,4 @@ class RunLog:
         self.writer.close()
 
 
-__all__ = ["RunLog", "curves_path", "tensorboard_dir"]
+__all__ = ["RunLog"]
