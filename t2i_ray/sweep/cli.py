@@ -144,16 +144,18 @@ def add_weight_args(p: argparse.ArgumentParser) -> None:
     from t2i_ray.sweep.space import DEFAULT_WEIGHTS
 
     for name, term in WEIGHT_TERMS.items():
-        p.add_argument(f"--{name}", type=float, default=DEFAULT_WEIGHTS[name],
-                       help=f"{term} weight when a row turns the term on")
+        default = ("the architecture's: 0.05 for dfgan/ssagan, 5 for attngan_style" if name == "l1"
+                   else DEFAULT_WEIGHTS[name])
+        p.add_argument(f"--{name}", type=float, default=None,
+                       help=f"{term} weight when a row turns the term on (default: {default})")
 
 
-def weights_from_args(args: argparse.Namespace) -> dict[str, float]:
-    """The --l1..--l4 weights, after refusing loss weights set in --config/--set: every sweep script
+def weights_from_args(args: argparse.Namespace) -> dict[str, float | None]:
+    """The --l1..--l4 weights (None where not given: the default, per architecture for l1), after refusing loss weights set in --config/--set: every sweep script
     sets them per row (or per --loss-row, or by Optuna), so such a value would be silently replaced."""
     weights = {name: getattr(args, name) for name in WEIGHT_TERMS}
     for name, w in weights.items():
-        if not (math.isfinite(w) and w >= 0):
+        if w is not None and not (math.isfinite(w) and w >= 0):
             raise ConfigError(f"--{name}: loss weight must be a finite number >= 0, got {w}")
     from t2i_ray.sweep.space import WEIGHT_KEYS
 
