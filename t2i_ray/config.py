@@ -242,8 +242,9 @@ def flatten_dict(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _coerce(value: Any, type_str: str, where: str) -> Any:
-    """Check/convert one leaf value against its annotation (given as a string)."""
+def coerce_value(value: Any, type_str: str, where: str) -> Any:
+    """Check/convert one leaf value against its annotation (given as a string), e.g. "3" for an
+    `int` field; ConfigError starting with `where` when it does not fit."""
     optional = "None" in type_str
     base = type_str.replace(" | None", "").strip()
     if value is None:
@@ -305,7 +306,7 @@ def _from_dict(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
         if is_dataclass(default):
             kwargs[name] = _from_dict(type(default), value, where + ".")
         else:
-            kwargs[name] = _coerce(value, str(f.type), where)
+            kwargs[name] = coerce_value(value, str(f.type), where)
     return cls(**kwargs)
 
 
@@ -774,7 +775,7 @@ def build_config_with_file(preset: str, config_file: str | Path | None,
 __all__ = [
     "ConfigError", "DataConfig", "ModelConfig", "LossWeights", "TrainConfig", "EvalConfig",
     "DamsmConfig", "CaptionerConfig", "DiffusionConfig", "ExperimentConfig", "PRESETS", "EVAL_PROTOCOLS", "build_config",
-    "apply_overrides", "parse_override", "protocol_overrides", "resolved_eval_backbone", "validate", "replace",
+    "apply_overrides", "coerce_value", "parse_override", "protocol_overrides", "resolved_eval_backbone", "validate", "replace",
     "check_batches_fit",
     "read_config_file", "build_config_with_file",
 ]

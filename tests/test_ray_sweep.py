@@ -77,11 +77,9 @@ def test_two_worker_ddp_trial_restarts_from_checkpoint_after_worker_failure(tiny
 
 
 def test_optuna_sweep_samples_weights_in_range_and_records_them(tiny_cfg, tiny_damsm, local_ray):
-    from ray import tune
-
     from t2i_ray.sweep.run import SweepSpec, run_sweep
 
-    space = {"loss.f2r": tune.uniform(0.0, 1.0), "loss.f2f": tune.uniform(0.0, 1.0)}
+    space = {"loss.f2r": "float:0.0:1.0", "loss.f2f": "float:0.0:1.0"}
     spec = SweepSpec(sweep="test_optuna", base=tiny_cfg, search="optuna", optuna_space=space,
                      num_trials=2, objective="both")
     rows = run_sweep(spec, log=lambda s: None)

@@ -1,7 +1,9 @@
 """Search spaces: the loss ablation rows (seed paper 001, Tables 1-2), the text-embedding rows
-(DTE-GAN, seed paper 000) and the Optuna space."""
+(DTE-GAN, seed paper 000), the Optuna space, and the parsers of `--sweep KEY=v1,v2` (grid axes
+over any config key) and `--space KEY=KIND:LOW:HIGH` (Optuna ranges over any numeric key)."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 # Paper defaults (SPEC 4): l2 = l3 = 0.2, l4 = 1; l1 = 0.05 on DF-GAN-like backbones (SSA-GAN).
@@ -122,10 +124,131 @@ def embedding_row_overrides(row: str) -> dict[str, Any]:
 
 
 def optuna_space(max_weight: dict[str, float] | None = None,
-                 terms: tuple[str, ...] = ("l1", "l2", "l3", "l4"), arch: str = "dfgan") -> dict[str, Any]:
-    """Tune search space over the continuous weights of `terms` (TPE). Upper bounds default to 5x
-    the paper's (l1: 5x the architecture's, ARCH_L1)."""
+                 terms: tuple[str, ...] = ("l1", "l2", "l3", "l4"), arch: str = "dfgan") -> dict[str, str]:
+    """The default Optuna space: the continuous weights of `terms`, uniform from 0 to 5x the
+    paper's (l1: 5x the architecture's, ARCH_L1), as range specs (`tune_domain` builds them; plain
+    text keeps the sweep's name, a hash of its settings, the same from one run to the next)."""
+    hi = {name: 5 * v for name, v in resolved_weights(None, arch).items()} | (max_weight or {})
+    return {WEIGHT_KEYS[name]: f"float:{0.0!r}:{float(hi[name])!r}" for name in terms}
+
+
+# ---- Any config key: grid axes (--sweep) and Optuna ranges (--space) ----------------------------
+
+# Keys a sweep option may not vary: the seed has --seeds, and the output folder and the run's label
+# are not settings of a training.
+RESERVED_KEYS = {"seed": "use --seeds", "output_dir": "use --output-dir", "name": "it is the row's label"}
+RANGE_KINDS = ("float", "log", "int")
+
+
+def _leaf_type(base, key: str, option: str) -> str:
+    """The annotation of config leaf `key` ("int", "float", "str | None", ...); ConfigError naming
+    the option and the key when it is not a leaf of the config tree."""
+    import dataclasses
+
+    from t2i_ray.config import ConfigError
+
+    if key in RESERVED_KEYS:
+        raise ConfigError(f"{option} {key}: cannot be swept; {RESERVED_KEYS[key]}")
+    node, parts = base, key.split(".")
+    for i, part in enumerate(parts):
+        names = {f.name: f for f in dataclasses.fields(node)}
+        if part not in names:
+            where = ".".join(parts[:i]) or "the config"
+            valid = [n for n, f in names.items() if i + 1 < len(parts) or not dataclasses.is_dataclass(getattr(node, n))]
+            raise ConfigError(f"{option} {key}: unknown config key; valid keys in {where}: {', '.join(valid)}")
+        value = getattr(node, part)
+        if dataclasses.is_dataclass(value):
+            if i + 1 == len(parts):
+                raise ConfigError(f"{option} {key}: a config section, not a key; e.g. {key}."
+                                  f"{dataclasses.fields(value)[0].name}")
+            node = value
+        elif i + 1 < len(parts):
+            raise ConfigError(f"{option} {key}: {'.'.join(parts[:i + 1])} is a key, not a section")
+        else:
+            return str(names[part].type)
+    raise AssertionError(key)
+
+
+def parse_sweep_axis(text: str, base) -> tuple[str, list[tuple[str, Any]]]:
+    """`--sweep train.lr_g=1e-4,2e-4` -> ("train.lr_g", [("1e-4", 0.0001), ("2e-4", 0.0002)]): the
+    key and its values, each as given (for labels) and typed as the config types it. Values are split
+    on ";" when the text has one (for list-valued string fields: `diffusion.dim_mults=1,2;1,2,4`),
+    else on ",". Types are checked here; ranges and combinations per trial (`expand_grid`)."""
+    from t2i_ray.config import ConfigError, coerce_value
+
+    if "=" not in text:
+        raise ConfigError(f"--sweep {text!r}: must look like section.key=v1,v2 (e.g. train.lr_g=1e-4,2e-4)")
+    key, raw = (s.strip() for s in text.split("=", 1))
+    leaf = _leaf_type(base, key, "--sweep")
+    texts = [v.strip() for v in raw.split(";" if ";" in raw else ",")]
+    if any(not t for t in texts):
+        raise ConfigError(f"--sweep {key}: empty value in {raw!r}; give values separated by commas, e.g. {key}=a,b")
+    if len(texts) < 2:
+        raise ConfigError(f"--sweep {key}: one value ({raw!r}) is not a sweep; use --set {key}={raw} "
+                          f"or give two or more values")
+    values: list[tuple[str, Any]] = []
+    for t in texts:
+        value = None if t.lower() in ("none", "null") else t
+        typed = coerce_value(value, leaf, f"--sweep {key}={t}: {key}")  # ranges: checked per trial
+        seen = [v for v in values if v[1] == typed]
+        if seen:
+            raise ConfigError(f"--sweep {key}: {t!r} is the same value as {seen[0][0]!r}; give each value once")
+        values.append((t, typed))
+    return key, values
+
+
+def parse_space_range(text: str, base) -> tuple[str, str]:
+    """`--space train.lr_g=log:1e-5:1e-3` -> ("train.lr_g", "log:1e-05:0.001"), validated: the key a
+    numeric leaf, `int:a:b` only for integer keys (a..b inclusive), `float:a:b` and `log:a:b`
+    (log-uniform, a > 0) for number keys, a < b, and both ends valid values of the key."""
+    from t2i_ray.config import ConfigError, apply_overrides
+
+    if "=" not in text:
+        raise ConfigError(f"--space {text!r}: must look like section.key=KIND:LOW:HIGH with KIND one of "
+                          f"{', '.join(RANGE_KINDS)} (e.g. train.lr_g=log:1e-5:1e-3)")
+    key, spec = (s.strip() for s in text.split("=", 1))
+    leaf = _leaf_type(base, key, "--space").replace(" | None", "")
+    parts = spec.split(":")
+    if len(parts) != 3 or parts[0] not in RANGE_KINDS:
+        raise ConfigError(f"--space {key}={spec}: must be KIND:LOW:HIGH with KIND one of {', '.join(RANGE_KINDS)} "
+                          f"(e.g. {key}=float:0:1, log:1e-5:1e-3, int:1:8)")
+    kind = parts[0]
+    if leaf not in ("int", "float"):
+        raise ConfigError(f"--space {key}: a {leaf} key, not a number; Optuna ranges need an int or float key "
+                          f"(use --sweep {key}=a,b for a grid over its values)")
+    if kind == "int" and leaf != "int":
+        raise ConfigError(f"--space {key}: a float key; use float:{parts[1]}:{parts[2]} or log:... instead of int:")
+    if kind != "int" and leaf == "int":
+        raise ConfigError(f"--space {key}: an integer key; use int:{parts[1]}:{parts[2]}")
+    try:
+        lo, hi = (int(p) if kind == "int" else float(p) for p in parts[1:])
+    except ValueError:
+        raise ConfigError(f"--space {key}={spec}: bounds must be {'integers' if kind == 'int' else 'numbers'}, "
+                          f"got {parts[1]!r} and {parts[2]!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ConfigError(f"--space {key}={spec}: needs finite bounds with LOW < HIGH, got {lo} and {hi}")
+    if kind == "log" and lo <= 0:
+        raise ConfigError(f"--space {key}={spec}: log ranges need LOW > 0, got {lo}")
+    for end in (lo, hi):
+        try:
+            apply_overrides(base, {key: end})
+        except ConfigError as exc:
+            raise ConfigError(f"--space {key}={spec}: the bound {end:g} is not a valid value: {exc}") from None
+    return key, f"{kind}:{lo!r}:{hi!r}"
+
+
+def tune_domain(spec: str):
+    """A Ray Tune domain for a range spec of `parse_space_range` (OptunaSearch turns it into the
+    matching Optuna distribution)."""
     from ray import tune
 
-    hi = {name: 5 * v for name, v in resolved_weights(None, arch).items()} | (max_weight or {})
-    return {WEIGHT_KEYS[name]: tune.uniform(0.0, hi[name]) for name in terms}
+    kind, lo, hi = spec.split(":")
+    if kind == "int":
+        return tune.randint(int(lo), int(hi) + 1)  # Tune's upper bound is exclusive
+    return (tune.loguniform if kind == "log" else tune.uniform)(float(lo), float(hi))
+
+
+def axis_labels(keys: list[str]) -> dict[str, str]:
+    """Short names of swept keys for row labels: the last part (`lr_g`) unless two keys share it."""
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last)}
