@@ -332,9 +332,11 @@ def run_and_report(spec: "SweepSpec", args: argparse.Namespace, order: Sequence[
 
     try:
         rows = run_sweep(spec, address=args.address, max_concurrent=args.max_concurrent, resume=args.resume,
-                         storage_path=args.storage_path)
+                         storage_path=args.storage_path, verbose=getattr(args, "verbose", False))
     except (ConfigError, ResumeError) as exc:
         fail(str(exc))
+    if spec.search == "grid":  # the script's rows in its order, each followed by its --sweep values
+        order = list(dict.fromkeys(t["row"] for t in spec.grid))
     table = format_table(summarize(rows, list(order)))
     out = RunPaths.of(spec.base).tables
     out.mkdir(parents=True, exist_ok=True)
