@@ -114,7 +114,7 @@ def test_space_ranges_replace_the_default_space_and_keep_the_name_stable(losses,
 def test_asha_defaults_to_the_reported_training_loss(tmp_path):
     gan = build_config("ci")
     s = asha_settings(gan, None, None, None)
-    assert s == {"kind": "asha", "metric": "loss_g", "mode": "min", "grace": 2, "max_t": 4, "reduction": 2}
+    assert s == {"kind": "asha", "metric": "loss_g_adv", "mode": "min", "grace": 2, "max_t": 4, "reduction": 2}
     diffusion = build_config("ci", {"model.method": "diffusion"})
     assert asha_settings(diffusion, None, None, 3)["metric"] == "loss"
     assert asha_settings(gan, "images_per_s", None, None)["mode"] == "max"
@@ -122,8 +122,15 @@ def test_asha_defaults_to_the_reported_training_loss(tmp_path):
         asha_settings(gan, "eval_fid", None, None)
     with pytest.raises(ConfigError, match=r"--asha-grace 1: shorter than train.report_every=2"):
         asha_settings(gan, None, None, 1)
+    with pytest.raises(ConfigError, match=r"--asha-grace: must be in 1..train.steps-1 \(3\), got 4"):
+        asha_settings(gan, None, None, 4)
+    # never a stop at the last training report: the trial's final evaluation comes after it
     scheduler = build_scheduler(SweepSpec(sweep="x", base=gan, search="grid", scheduler=s))
-    assert (scheduler._time_attr, scheduler._metric, scheduler._max_t) == ("step", "loss_g", 4)
+    assert (scheduler._time_attr, scheduler._metric, scheduler._max_t) == ("step", "loss_g_adv", 3)
+    assert not scheduler._stop_last_trials
+    trial = SimpleNamespace(trial_id="t")
+    scheduler.on_trial_add(None, trial)
+    assert scheduler.on_trial_result(None, trial, {"step": 4, "loss_g_adv": 1.0}) == "CONTINUE"
 
 
 def test_status_line_format_and_eta():

@@ -65,8 +65,8 @@ def base_parser(description: str) -> argparse.ArgumentParser:
                    help="asha: stop the worse trials early (Ray Tune's ASHA) on --asha-metric, read from "
                         "each trial's training reports")
     p.add_argument("--asha-metric", default=None, metavar="NAME",
-                   help="what ASHA compares: a training report key (GAN: loss_g, loss_d, ...; diffusion: "
-                        "loss, ...; default loss_g / loss), or eval_fid/eval_r_precision where in-training "
+                   help="what ASHA compares: a training report key (GAN: loss_g_adv, loss_g, loss_d, ...; "
+                        "diffusion: loss, ...; default loss_g_adv / loss), or eval_fid/eval_r_precision where in-training "
                         "evaluation (eval.every) exists")
     p.add_argument("--asha-mode", choices=["min", "max"], default=None,
                    help="whether lower or higher --asha-metric is better (default: from its name)")
@@ -342,7 +342,7 @@ def run_and_report(spec: "SweepSpec", args: argparse.Namespace, order: Sequence[
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{spec.name}.md").write_text(table + "\n")
     rows.to_csv(out / f"{spec.name}.csv", index=False)
-    failed = rows[rows["status"] != "ok"]
+    failed, stopped = rows[rows["status"] == "error"], rows[rows["status"] == "stopped"]
     from t2i_ray.config import resolved_eval_backbone
 
     features = "the domain evaluator" if resolved_eval_backbone(spec.base) == "domain" else "Inception"
@@ -350,6 +350,9 @@ def run_and_report(spec: "SweepSpec", args: argparse.Namespace, order: Sequence[
           f"R-precision with the DAMSM encoders):\n{table}")
     if len(failed):
         print(f"\n{len(failed)} trial(s) failed: " + "; ".join(f"{r.run_name}: {r.error}" for r in failed.itertuples()))
+    if len(stopped):
+        print(f"\n{len(stopped)} trial(s) stopped early by ASHA (not in the table): "
+              + ", ".join(f"{r.row} seed {r.seed} at step {int(r.step)}" for r in stopped.itertuples()))
     print(f"\ntable: {out / (spec.name + '.md')} (+ .csv with every trial)\n"
           + report_locations(spec.base.output_dir, spec.name, args.storage_path))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -73,7 +74,7 @@ class SweepSpec:
 # t2i_ray/models/diffusion/gaussian_categorical.py); the GAN's loss_* terms appear when their
 # weight is on. In-training evaluation, where the config has it (eval.every > 0), adds eval_*.
 TRAINING_METRICS = {
-    "gan": ("loss_g", "loss_d", "loss_g_adv", "loss_d_adv", "loss_magp", "d_real", "d_fake", "loss_damsm",
+    "gan": ("loss_g_adv", "loss_g", "loss_d", "loss_d_adv", "loss_magp", "d_real", "d_fake", "loss_damsm",
             "loss_f2r", "loss_f2f", "loss_recap", "loss_align_d", "loss_align_g", "images_per_s"),
     "diffusion": ("loss", "image_loss", "layout_loss", "images_per_s"),
 }
@@ -84,11 +85,12 @@ def asha_settings(base: ExperimentConfig, metric: str | None, mode: str | None, 
     """ASHA (Li et al., arXiv:1810.05934) over the trials' reports, validated (ConfigError).
 
     Its rungs are in training steps (`step` of each report). Without in-training evaluation the
-    reports carry only training losses, so the default metric is the generator's (GAN) or the
-    denoising loss (diffusion): a weak proxy of sample quality, which --asha-metric can change."""
+    reports carry only training losses, so the default metric is the generator's adversarial loss
+    (GAN; loss_g would add the weighted text terms, which differ between rows) or the denoising
+    loss (diffusion): a weak proxy of sample quality, which --asha-metric can change."""
     method = base.model.method
     periodic = getattr(base.eval, "every", 0) > 0  # in-training evaluation, where the config has it
-    metric = metric or ("eval_fid" if periodic else "loss_g" if method == "gan" else "loss")
+    metric = metric or ("eval_fid" if periodic else "loss_g_adv" if method == "gan" else "loss")
     known = TRAINING_METRICS[method]
     if metric.startswith("eval_"):
         if not periodic:
@@ -101,8 +103,10 @@ def asha_settings(base: ExperimentConfig, metric: str | None, mode: str | None, 
         mode = "max" if any(h in metric for h in HIGHER_IS_BETTER) else "min"
     steps = base.train.steps
     grace = grace if grace is not None else max(base.train.report_every, steps // 4)
-    if not 1 <= grace <= steps:
-        raise ConfigError(f"--asha-grace: must be in 1..train.steps ({steps}), got {grace}")
+    if not 1 <= grace < steps:
+        raise ConfigError(f"--asha-grace: must be in 1..train.steps-1 ({steps - 1}), got {grace} (ASHA decides "
+                          f"at {grace} steps and multiples of it, never at the last step: a trial that "
+                          f"trained all its steps is evaluated)")
     if grace < base.train.report_every:
         raise ConfigError(f"--asha-grace {grace}: shorter than train.report_every={base.train.report_every}, so "
                           f"ASHA would decide before a trial's first report; raise it or lower train.report_every")
@@ -297,6 +301,19 @@ def write_trial_row(ident: TrialIdentity, config: dict[str, Any], *, status: str
                       {"row": ident.row, "seed": ident.seed, **{k: flat[k] for k in sorted(ident.overrides)}})
 
 
+def train_worker(config: dict[str, Any]) -> None:
+    """The training loop's Ray Train worker function (`loop.ray_worker`), with Ray Train's ~1.5 KB
+    "Reporting training result" INFO line per report off unless -v: Ray logs it under the module's
+    file path rather than a `ray.train.*` logger name, so RunConfig(logging_config=...) misses it."""
+    from t2i_ray.train.loop import ray_worker
+
+    if config.get("train_log_level", "WARNING") != "INFO":
+        from ray.train.v2._internal.execution import context as train_context
+
+        logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+    ray_worker(config)
+
+
 def train_driver(config: dict[str, Any]) -> None:
     """The Tune trainable: one GAN training run under a TorchTrainer, then its result row."""
     import ray
@@ -304,8 +321,6 @@ def train_driver(config: dict[str, Any]) -> None:
     import ray.tune
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
-
-    from t2i_ray.train.loop import ray_worker
 
     start = time.time()
     ident = trial_identity(config, ray.tune.get_context().get_trial_id())
@@ -319,16 +334,18 @@ def train_driver(config: dict[str, Any]) -> None:
         ray.tune.report({k: v for k, v in done.items() if not k.startswith(("config.", "lib."))
                          and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)})
         return
+    log_level = config.get("train_log_level", "WARNING")
     trainer = TorchTrainer(
-        ray_worker,
+        train_worker,
         train_loop_config={"experiment": cfg.to_dict(), "damsm_path": config["damsm_path"],
-                           "captioner_path": config["captioner_path"], "run_name": run_name},
+                           "captioner_path": config["captioner_path"], "run_name": run_name,
+                           "train_log_level": log_level},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
                                                resources_per_worker=config["worker_resources"]),
         run_config=ray.train.RunConfig(
             name=run_name, storage_path=config["storage_path"], callbacks=[TuneReportCallback()],
             # WARNING hides Ray Train's per-report INFO lines (~1.5 KB each); -v shows them.
-            logging_config=ray.LoggingConfig(log_level=config.get("train_log_level", "WARNING")),
+            logging_config=ray.LoggingConfig(log_level=log_level),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             failure_config=ray.train.FailureConfig(max_failures=config["max_failures"])),
     )
@@ -464,6 +481,15 @@ def restore_experiment(spec: SweepSpec, exp_path: str, trainable, output_dir: Pa
     return None
 
 
+def _free_port() -> int:
+    """A TCP port free right now on this machine (for the private Ray instance's dashboard)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
 def optuna_storage(output_dir: Path):
     """The Optuna storage of every Optuna sweep of an output folder: SQLite `<output_dir>/optuna.db`,
     one study per sweep (named after it), readable with `optuna.load_study` and optuna-dashboard.
@@ -480,8 +506,10 @@ def build_scheduler(spec: SweepSpec):
     from ray.tune.schedulers import ASHAScheduler
 
     s = spec.scheduler
-    return ASHAScheduler(time_attr="step", metric=s["metric"], mode=s["mode"], max_t=s["max_t"],
-                         grace_period=s["grace"], reduction_factor=s["reduction"])
+    # Rungs at grace * reduction^k below the last step, and no stop at max_t: a trial whose training
+    # is done always gets its final evaluation (ASHA would otherwise stop it at its last report).
+    return ASHAScheduler(time_attr="step", metric=s["metric"], mode=s["mode"], max_t=s["max_t"] - 1,
+                         grace_period=s["grace"], reduction_factor=s["reduction"], stop_last_trials=False)
 
 
 def run_sweep(spec: SweepSpec, *, address: str | None = None, max_concurrent: int | None = None,
@@ -520,6 +548,8 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, max_concurrent: in
     # Ray Train's print patch tees worker prints to both the (wrapped) stdout and its logger, so
     # every progress line reached the console twice; plain prints still land in the worker logs.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    if not verbose:  # Tune's own experiment banner (it names a TensorBoard folder this project does not use)
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if not ray.is_initialized():
         if address:
             ray.init(address=address)
@@ -527,9 +557,18 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, max_concurrent: in
             # address="local": always a new private instance, never a cluster or another sweep's
             # Ray already running on this machine (with two of them, Ray's default address
             # resolution fails with "Found multiple active Ray instances").
+            # Ray Train's PlacementGroupCleaner finds the cluster through the dashboard's address;
+            # with another Ray instance on the machine its lookup fails ("Found multiple active Ray
+            # instances") and the placement group of a trial that ASHA stopped is never freed, so the
+            # next trials wait for its CPUs until they time out. Naming the address avoids the lookup.
+            from ray._common.network_utils import get_localhost_ip  # the dashboard's default host
+
+            port = _free_port()
             ray.init(address="local", num_cpus=os.cpu_count(), object_store_memory=512 * 1024**2,
+                     dashboard_port=port,
                      runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[2]),
-                                               "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
+                                               "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+                                               "RAY_API_SERVER_ADDRESS": f"http://{get_localhost_ip()}:{port}"}})
     res = ray.cluster_resources()
     n_trials = len(spec.grid) if spec.search == "grid" else spec.num_trials
     fit = fit_resources(res.get("CPU", 0), res.get("GPU", 0), base.train.num_workers,
