@@ -70,7 +70,8 @@ def test_dry_run_crosses_two_sweep_keys_with_the_rows_and_seeds(losses, tmp_path
     (["--sweep", "model.nf=4,eight"], "--sweep model.nf=eight: model.nf: must be an integer, got 'eight'"),
     (["--sweep", "train.lr_g=-1,1e-4"],
      "train.lr_g: must be > 0 (in trial 'baseline lr_g=-1' seed 0, from --sweep)"),
-    (["--sweep", "loss.f2r=0.1,0.2"], "--sweep loss.f2r: set per row by this script (row 'baseline' sets it); pass --l2"),
+    (["--sweep", "loss.f2r=0.1,0.2"],
+     "--sweep loss.f2r: set per row by this script (row 'baseline' sets it); pass --l2"),
     (["--sweep", "seed=0,1"], "--sweep seed: cannot be swept; use --seeds"),
     (["--sweep", "model.nf=4,8", "--set", "model.nf=8"], "--sweep model.nf: also fixed by --set; drop one"),
     (["--sweep", "model.nf=4,8", "--sweep", "model.nf=16,32"], "--sweep model.nf: given twice"),
@@ -284,7 +285,8 @@ def test_estimate_figures_are_the_measured_ones():
             assert (r["resolution"], r["batch_size"], r["setting"]) == (32, 32, {"model.nf": 16})
             assert estimate.GAN_IMAGES_PER_S[r["arch"]][threads] == r["images_per_s"]
     diffusion = json.loads((results / "diffusion_step_1thread_quieter.json").read_text())["rows"][0]
-    assert (diffusion["resolution"], diffusion["dim"], diffusion["images_per_s"]) == (32, 32, estimate.DIFFUSION_IMAGES_PER_S)
+    assert (diffusion["resolution"], diffusion["dim"]) == (32, 32)
+    assert diffusion["images_per_s"] == estimate.DIFFUSION_IMAGES_PER_S
     # the local preset's measured baseline trial (README: 105.6 s on a shared 2-core machine)
     local = estimate.estimate_trial(build_config("local"))
     assert 70 < local.total_s < 110

@@ -19,7 +19,9 @@ if TYPE_CHECKING:
 DEFAULT_SEEDS = {"ci": [0], "smoke": [0], "local": [0, 1], "paper": [0, 1, 2]}
 
 
-def base_parser(description: str) -> argparse.ArgumentParser:
+def base_parser(description: str, search: bool = True) -> argparse.ArgumentParser:
+    """The options every script shares; `search=False` (the pre-training scripts, which run no
+    sweep) leaves out --sweep, --space, --scheduler/--asha-* and -v."""
     p = argparse.ArgumentParser(description=description,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", choices=list(PRESETS), default="local",
@@ -53,33 +55,34 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="validate, print the settings that differ from the defaults, the trials and an "
                         "estimated wall time; run nothing")
-    p.add_argument("--sweep", dest="sweep_axes", action="append", default=[], metavar="KEY=V1,V2",
-                   help="a grid axis over any config field, crossed with the script's rows and seeds, "
-                        "e.g. --sweep train.lr_g=1e-4,2e-4 --sweep model.nf=16,32 (values with commas: "
-                        "separate them with ';')")
-    p.add_argument("--space", dest="space", action="append", default=[], metavar="KEY=KIND:LOW:HIGH",
-                   help="an Optuna range over any numeric config field (--search optuna): float:a:b, "
-                        "log:a:b (log-uniform) or int:a:b (inclusive); given ranges replace the default "
-                        "space, e.g. --space train.lr_g=log:1e-5:1e-3 --space loss.f2r=float:0:1")
-    p.add_argument("--scheduler", choices=["fifo", "asha"], default="fifo",
-                   help="asha: stop the worse trials early (Ray Tune's ASHA) on --asha-metric, read from "
-                        "each trial's training reports")
-    p.add_argument("--asha-metric", default=None, metavar="NAME",
-                   help="what ASHA compares: a training report key (GAN: loss_g_adv, loss_g, loss_d, ...; "
-                        "diffusion: loss, ...; default loss_g_adv / loss), or eval_fid/eval_r_precision where in-training "
-                        "evaluation (eval.every) exists")
-    p.add_argument("--asha-mode", choices=["min", "max"], default=None,
-                   help="whether lower or higher --asha-metric is better (default: from its name)")
-    p.add_argument("--asha-grace", type=int, default=None, metavar="STEPS",
-                   help="steps every trial runs before ASHA may stop it (default: a quarter of train.steps)")
-    p.add_argument("-v", "--verbose", action="store_true",
-                   help="also print Ray Train's per-report INFO lines (checkpoints, 'Reporting training result')")
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted sweep these options name; an error if there is none "
                         "(without --resume a saved sweep is resumed too, and a missing one started)")
     p.add_argument("--storage-path", default=None, metavar="PATH_OR_URI",
                    help="Ray Tune state and Train checkpoints (default <output-dir>/ray); may be "
                         "s3://bucket/prefix or gs://... on a cluster")
+    if search:
+        p.add_argument("--sweep", dest="sweep_axes", action="append", default=[], metavar="KEY=V1,V2",
+                       help="a grid axis over any config field, crossed with the script's rows and seeds, "
+                            "e.g. --sweep train.lr_g=1e-4,2e-4 --sweep model.nf=16,32 (values with commas: "
+                            "separate them with ';')")
+        p.add_argument("--space", dest="space", action="append", default=[], metavar="KEY=KIND:LOW:HIGH",
+                       help="an Optuna range over any numeric config field (--search optuna): float:a:b, "
+                            "log:a:b (log-uniform) or int:a:b (inclusive); given ranges replace the default "
+                            "space, e.g. --space train.lr_g=log:1e-5:1e-3 --space loss.f2r=float:0:1")
+        p.add_argument("--scheduler", choices=["fifo", "asha"], default="fifo",
+                       help="asha: stop the worse trials early (Ray Tune's ASHA) on --asha-metric, read from "
+                            "each trial's training reports")
+        p.add_argument("--asha-metric", default=None, metavar="NAME",
+                       help="what ASHA compares: a training report key (GAN: loss_g_adv, loss_g, loss_d, ...; "
+                            "diffusion: loss, ...; default loss_g_adv / loss), or eval_fid/eval_r_precision "
+                            "where in-training evaluation (eval.every) exists")
+        p.add_argument("--asha-mode", choices=["min", "max"], default=None,
+                       help="whether lower or higher --asha-metric is better (default: from its name)")
+        p.add_argument("--asha-grace", type=int, default=None, metavar="STEPS",
+                       help="steps every trial runs before ASHA may stop it (default: a quarter of train.steps)")
+        p.add_argument("-v", "--verbose", action="store_true",
+                       help="also print Ray Train's per-report INFO lines (checkpoints, 'Reporting training result')")
     return p
 
 
@@ -306,7 +309,8 @@ def print_dry_run(spec: "SweepSpec", cpus: int | None = None) -> None:
     print(f"[dry-run] experiment {spec.name}")
     print(f"  dataset {b.data.dataset}" + (f" ({b.data.data_root})" if b.data.data_root else "")
           + f", {b.data.resolution}x{b.data.resolution}, {b.train.steps} steps, batch {b.train.batch_size} x "
-          f"{b.train.num_workers} worker(s), {'GPU' if b.train.use_gpu else 'CPU'}, output {Path(b.output_dir).resolve()}")
+          f"{b.train.num_workers} worker(s), {'GPU' if b.train.use_gpu else 'CPU'}, "
+          f"output {Path(b.output_dir).resolve()}")
     defaults = ExperimentConfig().flat()
     changed = {k: v for k, v in b.flat().items() if defaults.get(k) != v and k not in ("seed", "name")}
     print("  settings that differ from the defaults (config.py): "
@@ -358,4 +362,5 @@ def run_and_report(spec: "SweepSpec", args: argparse.Namespace, order: Sequence[
 
 
 __all__ = ["base_parser", "config_from_args", "fail", "report_locations", "seeds_for", "grid_trials",
-           "expand_grid", "apply_search_options", "print_dry_run", "run_and_report", "add_weight_args", "weights_from_args", "sweep_main", "ConfigError"]
+           "expand_grid", "apply_search_options", "print_dry_run", "run_and_report", "add_weight_args",
+           "weights_from_args", "sweep_main", "ConfigError"]

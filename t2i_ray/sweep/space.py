@@ -154,7 +154,7 @@ def _leaf_type(base, key: str, option: str) -> str:
         names = {f.name: f for f in dataclasses.fields(node)}
         if part not in names:
             where = ".".join(parts[:i]) or "the config"
-            valid = [n for n, f in names.items() if i + 1 < len(parts) or not dataclasses.is_dataclass(getattr(node, n))]
+            valid = [n for n in names if i + 1 < len(parts) or not dataclasses.is_dataclass(getattr(node, n))]
             raise ConfigError(f"{option} {key}: unknown config key; valid keys in {where}: {', '.join(valid)}")
         value = getattr(node, part)
         if dataclasses.is_dataclass(value):
