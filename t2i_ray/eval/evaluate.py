@@ -7,8 +7,9 @@ datasets; `config.resolved_eval_backbone`):
   attribute accuracy (the evaluator's (shape, colour) detections vs the caption's objects). No IS:
   that needs an ImageNet classifier, and faking it with another network would mislead.
 - `inception`: the standard TF-ported FID Inception from local weights (`eval/inception.py`);
-  FID/KID on pool3, IS (10 splits) on its logits; the real test split's statistics are computed
-  once and cached under (dataset hash, split, resolution, detector) (`eval/reference_stats.py`).
+  FID/KID on pool3, IS (10 splits) on its logits (none from a pool3-only file, such as the one
+  `inception_convert` writes); the real test split's statistics are computed once and cached
+  under (dataset hash, split, resolution, detector) (`eval/reference_stats.py`).
 Both: R-precision with the frozen DAMSM encoders, 1 true + (candidates-1) captions of other test
 images, top-1, mean and std over folds. Every number carries N, the real set, the resize, the
 backbone and the library versions in its row (`fid_*`, `is_*`, `r_precision_*` columns).
@@ -48,8 +49,8 @@ class EvalContext:
     """Everything evaluation needs that does not depend on the generator (built once)."""
 
     backbone: str  # "domain" | "inception"
-    # images (B,3,H,W) in [-1, 1] -> (features (B, F) float64, logits (B, A|1008) float64)
-    extract: Callable[[Tensor], tuple[np.ndarray, np.ndarray]]
+    # images (B,3,H,W) in [-1, 1] -> (features (B, F) float64, logits (B, A|1008) float64 or None: pool3-only)
+    extract: Callable[[Tensor], tuple[np.ndarray, np.ndarray | None]]
     backbone_info: dict  # "backbone" (name with weights digest), "resize", "libraries", ...
     damsm: Damsm
     test_set: TextImageDataset
@@ -192,7 +193,7 @@ def evaluate_generator(sample: SampleFn, ctx: EvalContext, cfg: ExperimentConfig
         attrs = attribute_scores(np.concatenate(fake_logits), torch.cat(targets).numpy())
         out.update({"attr_backbone": backbone, "attr_num_images": len(ids_np)})
         out.update({k: float(v) for k, v in attrs.items()})
-    else:
+    elif info["is_logits"] is not None:  # a pool3-only Inception (inception_convert) has no classifier: no IS
         is_mean, is_std = inception_score(np.concatenate(fake_logits), e.is_splits, np.random.default_rng(seed))
         out.update({"is": is_mean, "is_std": is_std, "is_splits": e.is_splits, "is_num_images": len(fake_np),
                     "is_backbone": backbone, "is_resize": info["resize"], "is_library_versions": libraries})

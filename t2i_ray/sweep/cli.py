@@ -40,8 +40,9 @@ def base_parser(description: str, search: bool = True) -> argparse.ArgumentParse
     p.add_argument("--use-gpu", action=argparse.BooleanOptionalAction, default=None,
                    help="one GPU per Train worker")
     p.add_argument("--inception-weights", default=None, metavar="PATH",
-                   help="local TF-ported FID Inception weights (weights-inception-2015-12-05-6726825d.pth) "
-                        "for eval.backbone=inception (default: $T2I_INCEPTION_WEIGHTS); never downloaded")
+                   help="local TF-ported FID Inception weights (weights-inception-2015-12-05-6726825d.pth, or "
+                        "the pool3 file python -m t2i_ray.eval.inception_convert writes) for "
+                        "eval.backbone=inception (default: $T2I_INCEPTION_WEIGHTS); never downloaded")
     p.add_argument("--eval-protocol", choices=list(EVAL_PROTOCOLS), default=None,
                    help="apply a paper evaluation protocol (sample counts, real set, IS splits, R-precision "
                         "candidates/folds; see config.EVAL_PROTOCOLS) and hold the config to it")

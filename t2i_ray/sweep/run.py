@@ -230,7 +230,8 @@ def prepare_assets(cfg: ExperimentConfig, log: Callable[[str], None] = console,
     weights_path = check_eval_assets(cfg)
     if weights_path is not None:
         inc = load_inception(weights_path, cfg.eval.inception_resize)
-        log(f"[eval] Inception {inc.name} ready ({weights_path})")
+        no_is = "" if inc.info["is_logits"] else "; pool3 only (no 1008-way classifier): FID/KID, no IS"
+        log(f"[eval] Inception {inc.name} ready ({weights_path}){no_is}")
     prepare_data(cfg, log)  # a real dataset is checked and decoded into its cache here, once
     damsm_path = ensure_damsm(cfg, log)
     e = cfg.eval
