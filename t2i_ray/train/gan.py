@@ -84,27 +84,24 @@ def gan_step(
         real_feat = D(real_in)  # (B, 8nf, 4, 4)
         # Logits go to float32 before the losses: bf16 keeps ~3 digits, MA-GP raises to the 6th power.
         real_logits = head(real_feat, sent_g).float()
+        # Image i + 1 with caption i. On the gathered (global) batch every worker pairs the rows as
+        # one process with the whole global batch would, across the workers' boundaries too.
+        coupled = gather({"real_feat": real_feat, "sent": sent_g})
+        mismatch_logits = head(mismatched(coupled["real_feat"]), coupled["sent"]).float()
         # One G forward per iteration, as DF-GAN: D sees it detached, the G step reuses its graph
         # (only D's parameters change in between, and G's output does not depend on them).
         fake = G(z, sent_g.detach(), words_g, mask_g)
         fake_logits = head(D(fake.detach()), sent_g).float()
-        coupled = {"real_feat": real_feat, "sent": sent_g}
+        loss_adv_d = discriminator_hinge_loss(real_logits, fake_logits, mismatch_logits)
+        loss_gp = ma_gradient_penalty(real_logits, real_in, sent_g, k=lw.magp_k, p=lw.magp_p)
+        loss_d = loss_adv_d + loss_gp
         if use_align:
             if models.text_a is models.text_g:
                 sent_a = sent_g
             else:
                 _, sent_a = encode_text(models.text_a, ids, lens, trainable=True)
-            coupled.update(real_align=models.align_proj(real_feat), sent_a=sent_a)
-        coupled = gather(coupled)
-        # Image i + 1 with caption i. On the gathered batch every worker pairs the rows exactly as
-        # one process with the whole global batch would, across the workers' boundaries too.
-        mismatch_logits = head(mismatched(coupled["real_feat"]), coupled["sent"]).float()
-        loss_adv_d = discriminator_hinge_loss(real_logits, fake_logits, mismatch_logits)
-        loss_gp = ma_gradient_penalty(real_logits, real_in, sent_g, k=lw.magp_k, p=lw.magp_p)
-        loss_d = loss_adv_d + loss_gp
-        if use_align:
-            loss_align_d = info_nce(coupled["real_align"].float(), coupled["sent_a"].float(),
-                                    cfg.model.align_temperature)
+            aligned = gather({"image": models.align_proj(real_feat), "text": sent_a})
+            loss_align_d = info_nce(aligned["image"].float(), aligned["text"].float(), cfg.model.align_temperature)
             loss_d = loss_d + align_w * loss_align_d
             out["loss_align_d"] = loss_align_d.item()
     loss_d.backward()

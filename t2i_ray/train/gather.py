@@ -17,7 +17,8 @@ How the gradients come out equal to one process with the global batch NB:
 - modules applied after the gather (D's conditional head on the mismatched pairs) see the whole
   global batch on every worker, so their gradient is already dL/dtheta on each and DDP's average
   leaves it so.
-This needs one all-gather per dtype in the forward pass and no collective in the backward pass
+This needs a few all-gathers in the forward pass (one per dtype per call; gan_step makes one call
+in the D step, two with the alignment loss, and one in the G step) and none in the backward pass
 (torch.distributed.nn.functional.all_gather would instead send the gradients back through a
 reduce-scatter / all-to-all; the result is the same). Every worker computes the global loss, so
 the O(NB x NB) part of these terms is repeated on each worker; the features themselves are not.
