@@ -25,7 +25,7 @@ from t2i_ray.losses.adversarial import (
     mismatched,
 )
 from t2i_ray.losses.contrastive import info_nce, nt_xent
-from t2i_ray.losses.damsm import damsm_loss
+from t2i_ray.losses.damsm import damsm_loss_from_scores, word_scores
 from t2i_ray.losses.recaption import caption_token_nll, masked_token_mean
 from t2i_ray.models.factory import GANModels, build_gan_models
 from t2i_ray.models.text import word_mask
@@ -150,7 +150,11 @@ def _generator_loss(models: GANModels, batch: Mapping[str, Tensor], cfg: Experim
         fake_regions, local["fake_global"] = damsm_image_features(models.damsm_image, fake)  # frozen, grads reach G
     if lw.damsm > 0:
         words, sent_damsm = encode_text(models.damsm_text, ids, lens, trainable=False)
-        local.update(fake_regions=fake_regions, words=words.float(), sent_damsm=sent_damsm.float(), lens=lens)
+        # Word matching of this worker's fakes against every caption of the (global) batch: its
+        # rows of the score matrix (the O(B^2) part, so no worker computes another's rows).
+        captions = gather({"words": words.float(), "lens": lens})
+        local.update(word_scores=word_scores(fake_regions, captions["words"], captions["lens"], lw.gamma1, lw.gamma2),
+                     sent_damsm=sent_damsm.float())
     if lw.f2r > 0:
         with torch.no_grad():
             _, local["real_global"] = damsm_image_features(models.damsm_image, real)
@@ -169,8 +173,7 @@ def _generator_loss(models: GANModels, batch: Mapping[str, Tensor], cfg: Experim
         local.update(fake_align=unwrap(models.align_proj)(fake_feat), sent_a=sent_a)
     g = gather(local)
     if lw.damsm > 0:
-        loss_damsm = damsm_loss(g["fake_regions"], g["fake_global"], g["words"], g["sent_damsm"], g["lens"],
-                                lw.gamma1, lw.gamma2, lw.gamma3)
+        loss_damsm = damsm_loss_from_scores(g["word_scores"], g["fake_global"], g["sent_damsm"], lw.gamma3)
         loss_g = loss_g + lw.damsm * loss_damsm
         out["loss_damsm"] = loss_damsm.item()
     if lw.f2r > 0:

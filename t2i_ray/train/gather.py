@@ -18,10 +18,13 @@ How the gradients come out equal to one process with the global batch NB:
   global batch on every worker, so their gradient is already dL/dtheta on each and DDP's average
   leaves it so.
 This needs a few all-gathers in the forward pass (one per dtype per call; gan_step makes one call
-in the D step, two with the alignment loss, and one in the G step) and none in the backward pass
+in the D step, two with the alignment loss, and one or two in the G step) and none in the backward pass
 (torch.distributed.nn.functional.all_gather would instead send the gradients back through a
-reduce-scatter / all-to-all; the result is the same). Every worker computes the global loss, so
-the O(NB x NB) part of these terms is repeated on each worker; the features themselves are not.
+reduce-scatter / all-to-all; the result is the same). The same holds for any per-sample
+quantity a worker computes from its own samples and gathered constants: DAMSM's word matching
+(the costly O(B_img x B_cap x regions x words) part) is gathered as each worker's rows of the
+score matrix, its images against all captions. What every worker repeats is cheap: the
+similarity matrices of NT-Xent / InfoNCE, the sentence cosines and the softmaxes over NB x NB.
 """
 from __future__ import annotations
 
