@@ -103,6 +103,10 @@ class TrainConfig:
     beta1: float = 0.0
     beta2: float = 0.9
     num_workers: int = 1  # Ray Train workers per trial (data parallel)
+    # Batch-coupled GAN terms (mismatched pairs, NT-Xent F2R/F2F, DAMSM, DTE alignment, recap's
+    # token mean) on the global batch of all workers (t2i_ray/train/gather.py); false: each
+    # worker's own batch, so the loss depends on num_workers.
+    gather_negatives: bool = True
     use_gpu: bool = False
     # GPU speed-ups (t2i_ray/train/accel.py); "auto" turns each on only where it helps (CUDA).
     amp: str = "auto"  # auto | bf16 | off: bf16 autocast of the forward passes (no GradScaler needed)
@@ -571,6 +575,9 @@ def _check_diffusion(cfg: ExperimentConfig) -> None:
         _check(cfg.loss.damsm == cfg.loss.f2r == cfg.loss.f2f == cfg.loss.recap == 0, "loss",
                "loss.damsm/f2r/f2f/recap are GAN generator terms; model.method=diffusion trains with its own "
                "loss (diffusion.layout_weight): set them to 0")
+        _check(cfg.train.gather_negatives, "train.gather_negatives",
+               "model.method=diffusion has no batch-coupled loss terms (each is a mean of per-sample "
+               "values), so there are no negatives to keep per worker: leave it at true (the default)")
         _check(cfg.model.text_embedding == "pretrained", "model.text_embedding",
                "model.method=diffusion conditions on the frozen DAMSM text encoder (pretrained); shared/dual "
                "are DTE-GAN's trainable embeddings")

@@ -73,6 +73,8 @@ def test_diffusion_config_refusals(tiny_cfg):
         apply_overrides(tiny_cfg, {**base, "diffusion.dim_mults": "1,x"})
     with pytest.raises(ConfigError, match=r"^loss: loss.damsm/f2r/f2f/recap are GAN generator terms"):
         apply_overrides(tiny_cfg, {**base, "loss.f2r": 0.2})
+    with pytest.raises(ConfigError, match=r"^train.gather_negatives: model.method=diffusion has no batch-coupled"):
+        apply_overrides(tiny_cfg, {**base, "train.gather_negatives": False})
     with pytest.raises(ConfigError, match=r"^diffusion.sample_steps: must be in 1..diffusion.timesteps"):
         apply_overrides(tiny_cfg, {**base, "diffusion.timesteps": 10, "diffusion.sample_steps": 20})
     cub = {**base, "data.dataset": "cub", "data.data_root": "/data/birds"}

@@ -25,6 +25,8 @@ def test_two_trial_grid_sweep_writes_rows_and_rerun_resumes(tiny_grid_sweep):
     assert rows.loc[rows.row == "baseline", "config.loss.recap"].item() == 0.0
     assert captioner_is_cached(spec.base)
     assert (rows["code_version"] != "").all() and (rows["seed"] == 0).all()
+    # one worker: the batch-coupled terms saw the whole batch, without a gather
+    assert (rows["workers"] == 1).all() and (rows["negatives_batch"] == 8).all() and not rows["negatives_gathered"].any()
     assert all(Path(p).is_dir() for p in rows["checkpoint_path"])
     for path in rows["curves_path"]:  # one JSON line per training report, steps 1..4
         steps = [json.loads(line)["step"] for line in Path(path).read_text().splitlines()]

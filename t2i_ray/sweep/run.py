@@ -286,13 +286,16 @@ def trial_identity(config: dict[str, Any], trial_id: str) -> TrialIdentity:
 def write_trial_row(ident: TrialIdentity, config: dict[str, Any], *, status: str, error: str | None,
                     wall_time_s: float, metrics: dict[str, Any], checkpoint_path: str) -> None:
     """One trial's row in the results table (and, for a finished trial, its TensorBoard hparams)."""
+    from t2i_ray.train.method import data_parallel_columns
+
     paths = RunPaths.of(ident.cfg)
     row_data = store.make_row(
         run_name=ident.run_name, sweep=config["experiment"], row=ident.row, seed=ident.seed, status=status,
         error=error, wall_time_s=wall_time_s, config=ident.cfg.to_dict(), metrics=metrics,
         version=config["code_version"],
         extra={"checkpoint_path": checkpoint_path, "curves_path": str(paths.curve(ident.run_name)),
-               "tensorboard_dir": str(paths.tensorboard(ident.run_name)), "swept": ident.swept})
+               "tensorboard_dir": str(paths.tensorboard(ident.run_name)), "swept": ident.swept,
+               **data_parallel_columns(ident.cfg)})
     store.write_row(ident.cfg.output_dir, row_data)
     if status == "ok":
         from t2i_ray.train.runlog import write_hparams

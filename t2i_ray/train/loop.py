@@ -179,6 +179,10 @@ def run_training(cfg: ExperimentConfig, env: RunEnv, damsm_path: str, run_name: 
     log = RunLog(cfg, run_name) if env.world_rank == 0 else None
     if log is not None:
         print(f"[{run_name}] {accel.describe()}", flush=True)
+        if env.world_size > 1 and method.batch_coupled:
+            where = (f"the global batch ({env.world_size} workers x {t.batch_size}, gathered)" if t.gather_negatives
+                     else f"each worker's own batch of {t.batch_size} (train.gather_negatives=false)")
+            print(f"[{run_name}] batch-coupled loss terms (negatives, mismatched pairs) on {where}", flush=True)
 
     def save_and_report(metrics: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
