@@ -78,7 +78,8 @@ TRAINING_METRICS = {
             "loss_f2r", "loss_f2f", "loss_recap", "loss_align_d", "loss_align_g", "images_per_s"),
     "diffusion": ("loss", "image_loss", "layout_loss", "images_per_s"),
 }
-HIGHER_IS_BETTER = ("r_precision", "attr", "is", "images_per_s", "d_real", "layout_miou", "semantic_recall")
+HIGHER_IS_BETTER = ("r_precision", "attr", "is", "images_per_s", "d_real", "layout_miou", "semantic_recall",
+                    "semantic_precision")
 
 
 def asha_settings(base: ExperimentConfig, metric: str | None, mode: str | None, grace: int | None) -> dict[str, Any]:
@@ -631,8 +632,8 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, max_concurrent: in
     return store.load_results(output_dir, sweep=spec.name)
 
 
-SUMMARY_METRICS = ("fid", "kid", "r_precision", "attr_pair_recall", "layout_miou", "semantic_recall", "fsd",
-                   "wall_time_s")
+SUMMARY_METRICS = ("fid", "kid", "r_precision", "attr_pair_recall", "layout_miou", "semantic_recall",
+                   "semantic_precision", "fsd", "wall_time_s")
 
 
 def summarize(rows: pd.DataFrame, order: list[str] | None = None) -> pd.DataFrame:
@@ -655,7 +656,7 @@ def format_table(summary: pd.DataFrame) -> str:
         return "(no finished trials)"
     metrics = [m for m in SUMMARY_METRICS if (m, "mean") in summary.columns]
     arrows = {"fid": " ↓", "kid": " ↓", "r_precision": " ↑", "attr_pair_recall": " ↑", "layout_miou": " ↑",
-              "semantic_recall": " ↑", "fsd": " ↓", "wall_time_s": ""}
+              "semantic_recall": " ↑", "semantic_precision": " ↑", "fsd": " ↓", "wall_time_s": ""}
     lines = ["| row | seeds | " + " | ".join(m + arrows[m] for m in metrics) + " |",
              "|---|---|" + "---|" * len(metrics)]
     for row, vals in summary.iterrows():
