@@ -27,6 +27,7 @@ from t2i_ray.losses.recaption import recaption_loss
 from t2i_ray.models.factory import GANModels, build_gan_models
 from t2i_ray.models.text import word_mask
 from t2i_ray.train.checkpoint import unwrap
+from t2i_ray.train.damsm import damsm_class_ids
 from t2i_ray.train.method import Assets, Method, SampleFn, encode_text
 
 
@@ -137,7 +138,7 @@ def _generator_loss(models: GANModels, batch: Mapping[str, Tensor], cfg: Experim
     if lw.damsm > 0:
         words, sent_damsm = encode_text(models.damsm_text, ids, lens, trainable=False)
         loss_damsm = damsm_loss(fake_regions, fake_global, words.float(), sent_damsm.float(), lens,
-                                lw.gamma1, lw.gamma2, lw.gamma3)
+                                lw.gamma1, lw.gamma2, lw.gamma3, damsm_class_ids(cfg, batch))
         loss_g = loss_g + lw.damsm * loss_damsm
         out["loss_damsm"] = loss_damsm.item()
     if lw.f2r > 0:
