@@ -297,6 +297,7 @@ def run_in_subprocess(work: Path, timeout: float, env: dict[str, str] | None = N
     full_env.pop("RAY_ADDRESS", None)
     out_file, log_path = work / "result.json", work / "simcluster.log"
     cpu: dict[int, float] = {}
+    load_before = os.getloadavg()[0]
     t0 = time.time()
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "tests.simcluster", json.dumps({"work": str(work), **kwargs}),
@@ -320,7 +321,9 @@ def run_in_subprocess(work: Path, timeout: float, env: dict[str, str] | None = N
     for run, step in re.findall(r"\[(\S+)\] resumed from checkpoint at step (\d+)", text):
         resumed.setdefault(run, []).append(int(step))
     cache_reads = re.findall(r"\[data\] (\S+) is not on this machine; using the cache the driver built", text)
-    result.update(resumed=resumed, cache_reads=cache_reads, cpu_s=round(sum(cpu.values()), 1), wall_s=round(wall, 1))
+    result.update(resumed=resumed, cache_reads=cache_reads, cpu_s=round(sum(cpu.values()), 1), wall_s=round(wall, 1),
+                  load_average=[round(load_before, 1), round(os.getloadavg()[0], 1)])  # the machine's, before/after
+    out_file.write_text(json.dumps(result, indent=1))
     return result
 
 
