@@ -5,6 +5,7 @@ and samples of a trained run for a user's own captions (sweeps/sample.py): `read
 from __future__ import annotations
 
 import json
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -144,27 +145,34 @@ def encode_captions(texts: list[str], vocab, words_num: int) -> list[Caption]:
     return out
 
 
+def caption_seed(seed: int, text: str) -> int:
+    """The seed of one caption's samples: a function of `seed` and the caption's text only."""
+    return int(np.random.SeedSequence([seed, zlib.crc32(text.encode("utf-8"))]).generate_state(1)[0])
+
+
 @torch.no_grad()
 def sample_captions(method, captions: list[Caption], per_caption: int, seed: int, batch_size: int,
                     words_num: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`per_caption` samples of every caption, (images (C*K, 3, H, W) in [-1, 1], layouts (C*K, H, W)
-    or None), sample k of caption c at c*K + k. All randomness is seeded by `seed`: the draws of one
-    CPU generator, and torch's global RNG (StyleGAN2's noise inputs) inside a fork of it."""
+    or None), sample k of caption c at c*K + k. A caption's samples are drawn from their own CPU
+    generator seeded by (`seed`, its text) (`caption_seed`), as is torch's global RNG (StyleGAN2's
+    noise inputs) inside a fork of it: they do not change when other captions are added or moved."""
     from t2i_ray.data.text import pad_ids
 
     layout_sample = method.layout_sampler()
     sample = layout_sample or (lambda ids, lens, g: (method.sampler()(ids, lens, g), None))
-    ids = torch.from_numpy(np.stack([pad_ids(c.ids, words_num) for c in captions for _ in range(per_caption)]))
-    lens = torch.tensor([len(c.ids) for c in captions for _ in range(per_caption)])
-    generator = torch.Generator().manual_seed(seed)
     images, layouts = [], []
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for b in range(0, len(ids), batch_size):
-            img, lay = sample(ids[b:b + batch_size], lens[b:b + batch_size], generator)
-            images.append(img.float().cpu().clamp(-1, 1))
-            if lay is not None:
-                layouts.append(lay.cpu())
+        for caption in captions:
+            ids = torch.from_numpy(np.stack([pad_ids(caption.ids, words_num)] * per_caption))
+            lens = torch.full((per_caption,), len(caption.ids))
+            generator = torch.Generator().manual_seed(caption_seed(seed, caption.text))
+            torch.manual_seed(caption_seed(seed, caption.text))
+            for b in range(0, per_caption, batch_size):
+                img, lay = sample(ids[b:b + batch_size], lens[b:b + batch_size], generator)
+                images.append(img.float().cpu().clamp(-1, 1))
+                if lay is not None:
+                    layouts.append(lay.cpu())
     return torch.cat(images), (torch.cat(layouts) if layouts else None)
 
 
@@ -275,4 +283,4 @@ def save_caption_samples(out_dir: str | Path, captions: list[Caption], images: t
 
 
 __all__ = ["save_samples", "save_layout_samples", "colorize", "tile", "GRID_SEED", "Caption", "read_captions",
-           "encode_captions", "sample_captions", "caption_grid", "save_caption_samples"]
+           "encode_captions", "caption_seed", "sample_captions", "caption_grid", "save_caption_samples"]
