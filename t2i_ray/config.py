@@ -475,7 +475,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
            "must be a file path or None (then T2I_INCEPTION_WEIGHTS is used)")
     _check(e.every >= 0, "eval.every", f"must be >= 0 (steps between evaluations during training; 0: off), "
            f"got {e.every}")
-    _check(e.every_num_images >= max(2, e.r_precision_folds), "eval.every_num_images",
+    _check(e.every == 0 or e.every_num_images >= max(2, e.r_precision_folds), "eval.every_num_images",
            f"must be >= 2 and >= eval.r_precision_folds ({e.r_precision_folds}), got {e.every_num_images}")
     _check(e.best_metric in BEST_METRICS, "eval.best_metric",
            f"must be one of {', '.join(BEST_METRICS)}, got {e.best_metric!r}")

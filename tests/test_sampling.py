@@ -121,7 +121,7 @@ def test_eval_every_settings_are_validated(tiny_cfg):
     with pytest.raises(ConfigError, match=r"^eval.best_metric: must be one of fid, r_precision"):
         apply_overrides(tiny_cfg, {"eval.best_metric": "kid"})
     with pytest.raises(ConfigError, match=r"^eval.every_num_images: must be >= 2 and >= eval.r_precision_folds"):
-        apply_overrides(tiny_cfg, {"eval.every_num_images": 1})
+        apply_overrides(tiny_cfg, {"eval.every": 10, "eval.every_num_images": 1})
     from t2i_ray.config import build_config
 
     assert build_config("ci").eval.every == 0 and build_config("local").eval.every == 100
@@ -208,3 +208,25 @@ def test_evaluate_script_changes_only_eval_keys(tmp_path, capsys):
         with pytest.raises(SystemExit) as exit_info:
             evaluate_script.main(["--run", "a", *argv, "--output-dir", str(out)])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_checkpoints_are_written_to_and_read_from_storage_uris(tmp_path):
+    """The best checkpoint on a cluster goes to --storage-path (s3://, gs://) through pyarrow, and a
+    sampler reads a checkpoint from there; file:// exercises the same code on this machine."""
+    module = torch.nn.Linear(3, 2)
+
+    def write(folder):
+        return ckpt.save_checkpoint(folder, step=7, modules={"m": module}, optimizers={}, rng={}, config={"a": 1},
+                                    extra_state={"best": {"step": 7, "fid": 1.5}})
+
+    uri = f"file://{tmp_path / 'storage' / 'run' / 'best'}"
+    ckpt.write_to(uri, write)
+    ckpt.write_to(uri, write)  # a second best replaces the first
+    with ckpt.local_dir(uri) as folder:
+        state = ckpt.load_state(folder)
+        assert json.loads((folder / "config.json").read_text()) == {"a": 1}
+    assert state["step"] == 7 and state["best"] == {"step": 7, "fid": 1.5}
+    assert torch.equal(state["modules"]["m"]["weight"], module.weight.detach())
+    with pytest.raises(FileNotFoundError, match="no checkpoint at file://.*/nothing \\(missing state.pt\\)"):
+        with ckpt.local_dir(f"file://{tmp_path / 'nothing'}"):
+            pass

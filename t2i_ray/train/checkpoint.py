@@ -132,26 +132,22 @@ def restore(
     return int(state["step"])
 
 
-def copy_dir(src: str | Path, dest: str) -> None:
-    """Copy the local folder `src` to `dest`, a local folder (replaced atomically) or a storage URI
-    (s3://, gs://: the old copy is deleted first, as object stores cannot rename folders)."""
+def write_to(dest: str, write: Callable[[Path], Path]) -> None:
+    """Run `write(folder)` (e.g. a save_checkpoint) for `dest`: a local folder, written in place
+    (save_checkpoint replaces it atomically), or a storage URI (s3://, gs://), written to a
+    temporary folder and uploaded (the old copy is deleted first: object stores cannot rename)."""
     if "://" not in dest:
-        dest_path = Path(dest)
-        dest_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest_path.name}.", dir=dest_path.parent))
-        try:
-            shutil.copytree(src, tmp, dirs_exist_ok=True)
-            replace_dir(tmp, dest_path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        write(Path(dest))
         return
     import pyarrow.fs
 
     fs, inner = pyarrow.fs.FileSystem.from_uri(dest)
-    if fs.get_file_info(inner).type != pyarrow.fs.FileType.NotFound:
-        fs.delete_dir(inner)
-    pyarrow.fs.copy_files(str(Path(src).resolve()), inner, source_filesystem=pyarrow.fs.LocalFileSystem(),
-                          destination_filesystem=fs)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = write(Path(tmp) / "upload")
+        if fs.get_file_info(inner).type != pyarrow.fs.FileType.NotFound:
+            fs.delete_dir(inner)
+        pyarrow.fs.copy_files(str(folder), inner, source_filesystem=pyarrow.fs.LocalFileSystem(),
+                              destination_filesystem=fs)
 
 
 @contextlib.contextmanager

@@ -221,8 +221,7 @@ def run_training(cfg: ExperimentConfig, env: RunEnv, damsm_path: str, run_name: 
                 scores, is_best = periodic(step)
                 metrics.update(scores)
                 if is_best and env.best_dir:
-                    with tempfile.TemporaryDirectory() as tmp:
-                        ckpt.copy_dir(write_checkpoint(Path(tmp) / "best"), env.best_dir)
+                    ckpt.write_to(env.best_dir, write_checkpoint)
             if log is not None:
                 log.training(metrics, step)
             if step % t.checkpoint_every == 0 or step == t.steps:
