@@ -51,7 +51,8 @@ class KillAfterCheckpoint(LocalEnv):
     {"model.arch": "ssagan", "model.text_embedding": "dual", "loss.recap": 1.0},  # no captioner needed to sample
     {"model.arch": "attngan_style"},  # noise inputs from torch's global RNG
     {**ablate_diffusion.PRESET_DEFAULTS["ci"], "model.method": "diffusion",  # joint: images and layouts
-     "eval.segmenter_steps": 20, "eval.segmenter_images": 256, "diffusion.outpaint_images": 8},
+     "eval.segmenter_steps": 20, "eval.segmenter_images": 256, "diffusion.outpaint_images": 8,
+     "diffusion.outpaint_resample": 1, "eval.num_images": 16},
 ], ids=["dfgan-shared", "ssagan-dual-recap", "attngan_style-pretrained", "diffusion-joint"])
 def test_a_checkpoint_alone_restores_the_trained_model_exactly(tiny_cfg, tiny_damsm, tmp_path, overrides):
     """Re-scoring the final checkpoint with the run's own eval settings gives the final evaluation's

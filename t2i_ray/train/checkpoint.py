@@ -146,6 +146,7 @@ def write_to(dest: str, write: Callable[[Path], Path]) -> None:
         folder = write(Path(tmp) / "upload")
         if fs.get_file_info(inner).type != pyarrow.fs.FileType.NotFound:
             fs.delete_dir(inner)
+        fs.create_dir(inner, recursive=True)
         pyarrow.fs.copy_files(str(folder), inner, source_filesystem=pyarrow.fs.LocalFileSystem(),
                               destination_filesystem=fs)
 
