@@ -118,7 +118,7 @@ def pareto_mask(x: np.ndarray, y: np.ndarray, minimize_x: bool = True, maximize_
 def _label(row: pd.Series, label: str | None, weights: Sequence[str]) -> str:
     if label is not None:
         return str(row[label])
-    if row.get("row") not in (None, "optuna"):
+    if row.get("row") is not None and str(row["row"]).split(" ")[0] != "optuna":  # Optuna rows: their weights
         return f"{row['row']} s{row['seed']}"
     parts = [f"{LOSS_LABELS.get(c, c).split()[0]}={row[c]:.2g}" for c in weights if c in row]
     return ", ".join(parts) or str(row["run_name"])

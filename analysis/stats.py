@@ -87,6 +87,30 @@ def check_comparable(df: pd.DataFrame, metric: str) -> dict[str, Any]:
     return found
 
 
+def check_one_configuration(df: pd.DataFrame, by: str | Sequence[str]) -> None:
+    """Refuse to treat trials with different swept values as seeds of one configuration.
+
+    A sweep's `--sweep` axes and Optuna draws are recorded per trial in the `swept` column (JSON of
+    {config key: value}); the `row` label names them too, so grouping by `row` keeps them apart. A
+    group (by any other column) that holds more than one `swept` value would average different
+    configurations as if they were seeds: ValueError naming the group and the values. Tables
+    without a `swept` column (results written before it existed) are not checked.
+    """
+    if "swept" not in df.columns:
+        return
+    keys = _by_list(by)
+    ok = _ok(df)
+    swept = ok["swept"].astype(object).where(ok["swept"].notna(), "{}")
+    for key, values in swept.groupby([ok[k] for k in keys], sort=False, dropna=False):
+        distinct = list(pd.unique(values))
+        if len(distinct) > 1:
+            group = key if isinstance(key, tuple) and len(keys) > 1 else (key[0] if isinstance(key, tuple) else key)
+            raise ValueError(f"group {group!r} of {keys if len(keys) > 1 else keys[0]!r} holds trials with different "
+                             f"swept values ({'; '.join(map(str, distinct[:4]))}): they are different "
+                             f"configurations, not seeds of one. Group by 'row' (its label names the swept "
+                             f"values) or filter the table to one value of each swept key")
+
+
 def _by_list(by: str | Sequence[str]) -> list[str]:
     return [by] if isinstance(by, str) else list(by)
 
@@ -161,6 +185,7 @@ def compare_to_baseline(df: pd.DataFrame, baseline: str = "baseline", metric: st
         raise ValueError(f"unknown test {test!r}; use 'welch' or 'bootstrap'")
     if by not in df.columns:
         raise KeyError(f"group column {by!r} not in the results table")
+    check_one_configuration(df, by)
     check_comparable(df, metric)
     vals = _values(df, metric)
     groups = df.loc[vals.index, by]

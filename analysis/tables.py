@@ -10,7 +10,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.stats import DEFAULT_METRICS, aggregate, compare_to_baseline, higher_is_better
+from analysis.stats import DEFAULT_METRICS, aggregate, check_one_configuration, compare_to_baseline, higher_is_better
 
 PM = " ± "
 DEFAULT_DIGITS: dict[str, int] = {"fid": 2, "kid": 3, "is": 2}
@@ -42,6 +42,7 @@ def ablation_table(df: pd.DataFrame, baseline: str = "baseline", order: Sequence
     `table.attrs` holds by/metrics/baseline/alpha for the renderers.
     """
     metrics = [m for m in DEFAULT_METRICS if m in df.columns] if metrics is None else list(metrics)
+    check_one_configuration(df, by)  # trials of a group are seeds of one configuration, never other swept values
     agg = aggregate(df, by=(by,), metrics=metrics)
     ok = df[df["status"] == "ok"] if "status" in df.columns else df
     groups = list(pd.unique(ok[by]))

@@ -33,8 +33,8 @@ def build_spec(args: argparse.Namespace) -> SweepSpec:
     weights = weights_from_args(args)
     # Every row sets its own mode; the base takes a trainable one so that text-encoder settings
     # given with --set (e.g. model.text_init_from_damsm=true) validate for the rows they concern.
-    base = config_from_args(args, {**loss_row_overrides(args.loss_row, weights),
-                                   **embedding_row_overrides("shared")})
+    base = config_from_args(args, embedding_row_overrides("shared"))
+    base = apply_overrides(base, loss_row_overrides(args.loss_row, weights, base.model.arch))
     seeds = list(seeds_for(args))
     grid = grid_trials(base, {row: embedding_row_overrides(row) for row in args.rows}, seeds)
     return SweepSpec(sweep="ablate_embeddings", base=apply_overrides(base, {"seed": seeds[0]}),

@@ -1,6 +1,8 @@
-"""Loss-weight ablation (seed paper 001): L = L_G + l1*DAMSM + l2*F2R + l3*F2F + l4*recap on DF-GAN.
+"""Loss-weight ablation (seed paper 001): L = L_G + l1*DAMSM + l2*F2R + l3*F2F + l4*recap.
 
-    python sweeps/ablate_losses.py                      # local preset, grid of 6 rows x 2 seeds
+    python sweeps/ablate_losses.py                      # local preset, one-factor grid: 6 rows x 2 seeds
+    python sweeps/ablate_losses.py --table cub          # Table 1's rows by their paper names (SSA-GAN)
+    python sweeps/ablate_losses.py --table coco         # Table 2's rows
     python sweeps/ablate_losses.py --preset smoke       # a few minutes on a laptop CPU
     python sweeps/ablate_losses.py --rows baseline +recap all
     python sweeps/ablate_losses.py --search optuna --trials 16 --objective both
@@ -14,15 +16,24 @@ from t2i_ray.config import ConfigError, apply_overrides
 from t2i_ray.sweep.cli import (add_weight_args, base_parser, config_from_args, grid_trials, seeds_for,
                                sweep_main, weights_from_args)
 from t2i_ray.sweep.run import SweepSpec
-from t2i_ray.sweep.space import DEFAULT_LOSS_ROWS, LOSS_ROWS, loss_row_overrides, optuna_space
+from t2i_ray.sweep.space import (DEFAULT_LOSS_ROWS, LOSS_ROWS, PAPER_TABLES, loss_row_overrides, optuna_space,
+                                 paper_row_overrides, paper_rows)
+
+TABLES = ("one-factor", *PAPER_TABLES)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = base_parser(__doc__.splitlines()[0])
+    p.add_argument("--table", choices=TABLES, default="one-factor",
+                   help="one-factor: each term added alone to the model of --set model.arch (DF-GAN by "
+                        "default); cub / coco: the rows of the seed paper's Table 1 / Table 2 by their paper "
+                        "names, each with its own architecture (rows of architectures not built yet are left "
+                        "out; README \"The papers' tables\")")
     p.add_argument("--search", choices=["grid", "optuna"], default="grid",
                    help="grid: the ablation rows x seeds; optuna: TPE over continuous l1, l2, l3, l4")
-    p.add_argument("--rows", nargs="+", choices=list(LOSS_ROWS), default=list(DEFAULT_LOSS_ROWS),
-                   help="ablation rows (grid search); `all` is DAMSM+F2R+F2F+recap, the paper's full model")
+    p.add_argument("--rows", nargs="+", default=None, metavar="ROW",
+                   help=f"a subset of the table's rows; one-factor: {', '.join(LOSS_ROWS)} (default: all but "
+                        f"+recap); cub / coco: the paper's row names, quoted (e.g. 'SSAGAN + CL (F2F)')")
     add_weight_args(p)
     p.add_argument("--trials", type=int, default=8, help="optuna: number of trials")
     p.add_argument("--objective", choices=["fid", "r_precision", "both"], default="fid",
@@ -30,22 +41,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def table_rows(args: argparse.Namespace, weights, arch: str) -> dict[str, dict]:
+    """Row label -> config overrides of the chosen --table and --rows (ConfigError on an unknown row)."""
+    try:
+        if args.table == "one-factor":
+            names = args.rows or list(DEFAULT_LOSS_ROWS)
+            return {row: loss_row_overrides(row, weights, arch) for row in names}
+        names = args.rows or paper_rows(args.table)
+        return {row: paper_row_overrides(args.table, row, weights) for row in names}
+    except ValueError as exc:
+        raise ConfigError(f"--rows: {exc}") from exc
+
+
 def build_spec(args: argparse.Namespace) -> SweepSpec:
     """The sweep the arguments describe, every trial validated (raises ConfigError)."""
     weights = weights_from_args(args)
     if args.trials < 1:
         raise ConfigError(f"--trials must be >= 1, got {args.trials}")
+    if args.search == "optuna" and args.table != "one-factor":
+        raise ConfigError(f"--search optuna tunes the loss weights of one model; it does not combine with "
+                          f"--table {args.table} (drop --table, and pick the model with --set model.arch=...)")
     base = config_from_args(args)
     seeds = list(seeds_for(args))
-    grid = grid_trials(base, {row: loss_row_overrides(row, weights) for row in args.rows}, seeds)
+    grid = grid_trials(base, table_rows(args, weights, base.model.arch), seeds)
     return SweepSpec(sweep="ablate_losses", base=apply_overrides(base, {"seed": seeds[0]}),
                      search=args.search, grid=grid,
-                     optuna_space=optuna_space() if args.search == "optuna" else None,
+                     optuna_space=optuna_space(arch=base.model.arch) if args.search == "optuna" else None,
                      num_trials=args.trials, objective=args.objective)
 
 
 def main(argv: list[str] | None = None) -> None:
-    sweep_main(parse_args(argv), build_spec, order=list(LOSS_ROWS) + ["optuna"], title="Loss ablation")
+    args = parse_args(argv)
+    order = [*LOSS_ROWS, *(r for t in PAPER_TABLES.values() for r in t), "optuna"]
+    title = "Loss ablation" + ("" if args.table == "one-factor" else f" (seed paper 001, Table "
+                                                                     f"{1 if args.table == 'cub' else 2} rows)")
+    sweep_main(args, build_spec, order=list(dict.fromkeys(order)), title=title)
 
 
 if __name__ == "__main__":

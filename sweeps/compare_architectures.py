@@ -35,7 +35,9 @@ def build_spec(args: argparse.Namespace) -> SweepSpec:
     weights = weights_from_args(args)
     base = config_from_args(args, loss_row_overrides(args.loss_row, weights))
     seeds = list(seeds_for(args))
-    grid = grid_trials(base, {arch: {"model.arch": arch} for arch in args.archs}, seeds)
+    # each architecture at its own default l1 (space.ARCH_L1) unless --l1 is given
+    grid = grid_trials(base, {arch: {"model.arch": arch, **loss_row_overrides(args.loss_row, weights, arch)}
+                              for arch in args.archs}, seeds)
     return SweepSpec(sweep="compare_architectures", base=apply_overrides(base, {"seed": seeds[0]}),
                      search="grid", grid=grid)
 

@@ -14,7 +14,7 @@ from t2i_ray.sweep.cli import base_parser, config_from_args, fail
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = base_parser(__doc__.splitlines()[0])
+    p = base_parser(__doc__.splitlines()[0], search=False)
     args = p.parse_args(argv)
     try:
         # no FID here (no Inception needed), and only this pre-training's batch must fit the data

@@ -105,6 +105,10 @@ class TrainConfig:
     beta1: float = 0.0
     beta2: float = 0.9
     num_workers: int = 1  # Ray Train workers per trial (data parallel)
+    # Batch-coupled GAN terms (mismatched pairs, NT-Xent F2R/F2F, DAMSM, DTE alignment, recap's
+    # token mean) on the global batch of all workers (t2i_ray/train/gather.py); false: each
+    # worker's own batch, so the loss depends on num_workers.
+    gather_negatives: bool = True
     use_gpu: bool = False
     # GPU speed-ups (t2i_ray/train/accel.py); "auto" turns each on only where it helps (CUDA).
     amp: str = "auto"  # auto | bf16 | off: bf16 autocast of the forward passes (no GradScaler needed)
@@ -252,8 +256,9 @@ def flatten_dict(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _coerce(value: Any, type_str: str, where: str) -> Any:
-    """Check/convert one leaf value against its annotation (given as a string)."""
+def coerce_value(value: Any, type_str: str, where: str) -> Any:
+    """Check/convert one leaf value against its annotation (given as a string), e.g. "3" for an
+    `int` field; ConfigError starting with `where` when it does not fit."""
     optional = "None" in type_str
     base = type_str.replace(" | None", "").strip()
     if value is None:
@@ -315,7 +320,7 @@ def _from_dict(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
         if is_dataclass(default):
             kwargs[name] = _from_dict(type(default), value, where + ".")
         else:
-            kwargs[name] = _coerce(value, str(f.type), where)
+            kwargs[name] = coerce_value(value, str(f.type), where)
     return cls(**kwargs)
 
 
@@ -586,6 +591,9 @@ def _check_diffusion(cfg: ExperimentConfig) -> None:
         _check(cfg.loss.damsm == cfg.loss.f2r == cfg.loss.f2f == cfg.loss.recap == 0, "loss",
                "loss.damsm/f2r/f2f/recap are GAN generator terms; model.method=diffusion trains with its own "
                "loss (diffusion.layout_weight): set them to 0")
+        _check(cfg.train.gather_negatives, "train.gather_negatives",
+               "model.method=diffusion has no batch-coupled loss terms (each is a mean of per-sample "
+               "values), so there are no negatives to keep per worker: leave it at true (the default)")
         _check(cfg.model.text_embedding == "pretrained", "model.text_embedding",
                "model.method=diffusion conditions on the frozen DAMSM text encoder (pretrained); shared/dual "
                "are DTE-GAN's trainable embeddings")
@@ -793,7 +801,7 @@ def build_config_with_file(preset: str, config_file: str | Path | None,
 __all__ = [
     "ConfigError", "DataConfig", "ModelConfig", "LossWeights", "TrainConfig", "EvalConfig",
     "DamsmConfig", "CaptionerConfig", "DiffusionConfig", "ExperimentConfig", "PRESETS", "EVAL_PROTOCOLS", "build_config",
-    "apply_overrides", "parse_override", "protocol_overrides", "resolved_eval_backbone", "validate", "replace",
+    "apply_overrides", "coerce_value", "parse_override", "protocol_overrides", "resolved_eval_backbone", "validate", "replace",
     "check_batches_fit",
     "read_config_file", "build_config_with_file",
 ]

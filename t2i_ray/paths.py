@@ -6,7 +6,8 @@ asks `RunPaths` where a thing goes, so the folder is described once (README "Out
     samples/<run>*.png|json     sample grids
     samples/<run>/<label>/      sweeps/sample.py: a user's captions, grid.png + one PNG per sample
     curves/<run>.jsonl          training reports, appended as a run goes
-    tensorboard/<run>/          TensorBoard event files
+    tensorboard/<run>/          TensorBoard event files (scalars, sample grids, hparams)
+    optuna.db                   Optuna studies of the Optuna sweeps (SQLite)
     figures/                    what analysis/ablation.ipynb saves
     cache/{damsm,captioner,evaluators,reference_stats,data}/   pre-trained and decoded assets
     ray/{tune,train}/           Ray Tune state and Train checkpoints (or --storage-path)
@@ -59,6 +60,11 @@ class RunPaths:
     def ray(self) -> Path:
         """Ray's storage when no --storage-path is given: tune/ (experiments) and train/ (checkpoints)."""
         return self.output_dir / "ray"
+
+    @property
+    def optuna_db(self) -> Path:
+        """The Optuna studies of this folder's Optuna sweeps (SQLite; one study per sweep name)."""
+        return self.output_dir / "optuna.db"
 
     def sample_grid(self, run_name: str, suffix: str = "") -> Path:
         return self.samples / f"{run_name}{suffix}.png"

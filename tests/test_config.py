@@ -31,6 +31,7 @@ def test_overrides_are_typed_from_strings():
     ({"data.resolution": 16}, "data.resolution"),
     ({"train.steps": "ten"}, "train.steps"),
     ({"train.use_gpu": "maybe"}, "train.use_gpu"),
+    ({"train.gather_negatives": "sometimes"}, "train.gather_negatives"),
     ({"loss.recap": -1.0}, "loss.recap"),
     ({"captioner.image_size": 48}, "captioner.image_size"),
     ({"captioner.dropout": 1.0}, "captioner.dropout"),

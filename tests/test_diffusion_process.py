@@ -171,6 +171,43 @@ def test_sampling_is_deterministic_under_a_seed():
     assert x_img.shape == (2, 3, 8, 8) and y_img is None
 
 
+def test_gumbel_sample_draws_each_class_at_its_probability():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    log_probs = probs.log().view(1, 4, 1, 1).expand(4, 4, 100, 100).contiguous()
+    draws = gc.gumbel_sample(log_probs, torch.Generator().manual_seed(0))
+    assert draws.shape == (4, 100, 100)
+    share = torch.bincount(draws.flatten(), minlength=4) / draws.numel()
+    sigma = (probs * (1 - probs) / draws.numel()).sqrt()
+    assert ((share - probs).abs() < 5 * sigma).all(), (share, probs)
+
+
+class ConstantHead(torch.nn.Module):
+    """A joint net with eps = 0 and the given layout logits everywhere."""
+
+    def __init__(self, logits: torch.Tensor):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, x, y, t, words, mask, sentence, drop=None):
+        B, _, H, W = x.shape
+        return torch.zeros_like(x), self.logits.view(1, -1, 1, 1).expand(B, -1, H, W).clone()
+
+
+@pytest.mark.parametrize("logits, expected", [
+    (torch.zeros(K), torch.full((K,), 1 / K)),  # no information: the layouts stay uniform
+    (torch.tensor([0.0, 0.0, 6.0]), None),      # a confident head: its class everywhere
+])
+def test_sampled_layouts_follow_the_layout_head(logits, expected):
+    """The sampler's layout draws: from p(y_s | y_t) built from the head's y_0, never a constant."""
+    proc = gc.GaussianCategoricalDiffusion(K, num_steps=100)
+    _, layouts = gc.sample(ConstantHead(logits), proc, 4, 16, 16, None, None, None,
+                           torch.Generator().manual_seed(0), sample_steps=10)
+    share = torch.bincount(layouts.flatten(), minlength=K) / layouts.numel()
+    if expected is None:
+        expected = torch.softmax(logits, 0)
+    assert (share - expected).abs().max() < 0.06, share
+
+
 def test_guidance_scale_one_is_the_conditional_prediction():
     net = tiny_net()
     words, mask, sent = tiny_text()

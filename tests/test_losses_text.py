@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from t2i_ray.losses.contrastive import info_nce, nt_xent
-from t2i_ray.losses.damsm import damsm_loss, sentence_loss, words_loss
+from t2i_ray.losses.damsm import damsm_loss, damsm_loss_from_scores, sentence_loss, word_scores, words_loss
 
 G1, G2, G3 = 4.0, 5.0, 10.0
 
@@ -130,6 +130,18 @@ def test_words_loss_accepts_flat_regions(tiny):
     a = words_loss(tiny["regions"], tiny["words"], tiny["cap_lens"], G1, G2, G3)
     b = words_loss(tiny["regions"].flatten(2), tiny["words"], tiny["cap_lens"], G1, G2, G3)
     assert torch.equal(torch.stack(a), torch.stack(b))
+
+
+def test_word_score_rows_of_some_images_are_those_rows_of_the_full_matrix():
+    """What a data-parallel worker computes: its images against every caption of the batch."""
+    regions, words, cap_lens, _ = _aligned_batch(B=6)
+    full = word_scores(regions, words, cap_lens, G1, G2)
+    assert full.shape == (6, 6)
+    torch.testing.assert_close(torch.cat([word_scores(regions[:2], words, cap_lens, G1, G2),
+                                          word_scores(regions[2:], words, cap_lens, G1, G2)]), full)
+    img, sent = regions.mean(2), words.mean(2)
+    assert torch.equal(damsm_loss_from_scores(full, img, sent, G3), damsm_loss(regions, img, words, sent, cap_lens,
+                                                                               G1, G2, G3))
 
 
 def test_words_loss_ignores_padded_words(tiny):

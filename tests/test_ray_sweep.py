@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,8 @@ def test_two_trial_grid_sweep_writes_rows_and_rerun_resumes(tiny_grid_sweep):
     assert rows.loc[rows.row == "baseline", "config.loss.recap"].item() == 0.0
     assert captioner_is_cached(spec.base)
     assert (rows["code_version"] != "").all() and (rows["seed"] == 0).all()
+    # one worker: the batch-coupled terms saw the whole batch, without a gather
+    assert (rows["workers"] == 1).all() and (rows["negatives_batch"] == 8).all() and not rows["negatives_gathered"].any()
     assert all(Path(p).is_dir() for p in rows["checkpoint_path"])
     # eval.every=2: the best of the evaluations at steps 2 and 4 is kept beside Ray Train's checkpoints
     assert set(rows["best_step"]) <= {2, 4} and (rows["best_num_images"] == 16).all()
@@ -83,20 +86,42 @@ def test_two_worker_ddp_trial_restarts_from_checkpoint_after_worker_failure(tiny
     assert (tmp_path / "crashed").exists()
 
 
-def test_optuna_sweep_samples_weights_in_range_and_records_them(tiny_cfg, tiny_damsm, local_ray):
-    from ray import tune
+def test_optuna_sweep_samples_weights_in_range_and_stores_its_study(tiny_cfg, tiny_damsm, local_ray, capsys):
+    import optuna
 
     from t2i_ray.sweep.run import SweepSpec, run_sweep
 
-    space = {"loss.f2r": tune.uniform(0.0, 1.0), "loss.f2f": tune.uniform(0.0, 1.0)}
+    space = {"loss.f2r": "float:0.0:1.0", "train.lr_g": "log:0.0001:0.001"}
     spec = SweepSpec(sweep="test_optuna", base=tiny_cfg, search="optuna", optuna_space=space,
                      num_trials=2, objective="both")
     rows = run_sweep(spec, log=lambda s: None)
     assert len(rows) == 2 and (rows["status"] == "ok").all(), rows["error"].tolist()
-    assert (rows["row"] == "optuna").all()
-    f2r = rows["config.loss.f2r"].tolist()
-    assert all(0.0 <= w <= 1.0 for w in f2r) and f2r[0] != f2r[1]
+    f2r, lr = rows["config.loss.f2r"].tolist(), rows["config.train.lr_g"].tolist()
+    assert all(0.0 <= w <= 1.0 for w in f2r) and f2r[0] != f2r[1] and all(1e-4 <= v <= 1e-3 for v in lr)
     assert rows["fid"].map(math.isfinite).all() and rows["r_precision"].map(math.isfinite).all()
+    # each draw is a configuration of its own: labelled by its values, recorded in `swept`
+    assert sorted(rows["row"]) == sorted(f"optuna f2r={a:.4g} lr_g={b:.4g}" for a, b in zip(f2r, lr))
+    assert [json.loads(s) for s in rows["swept"]] == [{"loss.f2r": a, "train.lr_g": b} for a, b in zip(f2r, lr)]
+    # one status line per trial event, with counts, elapsed time and ETA
+    out = capsys.readouterr().out
+    events = re.findall(r"^\[sweep \d:\d\d:\d\d\] \d running, (\d)/2 done, 0 failed \| ETA \S+ \| (\w+)", out, re.M)
+    assert sorted(events) == [("0", "started"), ("0", "started"), ("1", "done"), ("2", "done")] or \
+        sorted(events) == [("0", "started"), ("1", "done"), ("1", "started"), ("2", "done")], out[-3000:]
+
+    # The study is stored under the output folder, where optuna.load_study (and optuna-dashboard) read it.
+    storage = f"sqlite:///{Path(tiny_cfg.output_dir).resolve()}/optuna.db"
+    study = optuna.load_study(study_name=spec.name, storage=storage)
+    trials = sorted(study.trials, key=lambda t: t.params["loss.f2r"])
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    by_f2r = rows.sort_values("config.loss.f2r")
+    assert [t.params["loss.f2r"] for t in trials] == list(by_f2r["config.loss.f2r"])
+    assert [t.values for t in trials] == [[a, b] for a, b in zip(by_f2r["fid"], by_f2r["r_precision"])]
+    # rerunning resumes (Tune restores the searcher with its stored study); nothing is trained again
+    logs: list[str] = []
+    again = run_sweep(spec, log=logs.append)
+    assert any(line.startswith("[sweep] resuming") for line in logs), logs
+    assert sorted(again["finished_at"]) == sorted(rows["finished_at"])
+    assert len(optuna.load_study(study_name=spec.name, storage=storage).trials) == 2
 
 
 def test_a_start_that_fails_creating_the_tuner_does_not_break_the_rerun(tiny_cfg, tiny_damsm, local_ray,

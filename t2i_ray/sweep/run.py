@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -42,25 +43,75 @@ class SweepSpec:
     sweep: str  # script name, e.g. "ablate_losses"
     base: ExperimentConfig
     search: str  # "grid" | "optuna"
-    grid: list[dict[str, Any]] = field(default_factory=list)  # [{"row", "seed", "overrides"}]
-    optuna_space: dict[str, Any] | None = None  # Tune domains keyed by dotted config keys
+    # [{"row", "seed", "overrides"[, "swept"]}]: "swept" holds the --sweep values (cli.expand_grid)
+    grid: list[dict[str, Any]] = field(default_factory=list)
+    # Optuna ranges keyed by dotted config keys, as text ("float:0.0:1.0", "log:1e-05:0.001",
+    # "int:4:8"; space.parse_space_range), built into Tune domains by space.tune_domain
+    optuna_space: dict[str, str] | None = None
     num_trials: int = 0  # optuna
     objective: str = "fid"  # optuna: fid | r_precision | both (multi-objective)
     max_failures: int = 1  # Train-level restarts from the last checkpoint
+    scheduler: dict[str, Any] | None = None  # ASHA settings (asha_settings); None: every trial runs to the end
 
     def spec_hash(self) -> str:
         base = self.base.to_dict()
         # Where the Inception weights file lives is not what the sweep is (its digest is in every
         # row): moving the file, or naming it by flag instead of $T2I_INCEPTION_WEIGHTS, must resume.
         base["eval"] = {k: v for k, v in base["eval"].items() if k != "inception_weights"}
-        blob = json.dumps({"sweep": self.sweep, "base": base, "search": self.search,
-                           "grid": self.grid, "space": repr(self.optuna_space), "n": self.num_trials,
-                           "objective": self.objective}, sort_keys=True, default=str)
+        what = {"sweep": self.sweep, "base": base, "search": self.search, "grid": self.grid,
+                "space": repr(self.optuna_space), "n": self.num_trials, "objective": self.objective}
+        if self.scheduler:  # only when set, so that the names of sweeps without one stay as they were
+            what["scheduler"] = self.scheduler
+        blob = json.dumps(what, sort_keys=True, default=str)
         return hashlib.sha1(blob.encode()).hexdigest()[:8]
 
     @property
     def name(self) -> str:
         return f"{self.sweep}-{self.search}-{self.spec_hash()}"
+
+
+# What the training loop reports every train.report_every steps, per method (t2i_ray/train/gan.py,
+# t2i_ray/models/diffusion/gaussian_categorical.py); the GAN's loss_* terms appear when their
+# weight is on. In-training evaluation, where the config has it (eval.every > 0), adds eval_*.
+TRAINING_METRICS = {
+    "gan": ("loss_g_adv", "loss_g", "loss_d", "loss_d_adv", "loss_magp", "d_real", "d_fake", "loss_damsm",
+            "loss_f2r", "loss_f2f", "loss_recap", "loss_align_d", "loss_align_g", "images_per_s"),
+    "diffusion": ("loss", "image_loss", "layout_loss", "images_per_s"),
+}
+HIGHER_IS_BETTER = ("r_precision", "attr", "is", "images_per_s", "d_real", "layout_miou", "semantic_recall")
+
+
+def asha_settings(base: ExperimentConfig, metric: str | None, mode: str | None, grace: int | None) -> dict[str, Any]:
+    """ASHA (Li et al., arXiv:1810.05934) over the trials' reports, validated (ConfigError).
+
+    Its rungs are in training steps (`step` of each report). Without in-training evaluation the
+    reports carry only training losses, so the default metric is the generator's adversarial loss
+    (GAN; loss_g would add the weighted text terms, which differ between rows) or the denoising
+    loss (diffusion): a weak proxy of sample quality, which --asha-metric can change."""
+    method = base.model.method
+    periodic = getattr(base.eval, "every", 0) > 0  # in-training evaluation, where the config has it
+    metric = metric or ("eval_fid" if periodic else "loss_g_adv" if method == "gan" else "loss")
+    known = TRAINING_METRICS[method]
+    if metric.startswith("eval_"):
+        if not periodic:
+            raise ConfigError(f"--asha-metric {metric}: reported only by evaluation during training, which "
+                              f"this config does not run; use a training report key ({', '.join(known)})")
+    elif metric not in known:
+        raise ConfigError(f"--asha-metric {metric}: not in the training reports of model.method={method}; "
+                          f"use one of {', '.join(known)}")
+    if mode is None:
+        mode = "max" if any(h in metric for h in HIGHER_IS_BETTER) else "min"
+    steps = base.train.steps
+    grace = grace if grace is not None else max(base.train.report_every, steps // 4)
+    if not 1 <= grace < steps:
+        raise ConfigError(f"--asha-grace: must be in 1..train.steps-1 ({steps - 1}), got {grace} (ASHA decides "
+                          f"at {grace} steps and multiples of it, never at the last step: a trial that "
+                          f"trained all its steps is evaluated)")
+    if grace < base.train.report_every:
+        raise ConfigError(f"--asha-grace {grace}: shorter than train.report_every={base.train.report_every}, so "
+                          f"ASHA would decide before a trial's first report; raise it or lower train.report_every")
+    return {"kind": "asha", "metric": metric, "mode": mode, "grace": int(grace), "max_t": int(steps),
+            "reduction": 2}
 
 
 @dataclass(frozen=True)
@@ -179,7 +230,8 @@ def prepare_assets(cfg: ExperimentConfig, log: Callable[[str], None] = console,
     weights_path = check_eval_assets(cfg)
     if weights_path is not None:
         inc = load_inception(weights_path, cfg.eval.inception_resize)
-        log(f"[eval] Inception {inc.name} ready ({weights_path})")
+        no_is = "" if inc.info["is_logits"] else "; pool3 only (no 1008-way classifier): FID/KID, no IS"
+        log(f"[eval] Inception {inc.name} ready ({weights_path}){no_is}")
     prepare_data(cfg, log)  # a real dataset is checked and decoded into its cache here, once
     damsm_path = ensure_damsm(cfg, log)
     e = cfg.eval
@@ -200,25 +252,84 @@ def prepare_assets(cfg: ExperimentConfig, log: Callable[[str], None] = console,
             "captioner_path": str(Path(captioner_path).resolve()) if captioner_path else None}
 
 
+@dataclass(frozen=True)
+class TrialIdentity:
+    row: str  # the label tables group by: the script's row plus any --sweep values, or the Optuna draw
+    seed: int
+    overrides: dict[str, Any]  # what the trial sets on top of the base config
+    swept: dict[str, Any]  # the --sweep values or the Optuna draw (results table column `swept`)
+    run_name: str
+    cfg: ExperimentConfig
+
+
+def trial_identity(config: dict[str, Any], trial_id: str) -> TrialIdentity:
+    """Who a Tune trial is, from its config: the same on the trial driver and on the sweep driver
+    (which writes the row of a trial the scheduler stopped)."""
+    base = ExperimentConfig.from_dict(config["base"])
+    if "trial" in config:  # grid row
+        t = config["trial"]
+        row, seed, overrides, swept = t["row"], t["seed"], t["overrides"], t.get("swept", {})
+        run_name = f"{config['experiment']}-{_slug(row)}-s{seed}"
+    else:  # optuna: every sampled dotted key is an override; each draw is a configuration of its own
+        seed = base.seed
+        overrides = swept = {k: v for k, v in config.items() if "." in k}
+        from t2i_ray.sweep.space import axis_labels
+
+        short = axis_labels(sorted(swept))
+        row = " ".join(["optuna"] + [f"{short[k]}={v:.4g}" if isinstance(v, float) else f"{short[k]}={v}"
+                                     for k, v in sorted(swept.items())])
+        run_name = f"{config['experiment']}-{trial_id}"
+    cfg = apply_overrides(base, {**overrides, "seed": seed, "name": row})
+    return TrialIdentity(row, seed, dict(overrides), dict(swept), run_name, cfg)
+
+
+def write_trial_row(ident: TrialIdentity, config: dict[str, Any], *, status: str, error: str | None,
+                    wall_time_s: float, metrics: dict[str, Any], checkpoint_path: str) -> None:
+    """One trial's row in the results table (and, for a finished trial, its TensorBoard hparams)."""
+    from t2i_ray.train.method import data_parallel_columns
+
+    paths = RunPaths.of(ident.cfg)
+    row_data = store.make_row(
+        run_name=ident.run_name, sweep=config["experiment"], row=ident.row, seed=ident.seed, status=status,
+        error=error, wall_time_s=wall_time_s, config=ident.cfg.to_dict(), metrics=metrics,
+        version=config["code_version"],
+        extra={"checkpoint_path": checkpoint_path, "curves_path": str(paths.curve(ident.run_name)),
+               "tensorboard_dir": str(paths.tensorboard(ident.run_name)), "swept": ident.swept,
+               **data_parallel_columns(ident.cfg),
+               **run_files(config["damsm_path"], config["captioner_path"], checkpoint_path), "reevaluation_of": ""})
+    store.write_row(ident.cfg.output_dir, row_data)
+    if status == "ok":
+        from t2i_ray.train.runlog import write_hparams
+
+        flat = ident.cfg.flat()
+        write_hparams(paths.tensorboard(ident.run_name),
+                      {"row": ident.row, "seed": ident.seed, **{k: flat[k] for k in sorted(ident.overrides)}})
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    """The training loop's Ray Train worker function (`loop.ray_worker`), with Ray Train's ~1.5 KB
+    "Reporting training result" INFO line per report off unless -v: Ray logs it under the module's
+    file path rather than a `ray.train.*` logger name, so RunConfig(logging_config=...) misses it."""
+    from t2i_ray.train.loop import ray_worker
+
+    if config.get("train_log_level", "WARNING") != "INFO":
+        from ray.train.v2._internal.execution import context as train_context
+
+        logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+    ray_worker(config)
+
+
 def train_driver(config: dict[str, Any]) -> None:
     """The Tune trainable: one GAN training run under a TorchTrainer, then its result row."""
+    import ray
     import ray.train
     import ray.tune
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from t2i_ray.train.loop import ray_worker
-
     start = time.time()
-    base = ExperimentConfig.from_dict(config["base"])
-    if "trial" in config:  # grid row
-        row, seed, overrides = config["trial"]["row"], config["trial"]["seed"], config["trial"]["overrides"]
-        run_name = f"{config['experiment']}-{_slug(row)}-s{seed}"
-    else:  # optuna: every sampled dotted key is an override
-        row, seed = "optuna", base.seed
-        overrides = {k: v for k, v in config.items() if "." in k}
-        run_name = f"{config['experiment']}-{ray.tune.get_context().get_trial_id()}"
-    cfg = apply_overrides(base, {**overrides, "seed": seed, "name": row})
+    ident = trial_identity(config, ray.tune.get_context().get_trial_id())
+    run_name, cfg = ident.run_name, ident.cfg
     done = store.read_row(cfg.output_dir, run_name)
     same_config = done is not None and done.get("config_json") == json.dumps(cfg.to_dict(), sort_keys=True)
     if same_config and done.get("status") == "ok":
@@ -229,16 +340,19 @@ def train_driver(config: dict[str, Any]) -> None:
                          and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)},
                         checkpoint=_tune_checkpoint(done.get("checkpoint_path") or ""))
         return
+    log_level = config.get("train_log_level", "WARNING")
     best_dir = f"{config['storage_path']}/{run_name}/best"  # beside Ray Train's checkpoint_* folders
     trainer = TorchTrainer(
-        ray_worker,
+        train_worker,
         train_loop_config={"experiment": cfg.to_dict(), "damsm_path": config["damsm_path"],
                            "captioner_path": config["captioner_path"], "run_name": run_name,
-                           "best_dir": best_dir},
+                           "train_log_level": log_level, "best_dir": best_dir},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
                                                resources_per_worker=config["worker_resources"]),
         run_config=ray.train.RunConfig(
             name=run_name, storage_path=config["storage_path"], callbacks=[TuneReportCallback()],
+            # WARNING hides Ray Train's per-report INFO lines (~1.5 KB each); -v shows them.
+            logging_config=ray.LoggingConfig(log_level=log_level),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             failure_config=ray.train.FailureConfig(max_failures=config["max_failures"])),
     )
@@ -254,14 +368,8 @@ def train_driver(config: dict[str, Any]) -> None:
     except Exception as exc:  # the row records the failure; Tune marks the trial errored below
         error, diverged = failure_reason(exc)
         status = "error"
-    row_data = store.make_row(
-        run_name=run_name, sweep=config["experiment"], row=row, seed=seed, status=status, error=error,
-        wall_time_s=time.time() - start, config=cfg.to_dict(), metrics=final, version=config["code_version"],
-        extra={"checkpoint_path": checkpoint_path, "curves_path": str(RunPaths.of(cfg).curve(run_name)),
-               "tensorboard_dir": str(RunPaths.of(cfg).tensorboard(run_name)),
-               **run_files(config["damsm_path"], config["captioner_path"], checkpoint_path),
-               "reevaluation_of": ""})
-    store.write_row(cfg.output_dir, row_data)
+    write_trial_row(ident, config, status=status, error=error, wall_time_s=time.time() - start, metrics=final,
+                    checkpoint_path=checkpoint_path)
     if diverged:
         # A finished (failed) result, not a crash: Tune records the trial as done, the sweep goes
         # on, and --resume does not rerun it (it would diverge again).
@@ -400,8 +508,10 @@ def restore_experiment(spec: SweepSpec, exp_path: str, trainable, output_dir: Pa
         raise ResumeError(
             f"the saved state of sweep {spec.name} at {exp_path} cannot be read ({reason}), and "
             f"{finished} of its trials had finished (their rows are in {store.results_dir(output_dir)} "
-            f"and stay there). Its Optuna study cannot be continued: move or delete {exp_path} to "
-            f"start a new study under the same name, or restore that folder from a backup")
+            f"and stay there; its Optuna trials stay in {RunPaths(output_dir).optuna_db}, study {spec.name}). "
+            f"Tune cannot continue this search: move or delete {exp_path} to start a new one under the "
+            f"same name (its sampler then also learns from the stored study's trials), or restore that "
+            f"folder from a backup")
     moved = _set_aside(exp_path)
     log(f"[sweep] the saved state at {exp_path} cannot be read ({reason}); starting the sweep over "
         f"(set aside as {moved}). {finished} finished trial(s) keep their rows and are not rerun; "
@@ -409,15 +519,46 @@ def restore_experiment(spec: SweepSpec, exp_path: str, trainable, output_dir: Pa
     return None
 
 
+def _free_port() -> int:
+    """A TCP port free right now on this machine (for the private Ray instance's dashboard)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+def optuna_storage(output_dir: Path):
+    """The Optuna storage of every Optuna sweep of an output folder: SQLite `<output_dir>/optuna.db`,
+    one study per sweep (named after it), readable with `optuna.load_study` and optuna-dashboard.
+    Only the sweep driver writes it (the searcher runs there), so SQLite's locking suffices."""
+    import optuna
+
+    return optuna.storages.RDBStorage(f"sqlite:///{RunPaths(output_dir).optuna_db}")
+
+
+def build_scheduler(spec: SweepSpec):
+    """Tune's scheduler for the spec: ASHA over training steps, or None (every trial runs to the end)."""
+    if not spec.scheduler:
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    s = spec.scheduler
+    # Rungs at grace * reduction^k below the last step, and no stop at max_t: a trial whose training
+    # is done always gets its final evaluation (ASHA would otherwise stop it at its last report).
+    return ASHAScheduler(time_attr="step", metric=s["metric"], mode=s["mode"], max_t=s["max_t"] - 1,
+                         grace_period=s["grace"], reduction_factor=s["reduction"], stop_last_trials=False)
+
+
 def run_sweep(spec: SweepSpec, *, address: str | None = None, max_concurrent: int | None = None,
-              resume: bool = False, storage_path: str | None = None,
+              resume: bool = False, storage_path: str | None = None, verbose: bool = False,
               log: Callable[[str], None] = console) -> pd.DataFrame:
     """Run (or resume) a sweep and return its rows from the results table.
 
     Without `resume`, a saved experiment of the same name is resumed when there is one and a new
     one started otherwise; with `resume=True` a missing one is an error (ResumeError), raised
     before any work. Either way finished trials are not rerun and unfinished ones continue from
-    their last Train checkpoint.
+    their last Train checkpoint. `verbose` keeps Ray Train's INFO lines (one per report).
     """
     import ray
     from ray import tune
@@ -445,6 +586,8 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, max_concurrent: in
     # Ray Train's print patch tees worker prints to both the (wrapped) stdout and its logger, so
     # every progress line reached the console twice; plain prints still land in the worker logs.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    if not verbose:  # Tune's own experiment banner (it names a TensorBoard folder this project does not use)
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if not ray.is_initialized():
         if address:
             ray.init(address=address)
@@ -452,9 +595,18 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, max_concurrent: in
             # address="local": always a new private instance, never a cluster or another sweep's
             # Ray already running on this machine (with two of them, Ray's default address
             # resolution fails with "Found multiple active Ray instances").
+            # Ray Train's PlacementGroupCleaner finds the cluster through the dashboard's address;
+            # with another Ray instance on the machine its lookup fails ("Found multiple active Ray
+            # instances") and the placement group of a trial that ASHA stopped is never freed, so the
+            # next trials wait for its CPUs until they time out. Naming the address avoids the lookup.
+            from ray._common.network_utils import get_localhost_ip  # the dashboard's default host
+
+            port = _free_port()
             ray.init(address="local", num_cpus=os.cpu_count(), object_store_memory=512 * 1024**2,
+                     dashboard_port=port,
                      runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[2]),
-                                               "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
+                                               "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+                                               "RAY_API_SERVER_ADDRESS": f"http://{get_localhost_ip()}:{port}"}})
     res = ray.cluster_resources()
     n_trials = len(spec.grid) if spec.search == "grid" else spec.num_trials
     fit = fit_resources(res.get("CPU", 0), res.get("GPU", 0), base.train.num_workers,
@@ -469,21 +621,24 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, max_concurrent: in
         "base": base.to_dict(), **assets, "experiment": spec.name,
         "storage_path": f"{storage}/train", "worker_resources": fit.worker_resources,
         "max_failures": spec.max_failures, "code_version": store.code_version(),
+        "train_log_level": "INFO" if verbose else "WARNING",
     }
-    tune_kwargs: dict[str, Any] = {"max_concurrent_trials": concurrency}
+    tune_kwargs: dict[str, Any] = {"max_concurrent_trials": concurrency, "scheduler": build_scheduler(spec)}
     if spec.search == "grid":
         param_space["trial"] = tune.grid_search(spec.grid)
     else:
         from optuna.samplers import TPESampler
         from ray.tune.search.optuna import OptunaSearch
 
-        param_space.update(spec.optuna_space or {})
-        if spec.objective == "both":
-            searcher = OptunaSearch(metric=["fid", "r_precision"], mode=["min", "max"],
-                                    sampler=TPESampler(seed=base.seed))
-        else:
-            mode = "min" if spec.objective == "fid" else "max"
-            searcher = OptunaSearch(metric=spec.objective, mode=mode, sampler=TPESampler(seed=base.seed))
+        from t2i_ray.sweep.space import tune_domain
+
+        param_space.update({key: tune_domain(rng) for key, rng in (spec.optuna_space or {}).items()})
+        metric, mode = ((["fid", "r_precision"], ["min", "max"]) if spec.objective == "both"
+                        else (spec.objective, "min" if spec.objective == "fid" else "max"))
+        # The study lives in <output_dir>/optuna.db under the sweep's name (optuna.load_study reads
+        # it); on --resume Tune restores this searcher, which goes on writing to the same study.
+        searcher = OptunaSearch(metric=metric, mode=mode, sampler=TPESampler(seed=base.seed),
+                                study_name=spec.name, storage=optuna_storage(output_dir))
         tune_kwargs.update(search_alg=searcher, num_samples=spec.num_trials)
     trainable = tune.with_resources(train_driver, driver_resources(res))
     exp_path = f"{storage}/tune/{spec.name}"

@@ -37,6 +37,10 @@ def build_unet(cfg: ExperimentConfig, num_classes: int) -> JointUNet:
 
 class DiffusionMethod(Method):
     name = "diffusion"
+    # Every term is a mean over samples of per-sample values (MSE(eps) and the layout VLB, each
+    # per-sample weighted; text dropout per sample; GroupNorm only in the U-Net), so DDP's gradient
+    # average over equal shards is already the global batch's gradient: nothing to gather.
+    batch_coupled = False
 
     def __init__(self, cfg: ExperimentConfig, assets: Assets):
         f = cfg.diffusion

@@ -4,7 +4,10 @@ L_D = hinge(real) + 1/2 (hinge(fake) + hinge(mismatch)) + MA-GP  [+ a_w * L_alig
 L_G = -E[D(G(z, e), e)] + l1 L_DAMSM + l2 L_F2R + l3 L_F2F + l4 L_recap  [+ a_w * L_align(fake)]
 A weight of 0 skips its term's computation entirely (no extra forward passes). The models may be
 DDP-wrapped; frozen uses (D during the G step, encoders under no_grad) go through the plain
-module so DDP's gradient sync only sees the passes that train it.
+module so DDP's gradient sync only sees the passes that train it. Under data parallelism the
+batch-coupled terms (mismatched pairs, NT-Xent, DAMSM, the alignment InfoNCE, the re-captioning
+loss's token mean) read the global batch through `gather` (t2i_ray/train/gather.py); every other
+term is a mean of per-sample values, which DDP's gradient average already makes global.
 """
 from __future__ import annotations
 
@@ -22,11 +25,12 @@ from t2i_ray.losses.adversarial import (
     mismatched,
 )
 from t2i_ray.losses.contrastive import info_nce, nt_xent
-from t2i_ray.losses.damsm import damsm_loss
-from t2i_ray.losses.recaption import recaption_loss
+from t2i_ray.losses.damsm import damsm_loss_from_scores, word_scores
+from t2i_ray.losses.recaption import caption_token_nll, masked_token_mean
 from t2i_ray.models.factory import GANModels, build_gan_models
 from t2i_ray.models.text import word_mask
 from t2i_ray.train.checkpoint import unwrap
+from t2i_ray.train.gather import NO_GATHER, BatchGather
 from t2i_ray.train.method import Assets, Method, SampleFn, encode_text
 
 
@@ -51,9 +55,12 @@ def gan_step(
     cfg: ExperimentConfig,
     noise_gen: torch.Generator,
     autocast: Callable[[], ContextManager] = contextlib.nullcontext,
+    gather: BatchGather = NO_GATHER,
 ) -> dict[str, float]:
     """One D update then one G update; returns the losses as floats. `autocast` wraps the forward
-    passes (the loop passes bf16 autocast on GPUs that have it); backward runs outside it."""
+    passes (the loop passes bf16 autocast on GPUs that have it); backward runs outside it.
+    `gather` gives the batch-coupled terms the global batch of all data-parallel workers (their
+    reported values are then the global batch's, the same on every worker)."""
     lw, align_w = cfg.loss, cfg.model.align_weight
     real = batch["image"]
     ids, lens = batch["caption"], batch["caption_len"]
@@ -77,7 +84,10 @@ def gan_step(
         real_feat = D(real_in)  # (B, 8nf, 4, 4)
         # Logits go to float32 before the losses: bf16 keeps ~3 digits, MA-GP raises to the 6th power.
         real_logits = head(real_feat, sent_g).float()
-        mismatch_logits = head(mismatched(real_feat), sent_g).float()
+        # Image i + 1 with caption i. On the gathered (global) batch every worker pairs the rows as
+        # one process with the whole global batch would, across the workers' boundaries too.
+        coupled = gather({"real_feat": real_feat, "sent": sent_g})
+        mismatch_logits = head(mismatched(coupled["real_feat"]), coupled["sent"]).float()
         # One G forward per iteration, as DF-GAN: D sees it detached, the G step reuses its graph
         # (only D's parameters change in between, and G's output does not depend on them).
         fake = G(z, sent_g.detach(), words_g, mask_g)
@@ -90,8 +100,8 @@ def gan_step(
                 sent_a = sent_g
             else:
                 _, sent_a = encode_text(models.text_a, ids, lens, trainable=True)
-            loss_align_d = info_nce(models.align_proj(real_feat).float(), sent_a.float(),
-                                    cfg.model.align_temperature)
+            aligned = gather({"image": models.align_proj(real_feat), "text": sent_a})
+            loss_align_d = info_nce(aligned["image"].float(), aligned["text"].float(), cfg.model.align_temperature)
             loss_d = loss_d + align_w * loss_align_d
             out["loss_align_d"] = loss_align_d.item()
     loss_d.backward()
@@ -111,7 +121,7 @@ def gan_step(
     try:
         sent = sent_g.detach()
         with autocast():
-            loss_g = _generator_loss(models, batch, cfg, fake, sent, z, real, out)
+            loss_g = _generator_loss(models, batch, cfg, fake, sent, z, real, out, gather)
         loss_g.backward()
         optimizers["g"].step()
     finally:
@@ -122,9 +132,11 @@ def gan_step(
 
 
 def _generator_loss(models: GANModels, batch: Mapping[str, Tensor], cfg: ExperimentConfig, fake: Tensor,
-                    sent: Tensor, z: Tensor, real: Tensor, out: dict[str, float]) -> Tensor:
+                    sent: Tensor, z: Tensor, real: Tensor, out: dict[str, float],
+                    gather: BatchGather = NO_GATHER) -> Tensor:
     """L_G = -E[D(G(z,e),e)] + l1 L_DAMSM + l2 L_F2R + l3 L_F2F + l4 L_recap [+ a_w L_align(fake)], D frozen.
-    Features go to float32 before every loss (they may come out of bf16 autocast)."""
+    Features go to float32 before every loss (they may come out of bf16 autocast). The per-sample
+    inputs of the batch-coupled terms are computed first and gathered once."""
     lw, align_w = cfg.loss, cfg.model.align_weight
     ids, lens = batch["caption"], batch["caption_len"]
     d_plain, head_plain = unwrap(models.discriminator), unwrap(models.head)
@@ -132,38 +144,52 @@ def _generator_loss(models: GANModels, batch: Mapping[str, Tensor], cfg: Experim
     loss_adv_g = generator_hinge_loss(head_plain(fake_feat, sent).float())
     loss_g = loss_adv_g
     out["loss_g_adv"] = loss_adv_g.item()
+    use_align = models.text_trainable and align_w > 0
+    local: dict[str, Tensor] = {}
     if lw.damsm > 0 or lw.f2r > 0 or lw.f2f > 0:
-        fake_regions, fake_global = damsm_image_features(models.damsm_image, fake)  # frozen, grads reach G
+        fake_regions, local["fake_global"] = damsm_image_features(models.damsm_image, fake)  # frozen, grads reach G
     if lw.damsm > 0:
         words, sent_damsm = encode_text(models.damsm_text, ids, lens, trainable=False)
-        loss_damsm = damsm_loss(fake_regions, fake_global, words.float(), sent_damsm.float(), lens,
-                                lw.gamma1, lw.gamma2, lw.gamma3)
-        loss_g = loss_g + lw.damsm * loss_damsm
-        out["loss_damsm"] = loss_damsm.item()
+        # Word matching of this worker's fakes against every caption of the (global) batch: its
+        # rows of the score matrix (the O(B^2) part, so no worker computes another's rows).
+        captions = gather({"words": words.float(), "lens": lens})
+        local.update(word_scores=word_scores(fake_regions, captions["words"], captions["lens"], lw.gamma1, lw.gamma2),
+                     sent_damsm=sent_damsm.float())
     if lw.f2r > 0:
         with torch.no_grad():
-            _, real_global = damsm_image_features(models.damsm_image, real)
-        loss_f2r = nt_xent(fake_global, real_global, lw.temperature)
-        loss_g = loss_g + lw.f2r * loss_f2r
-        out["loss_f2r"] = loss_f2r.item()
+            _, local["real_global"] = damsm_image_features(models.damsm_image, real)
     if lw.f2f > 0:
         # A second fake from the same noise and another caption of the same image.
         ids2, lens2 = batch["caption2"], batch["caption2_len"]
         words2, sent2 = encode_text(models.text_g, ids2, lens2, trainable=False)
         fake2 = models.generator(z, sent2.detach(), words2.detach(), word_mask(lens2, ids2.shape[1]))
-        _, fake2_global = damsm_image_features(models.damsm_image, fake2)
-        loss_f2f = nt_xent(fake_global, fake2_global, lw.temperature)
+        _, local["fake2_global"] = damsm_image_features(models.damsm_image, fake2)
+    if lw.recap > 0:
+        # Frozen captioner (eval mode, no parameter gradients): the gradient reaches G only. The
+        # loss is a mean over the batch's tokens, so the token counts are gathered with the NLLs.
+        local["recap_nll"], _, local["recap_mask"] = caption_token_nll(models.captioner(fake, ids).float(), ids, lens)
+    if use_align:
+        _, sent_a = encode_text(models.text_a, ids, lens, trainable=False)
+        local.update(fake_align=unwrap(models.align_proj)(fake_feat), sent_a=sent_a)
+    g = gather(local)
+    if lw.damsm > 0:
+        loss_damsm = damsm_loss_from_scores(g["word_scores"], g["fake_global"], g["sent_damsm"], lw.gamma3)
+        loss_g = loss_g + lw.damsm * loss_damsm
+        out["loss_damsm"] = loss_damsm.item()
+    if lw.f2r > 0:
+        loss_f2r = nt_xent(g["fake_global"], g["real_global"], lw.temperature)
+        loss_g = loss_g + lw.f2r * loss_f2r
+        out["loss_f2r"] = loss_f2r.item()
+    if lw.f2f > 0:
+        loss_f2f = nt_xent(g["fake_global"], g["fake2_global"], lw.temperature)
         loss_g = loss_g + lw.f2f * loss_f2f
         out["loss_f2f"] = loss_f2f.item()
     if lw.recap > 0:
-        # Frozen captioner (eval mode, no parameter gradients): the gradient reaches G only.
-        loss_recap = recaption_loss(models.captioner(fake, ids).float(), ids, lens)
+        loss_recap = masked_token_mean(g["recap_nll"], g["recap_mask"])
         loss_g = loss_g + lw.recap * loss_recap
         out["loss_recap"] = loss_recap.item()
-    if models.text_trainable and align_w > 0:
-        _, sent_a = encode_text(models.text_a, ids, lens, trainable=False)
-        loss_align_g = info_nce(unwrap(models.align_proj)(fake_feat).float(), sent_a.float(),
-                                cfg.model.align_temperature)
+    if use_align:
+        loss_align_g = info_nce(g["fake_align"].float(), g["sent_a"].float(), cfg.model.align_temperature)
         loss_g = loss_g + align_w * loss_align_g
         out["loss_align_g"] = loss_align_g.item()
     return loss_g
@@ -214,21 +240,25 @@ class GanMethod(Method):
     are G(z, e) with z ~ N(0, I) drawn from the sampler's generator."""
 
     name = "gan"
+    batch_coupled = True  # the mismatched pairs always; NT-Xent, DAMSM, alignment, recap when on
 
     def __init__(self, cfg: ExperimentConfig, assets: Assets):
         self.cfg = cfg
         self.models = build_gan_models(cfg, assets.damsm.text_encoder, assets.damsm.image_encoder,
                                        assets.captioner, for_training=assets.for_training)
         self.optimizers = build_optimizers(self.models, cfg)
+        self.gather = NO_GATHER
 
     def trainable(self) -> dict[str, nn.Module]:
         return self.models.trainable()
 
     def prepare(self, wrap, prepare_module, device) -> None:
         prepare_gan_models(self.models, wrap, prepare_module, device)
+        # Over the workers of the process group the loop runs in (none, or one worker: no gathering).
+        self.gather = BatchGather.from_process_group(self.cfg.train.gather_negatives)
 
     def step(self, batch, rng, autocast) -> dict[str, float]:
-        return gan_step(self.models, self.optimizers, batch, self.cfg, rng, autocast=autocast)
+        return gan_step(self.models, self.optimizers, batch, self.cfg, rng, autocast=autocast, gather=self.gather)
 
     def _generate(self, ids: Tensor, lens: Tensor, rng: torch.Generator, **extra):
         generator, text_g = unwrap(self.models.generator), unwrap(self.models.text_g)

@@ -183,6 +183,10 @@ def run_training(cfg: ExperimentConfig, env: RunEnv, damsm_path: str, run_name: 
     log = RunLog(cfg, run_name) if env.world_rank == 0 else None
     if log is not None:
         print(f"[{run_name}] {accel.describe()}", flush=True)
+        if env.world_size > 1 and method.batch_coupled:
+            where = (f"the global batch ({env.world_size} workers x {t.batch_size}, gathered)" if t.gather_negatives
+                     else f"each worker's own batch of {t.batch_size} (train.gather_negatives=false)")
+            print(f"[{run_name}] batch-coupled loss terms (negatives, mismatched pairs) on {where}", flush=True)
     every = cfg.eval.every  # in-training evaluations on rank 0; the best checkpoint kept in env.best_dir
     periodic = PeriodicEval(cfg, assets.damsm, method, best) if every and env.world_rank == 0 else None
     files = {"damsm_path": str(Path(damsm_path).resolve()), "vocab_fingerprint": assets.damsm.vocab.fingerprint(),

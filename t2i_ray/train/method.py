@@ -40,6 +40,9 @@ class Method:
     `self.optimizers`."""
 
     name: ClassVar[str]
+    # Whether a sample's loss depends on the other samples of the batch (negatives, mismatched
+    # pairs): then `train.gather_negatives` gives those terms the global batch of all workers.
+    batch_coupled: ClassVar[bool] = False
     optimizers: dict[str, torch.optim.Optimizer]
 
     @classmethod
@@ -181,9 +184,24 @@ def method_class(cfg: ExperimentConfig) -> type[Method]:
     return methods[cfg.model.method]
 
 
+def data_parallel_columns(cfg: ExperimentConfig) -> dict[str, int | bool | None]:
+    """What a results row records about data parallelism: `workers` (Ray Train workers of the
+    trial), `negatives_gathered` (its batch-coupled terms saw the global batch through an
+    all-gather: more than one worker and train.gather_negatives) and `negatives_batch` (how many
+    samples those terms compare across: batch_size x workers when gathered or on one worker,
+    batch_size otherwise; None for a method without such terms)."""
+    t = cfg.train
+    coupled = method_class(cfg).batch_coupled
+    gathered = coupled and t.num_workers > 1 and t.gather_negatives
+    global_batch = gathered or t.num_workers == 1
+    return {"workers": t.num_workers, "negatives_gathered": gathered,
+            "negatives_batch": (t.batch_size * t.num_workers if global_batch else t.batch_size) if coupled else None}
+
+
 def build_method(cfg: ExperimentConfig, assets: Assets) -> Method:
     return method_class(cfg)(cfg, assets)
 
 
-__all__ = ["Assets", "Method", "SampleFn", "TrainedRun", "build_method", "encode_text", "load_assets", "load_trained",
+__all__ = ["Assets", "Method", "SampleFn", "TrainedRun", "build_method", "data_parallel_columns", "encode_text",
+           "load_assets", "load_trained",
            "method_class"]

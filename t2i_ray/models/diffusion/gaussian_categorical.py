@@ -125,7 +125,9 @@ def draw(fn: Callable, shape, generator: torch.Generator, device: torch.device |
 def gumbel_sample(log_probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """One class per pixel from (B, K, H, W) log-probabilities: argmax(log p + Gumbel) -> (B, H, W)."""
     u = draw(torch.rand, log_probs.shape, generator, log_probs.device, dtype=log_probs.dtype)
-    gumbel = -torch.log(-torch.log(u.clamp(1e-20, 1.0)).clamp_min(1e-20))
+    # -log(-log u), with both logs kept finite: -log u in [1e-20, 46] (u = 1 would give log 0)
+    neg_log_u = (-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20)
+    gumbel = -torch.log(neg_log_u)
     return (log_probs + gumbel).argmax(dim=1)
 
 

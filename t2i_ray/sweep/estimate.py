@@ -1,0 +1,144 @@
+"""How long a sweep will take, from measured step rates (what `--dry-run` prints).
+
+Every figure below was measured on a 2-core x86-64 CPU by the benchmark scripts, whose JSON is in
+`benchmarks/results/` (tests/test_sweep_cli.py checks that the numbers here match those files):
+
+- GAN steps (one D + one G update), 32x32, batch 32, nf=16, adversarial losses only:
+  `step_throughput_archs.json` (1 thread) and `step_throughput_archs_2threads.json` (2 threads).
+- The DAMSM/F2R/F2F terms: ~93 images/s against ~180 for DF-GAN alone at nf=16, 1 thread
+  (benchmarks/README.md, "Step throughput"); the re-captioning term is assumed to cost as much.
+- Diffusion steps, 32x32, batch 16, dim 32 (3.9 M parameters), 1 thread:
+  `diffusion_step_1thread_quieter.json`.
+- Per trial, ~16 s to start the Ray Train worker group and ~7 s to load the encoders and build the
+  data and models; evaluation ~4 s per 1024 GAN samples (benchmarks/README.md, "Where a trial's
+  time goes").
+
+Other sizes are extrapolated with a cost proportional to pixels x width^2 (the measured dim 32 ->
+64 and 32 -> 64 px diffusion rows are 3.0x and 4.7x slower, against 4x predicted), so expect the
+estimate to be off by up to ~1.5x away from the measured settings. No rate has been measured on a
+GPU: GPU sweeps get no estimate.
+"""
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from t2i_ray.config import ExperimentConfig, apply_overrides
+
+if TYPE_CHECKING:
+    from t2i_ray.sweep.run import SweepSpec
+
+# images/s of one step at the reference setting: (1 thread, 2 threads)
+GAN_IMAGES_PER_S = {"dfgan": (174.1, 280.5), "ssagan": (150.3, 223.7), "attngan_style": (79.4, 120.6)}
+GAN_REFERENCE = {"resolution": 32, "nf": 16}
+EXTRA_TERMS_FACTOR = 93 / 180  # with the text-alignment loss terms on
+DIFFUSION_IMAGES_PER_S = 51.76  # 1 thread; 2 threads measured no faster under load (39.5)
+DIFFUSION_REFERENCE = {"resolution": 32, "dim": 32}
+TRIAL_STARTUP_S = 16.0 + 7.0
+GAN_EVAL_S_PER_IMAGE = 4.0 / 1024
+SOURCES = ("benchmarks/results/step_throughput_archs.json, step_throughput_archs_2threads.json, "
+           "diffusion_step_1thread_quieter.json; benchmarks/README.md")
+
+
+@dataclass(frozen=True)
+class TrialEstimate:
+    train_s: float
+    eval_s: float
+    images_per_s: float
+
+    @property
+    def total_s(self) -> float:
+        return TRIAL_STARTUP_S + self.train_s + self.eval_s
+
+
+def train_images_per_s(cfg: ExperimentConfig) -> float:
+    """Estimated training images/s of one Train worker of `cfg` on a CPU."""
+    threads = 2 if cfg.train.torch_threads >= 2 else 1
+    pixels = (cfg.data.resolution / GAN_REFERENCE["resolution"]) ** 2
+    if cfg.model.method == "diffusion":
+        width = (cfg.diffusion.dim / DIFFUSION_REFERENCE["dim"]) ** 2
+        return DIFFUSION_IMAGES_PER_S / (pixels * width)
+    rate = GAN_IMAGES_PER_S[cfg.model.arch][threads - 1] / (pixels * (cfg.model.nf / GAN_REFERENCE["nf"]) ** 2)
+    loss = cfg.loss
+    if loss.damsm > 0 or loss.f2r > 0 or loss.f2f > 0 or loss.recap > 0:
+        rate *= EXTRA_TERMS_FACTOR
+    return rate
+
+
+def estimate_trial(cfg: ExperimentConfig) -> TrialEstimate:
+    rate = train_images_per_s(cfg)
+    train_s = cfg.train.steps * cfg.train.batch_size / rate
+    e = cfg.eval
+    if cfg.model.method == "diffusion":
+        # Sampling: sample_steps U-Net passes per image, two with guidance; a forward pass taken
+        # as a third of a training step.
+        passes = cfg.diffusion.sample_steps * (2 if cfg.diffusion.guidance_scale != 1 else 1)
+        eval_s = e.num_images * passes / (3 * rate)
+    else:
+        eval_s = e.num_images * GAN_EVAL_S_PER_IMAGE * (cfg.data.resolution / 32) ** 2
+    return TrialEstimate(train_s, eval_s, rate)
+
+
+@dataclass(frozen=True)
+class SweepEstimate:
+    trials: int
+    concurrent: int
+    cpus: int
+    total_s: float | None
+    mean_trial: TrialEstimate | None
+    note: str = ""
+
+    def describe(self) -> str:
+        if self.total_s is None:
+            return f"estimated wall time: none ({self.note})"
+        t = self.mean_trial
+        return (f"estimated wall time: ~{_minutes(self.total_s)} for {self.trials} trial(s), {self.concurrent} at a "
+                f"time on {self.cpus} CPUs (per trial ~{t.total_s:.0f} s: {TRIAL_STARTUP_S:.0f} s start-up, "
+                f"{t.train_s:.0f} s training at ~{t.images_per_s:.0f} images/s, {t.eval_s:.0f} s evaluation)"
+                f"{self.note}; from step rates measured on a 2-core CPU ({SOURCES})")
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+def trial_configs(spec: "SweepSpec") -> list[ExperimentConfig]:
+    """The config of every trial the spec will run (Optuna draws taken at the middle of each range)."""
+    if spec.search == "grid":
+        return [apply_overrides(spec.base, {**t["overrides"], "seed": t["seed"]}) for t in spec.grid]
+    middle: dict[str, Any] = {}
+    for key, rng in (spec.optuna_space or {}).items():
+        kind, lo, hi = rng.split(":")
+        lo_f, hi_f = float(lo), float(hi)
+        mid = math.sqrt(lo_f * hi_f) if kind == "log" else (lo_f + hi_f) / 2
+        middle[key] = round(mid) if kind == "int" else mid
+    return [apply_overrides(spec.base, middle)] * spec.num_trials
+
+
+def estimate_sweep(spec: "SweepSpec", cpus: int) -> SweepEstimate:
+    """Wall time of the trials on a local Ray instance with `cpus` CPUs (DAMSM/evaluator pre-training
+    not included: cached after the first run)."""
+    from t2i_ray.config import ConfigError
+    from t2i_ray.sweep.run import fit_resources
+
+    configs = trial_configs(spec)
+    b = spec.base
+    if b.train.use_gpu:
+        return SweepEstimate(len(configs), 0, cpus, None, None, "no step rate has been measured on a GPU")
+    try:
+        k = fit_resources(cpus, 0, b.train.num_workers, b.train.cpus_per_worker, False, len(configs)).max_concurrent
+    except ConfigError as exc:
+        return SweepEstimate(len(configs), 0, cpus, None, None, f"the trials do not fit this machine: {exc}")
+    estimates = [estimate_trial(c) for c in configs]
+    slots = [0.0] * k  # trials start in order on the first free slot
+    for est in estimates:
+        heapq.heappush(slots, heapq.heappop(slots) + est.total_s)
+    mean = TrialEstimate(*(sum(getattr(e, f) for e in estimates) / len(estimates)
+                           for f in ("train_s", "eval_s", "images_per_s")))
+    note = "; an upper bound with ASHA, which stops trials early" if spec.scheduler else ""
+    return SweepEstimate(len(configs), k, cpus, max(slots), mean, note)
+
+
+__all__ = ["estimate_sweep", "estimate_trial", "train_images_per_s", "SweepEstimate", "TrialEstimate"]
