@@ -296,7 +296,8 @@ def write_trial_row(ident: TrialIdentity, config: dict[str, Any], *, status: str
         extra={"checkpoint_path": checkpoint_path, "curves_path": str(paths.curve(ident.run_name)),
                "tensorboard_dir": str(paths.tensorboard(ident.run_name)), "swept": ident.swept,
                **data_parallel_columns(ident.cfg),
-               **run_files(config["damsm_path"], config["captioner_path"], checkpoint_path), "reevaluation_of": ""})
+               **run_files(config.get("damsm_path"), config.get("captioner_path"), checkpoint_path),
+               "reevaluation_of": ""})
     store.write_row(ident.cfg.output_dir, row_data)
     if status == "ok":
         from t2i_ray.train.runlog import write_hparams
@@ -383,12 +384,12 @@ def train_driver(config: dict[str, Any]) -> None:
                     checkpoint=checkpoint)
 
 
-def run_files(damsm_path: str, captioner_path: str | None, checkpoint_path: str) -> dict[str, str]:
+def run_files(damsm_path: str | None, captioner_path: str | None, checkpoint_path: str) -> dict[str, str]:
     """What a results row names so that its checkpoint can be sampled from and re-evaluated alone:
     the DAMSM folder (frozen text encoder + vocabulary), the captioner of l4 and the vocabulary."""
-    meta = Path(damsm_path) / "meta.json"
-    fingerprint = json.loads(meta.read_text())["vocab_fingerprint"] if meta.is_file() else ""
-    return {"damsm_path": damsm_path, "captioner_path": captioner_path or "", "vocab_fingerprint": fingerprint,
+    meta = Path(damsm_path) / "meta.json" if damsm_path else None
+    fingerprint = json.loads(meta.read_text())["vocab_fingerprint"] if meta and meta.is_file() else ""
+    return {"damsm_path": damsm_path or "", "captioner_path": captioner_path or "", "vocab_fingerprint": fingerprint,
             "vocab_path": f"{checkpoint_path}/vocab.json" if checkpoint_path else ""}
 
 
