@@ -162,10 +162,12 @@ def test_runs_are_found_by_name_or_best_metric_with_clear_errors(tmp_path):
     row, why = best_run(out, "fid")  # finished runs only, re-evaluations left out
     assert row["run_name"] == "b" and why.startswith("fid=20, the lowest of 2 finished run(s)")
     assert best_run(out, "fid", sweep="s1-reeval-1")[0]["run_name"] == "b-reeval-1"
-    with pytest.raises(RunError, match="--sweep: no sweep named 'nope' in the results table; sweeps there: s1, s1-reeval-1, s2"):
+    with pytest.raises(RunError, match="--sweep: no sweep named 'nope' in the results table; "
+                                       "sweeps there: s1, s1-reeval-1, s2"):
         best_run(out, "fid", sweep="nope")
     _row(out, "d", "s3", 1.0, fid_num_fake=30000)
-    with pytest.raises(RunError, match=r"measured fid differently \(fid_num_fake: 30000, 64\).*pick one sweep with --sweep"):
+    with pytest.raises(RunError, match=r"measured fid differently \(fid_num_fake: 30000, 64\).*"
+                                       r"pick one sweep with --sweep"):
         best_run(out, "fid")
     with pytest.raises(RunError, match=r"the last checkpoint of run a is missing: no state.pt in .*gone/a/checkpoint_1 "
                                        r"or .*runs/ray/train/a/checkpoint_1"):

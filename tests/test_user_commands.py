@@ -163,22 +163,23 @@ def test_sample_script_draws_new_captions_from_a_finished_run(main_sweep, tmp_pa
     assert "warning: caption 2 'a small green zebra triangle': unknown word(s) dropped: zebra" in first.stdout
     assert f"[sample] run {best} (fid=" in first.stdout  # --best fid: the lowest final FID of the sweep
     written = _files(tmp_path / "a")
-    assert set(written) == {"grid.png", "samples.json"} | {f"caption{c:02d}_sample{k}.png" for c in (0, 1) for k in (0, 1)}
+    samples = {f"caption{c:02d}_sample{k}.png" for c in (0, 1) for k in (0, 1)}
+    assert set(written) == {"grid.png", "samples.json"} | samples
     from PIL import Image
 
     assert Image.open(tmp_path / "a" / "caption00_sample0.png").size == (32, 32)
     grid = Image.open(tmp_path / "a" / "grid.png")
     assert grid.width > 2 * 128 and grid.height > 2 * 128  # label column + 2 upscaled samples per caption row
     meta = json.loads(written["samples.json"])
-    assert [c["caption"] for c in meta["captions"]] == ["a red circle left of a blue square", "a small green zebra triangle"]
+    assert [c["caption"] for c in meta["captions"]] == ["a red circle left of a blue square",
+                                                        "a small green zebra triangle"]
     assert meta["captions"][1]["unknown_words"] == ["zebra"] and meta["run_name"] == best and meta["seed"] == 3
     # the same run (named this time), captions and seed: the same images, byte for byte
     again = run_script("sample", "--run", best, "--captions", str(captions), "--n-per-caption", "2", "--seed", "3",
                        "--output-dir", str(out), "--out", str(tmp_path / "b"), "--device", "cpu", cwd=cwd, timeout=300)
     assert again.returncode == 0, again.stdout[-4000:]
     same = _files(tmp_path / "b")
-    assert all(same[name] == data for name, data in written.items() if name.endswith("sample0.png") or
-               name.endswith("sample1.png"))
+    assert all(same[name] == written[name] for name in samples)
     # --strict refuses the unknown word before loading anything
     strict = run_script("sample", "--run", best, "--captions", str(captions), "--strict", "--output-dir", str(out),
                         "--out", str(tmp_path / "c"), cwd=cwd, timeout=120)
@@ -211,7 +212,8 @@ def test_evaluate_script_adds_a_reevaluation_row_and_keeps_the_original(main_swe
     from ray.tune import ExperimentAnalysis
 
     sweep = old["sweep"]
-    best = ExperimentAnalysis(str(out / "ray" / "tune" / sweep), default_metric="fid", default_mode="min").best_checkpoint
+    analysis = ExperimentAnalysis(str(out / "ray" / "tune" / sweep), default_metric="fid", default_mode="min")
+    best = analysis.best_checkpoint
     rows = _rows(out)
     lowest = rows.loc[rows["fid"].idxmin()]
     assert json.loads((Path(best.path) / "config.json").read_text())["name"] == lowest["row"]
