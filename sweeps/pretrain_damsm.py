@@ -2,7 +2,8 @@
 
     python sweeps/pretrain_damsm.py --preset local
 The sweeps call the same code automatically when the encoders are missing; run this to do it
-ahead of time or with other settings (e.g. --set damsm.epochs=50).
+ahead of time or with other settings (e.g. --set damsm.epochs=50; T2I_CL's stage 1, the encoders
+of seed 001: --set damsm.second_caption=true --set damsm.contrastive=1).
 """
 from __future__ import annotations
 
@@ -27,8 +28,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     path = ensure_damsm(cfg)
     meta = load_damsm(path).meta
-    print(json.dumps({k: meta[k] for k in ("key", "vocab_size", "final_loss", "real_r_precision",
-                                           "real_r_precision_std", "seconds")}, indent=1))
+    print(json.dumps({k: meta[k] for k in ("key", "objective", "class_mask", "vocab_size", "final_loss",
+                                           "final_loss_parts", "real_r_precision", "real_r_precision_std",
+                                           "seconds")}, indent=1))
     print(f"encoders, vocabulary and meta.json: {path}")
 
 

@@ -20,6 +20,10 @@ CAPTION_FILE_DATASETS = ("mmceleba", "cityscapes")  # the ones with a captions J
 ARCHITECTURES = ("dfgan", "ssagan", "attngan_style")
 METHODS = ("gan", "diffusion")  # model.method: what the training loop trains (t2i_ray/train/method.py)
 LAYOUT_DATASETS = ("shapes", "mmceleba", "cityscapes")  # the ones with semantic layouts
+# The ones whose items carry class ids (the "<class>/<image>" keys of t2i_ray/data/cub.py): DAMSM's
+# same-class masking (damsm.class_mask) and R-precision's other-class mismatches use them.
+CLASS_DATASETS = ("cub", "oxford102")
+CLASS_MASK_MODES = ("auto", "on", "off")
 # model.nf of each architecture at its reference setting (256x256). The presets set model.nf for
 # every architecture alike (smoke 8, local 16, paper 32): set model.nf=64 for SSA-GAN's widths
 # (512 .. 64) or StyleGAN2's 256x256 config-e widths (attngan_style, w_dim = 8nf = 512).
@@ -162,6 +166,18 @@ class DamsmConfig:
     lr: float = 2e-3
     lr_decay: float = 0.98  # per epoch, while lr > lr/10 (AttnGAN)
     grad_clip: float = 0.25  # on the RNN only
+    # T2I_CL's stage 1 (Ye et al., arXiv:2107.02423; huiyegit/T2I_CL `DM-GAN+CL/code/pretrain_DAMSM.py`),
+    # the encoders seed 001 uses: the DAMSM loss of each image's second caption too, plus
+    # `contrastive` x NT-Xent between the two captions' sentence embeddings at
+    # `contrastive_temperature`. T2I_CL: second_caption=true, contrastive=1.0, temperature 0.5.
+    # The defaults train AttnGAN's DAMSM alone.
+    second_caption: bool = False
+    contrastive: float = 0.0
+    contrastive_temperature: float = 0.5
+    # Same-class masking (AttnGAN's class_ids): a caption of another image of the same class is
+    # left out of the DAMSM softmaxes, in this pre-training and in the generator's l1 DAMSM term.
+    # auto: on for the datasets with class ids (CLASS_DATASETS), off elsewhere; on: required.
+    class_mask: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -505,6 +521,15 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     _check(0 < p.lr_decay <= 1, "damsm.lr_decay",
            f"must be a finite number in (0, 1] (the lr factor per epoch; 1: no decay), got {p.lr_decay}")
     _check(p.grad_clip > 0, "damsm.grad_clip", f"must be a finite number > 0, got {p.grad_clip}")
+    _check(p.contrastive >= 0, "damsm.contrastive",
+           f"must be a finite number >= 0 (0 turns the term off; T2I_CL: 1.0), got {p.contrastive}")
+    _check(p.contrastive_temperature > 0, "damsm.contrastive_temperature",
+           f"must be > 0 (T2I_CL: 0.5), got {p.contrastive_temperature}")
+    _check(p.class_mask in CLASS_MASK_MODES, "damsm.class_mask",
+           f"must be one of {', '.join(CLASS_MASK_MODES)}, got {p.class_mask!r}")
+    _check(p.class_mask != "on" or d.dataset in CLASS_DATASETS, "damsm.class_mask",
+           f"on needs a dataset with class ids ({', '.join(CLASS_DATASETS)}); data.dataset={d.dataset!r} has "
+           f"none: use auto or off")
     _check(p.inception_weights is None or bool(p.inception_weights.strip()), "damsm.inception_weights",
            f"must be a file path or none, got {p.inception_weights!r}")
     _check(p.image_backbone != "inception" or p.inception_weights is not None, "damsm.inception_weights",
@@ -711,6 +736,13 @@ def resolved_eval_backbone(cfg: ExperimentConfig) -> str:
     return "domain" if cfg.data.dataset == "shapes" else "inception"
 
 
+def resolved_damsm_class_mask(cfg: ExperimentConfig) -> bool:
+    """damsm.class_mask with "auto" resolved: on for the datasets with class ids (CLASS_DATASETS)."""
+    if cfg.damsm.class_mask != "auto":
+        return cfg.damsm.class_mask == "on"
+    return cfg.data.dataset in CLASS_DATASETS
+
+
 def build_config(preset: str = "local", overrides: Mapping[str, Any] | None = None) -> ExperimentConfig:
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; available: {', '.join(PRESETS)}")
@@ -801,7 +833,8 @@ def build_config_with_file(preset: str, config_file: str | Path | None,
 __all__ = [
     "ConfigError", "DataConfig", "ModelConfig", "LossWeights", "TrainConfig", "EvalConfig",
     "DamsmConfig", "CaptionerConfig", "DiffusionConfig", "ExperimentConfig", "PRESETS", "EVAL_PROTOCOLS", "build_config",
-    "apply_overrides", "coerce_value", "parse_override", "protocol_overrides", "resolved_eval_backbone", "validate", "replace",
+    "apply_overrides", "coerce_value", "parse_override", "protocol_overrides", "resolved_eval_backbone",
+    "resolved_damsm_class_mask", "validate", "replace",
     "check_batches_fit",
     "read_config_file", "build_config_with_file",
 ]

@@ -6,6 +6,10 @@ These use Ray's private autoscaler API, so they are pinned to the Ray version in
 from __future__ import annotations
 
 import copy
+import ipaddress
+import json
+import re
+import subprocess
 from pathlib import Path
 
 import jsonschema
@@ -39,8 +43,8 @@ def test_cluster_file_passes_rays_validation(name):
     setup = " ".join(prepared["setup_commands"])
     assert f"=={ray.__version__}" in setup and "pip install" in setup
     # this repository is synced to every node and installed there (editable)
-    (mount_target, source), = config["file_mounts"].items()
-    assert source == "." and f'-e "{mount_target}"' in setup
+    mount_target = next(target for target, source in config["file_mounts"].items() if source == ".")
+    assert f'-e "{mount_target}"' in setup
     assert (REPO / "pyproject.toml").is_file()
     # every node (head and workers) gets the install: prepare_config merged setup_commands in
     assert setup in " ".join(prepared["head_setup_commands"])
@@ -91,3 +95,126 @@ def test_trial_drivers_go_to_the_head_only_when_the_cluster_has_the_resource():
     head_and_gpus = {"CPU": 104.0, "GPU": 9.0, DRIVER_RESOURCE: 1000.0}
     assert driver_resources(head_and_gpus) == {"cpu": DRIVER_CPUS, DRIVER_RESOURCE: 1}
     assert driver_resources({"CPU": 2.0}) == {"cpu": DRIVER_CPUS}  # a laptop: no such resource, no hang
+
+
+# ----------------------------------------------------------------------------------- security
+
+
+def _strings(node):
+    """Every string value of a parsed YAML tree (commands, options), comments excluded."""
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for value in node.values():
+            yield from _strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _strings(value)
+
+
+def public_dashboard_hosts(config: dict) -> list[str]:
+    """The --dashboard-host values of a cluster file that are not a loopback address."""
+    hosts = [m for text in _strings(config) for m in re.findall(r"--dashboard-host[= ]+['\"]?([^\s'\";]+)", text)]
+    return [h for h in hosts if h != "localhost" and not ipaddress.ip_address(h).is_loopback]
+
+
+@pytest.mark.parametrize("name", list(FILES))
+def test_dashboard_listens_on_the_heads_localhost_only(name):
+    config = _load(name)
+    head_start = " ".join(config["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head_start  # explicit, not left to Ray's default
+    assert public_dashboard_hosts(config) == []
+    # the check catches what this file used to do (the dashboard, and job submission, on every interface)
+    exposed = yaml.safe_load((REPO / name).read_text().replace("--dashboard-host=127.0.0.1", "--dashboard-host=0.0.0.0"))
+    assert public_dashboard_hosts(exposed) == ["0.0.0.0"]
+    assert public_dashboard_hosts({"cmd": ["ray start --head --dashboard-host 10.0.0.5"]}) == ["10.0.0.5"]
+    # and the documented way in is `ray dashboard <file>` (an SSH tunnel to the head's localhost)
+    assert f"ray dashboard {name}" in (REPO / name).read_text() and f"ray dashboard {name}" in \
+        (REPO / "README.md").read_text()
+
+
+@pytest.mark.parametrize("name", list(FILES))
+def test_token_authentication_is_on_on_every_node(name):
+    from ray._private.authentication.authentication_token_setup import AUTH_MODE_ENV_VAR
+    from ray._raylet import AuthenticationMode
+
+    assert AUTH_MODE_ENV_VAR == "RAY_AUTH_MODE" and AuthenticationMode.TOKEN  # what this Ray reads
+    config = _load(name)
+    options = config["docker"]["run_options"]
+    assert "-e RAY_AUTH_MODE=token" in options
+    token_path = next(o.split("=", 1)[1] for o in options if o.startswith("-e RAY_AUTH_TOKEN_PATH="))
+    # the token's folder is synced to every node from outside the repository (never committed)
+    remote_dir, local_dir = next((r, l) for r, l in config["file_mounts"].items() if token_path.startswith(r + "/"))
+    assert local_dir.startswith("~/") and not (REPO / Path(local_dir).name).exists()
+    for command in config["head_start_ray_commands"] + config["worker_start_ray_commands"]:
+        if "ray start" in command:
+            assert "RAY_AUTH_MODE=token ray start" in command, command
+    assert not any("RAY_AUTH_MODE=disabled" in text for text in _strings(config))
+
+
+def test_aws_inbound_rules_open_only_ssh_and_iam_reaches_one_bucket():
+    config = _load("cluster.yaml")
+    # Ray's security group gets its two defaults (SSH, node to node) and nothing else
+    assert config["provider"]["security_group"] == {"GroupName": "t2i-ray-sg", "IpPermissions": []}
+    assert not any("SecurityGroupIds" in t["node_config"] for t in config["available_node_types"].values())
+    setup = (REPO / "cluster" / "aws-setup.sh").read_text()
+    rules = re.findall(r"--ip-permissions \"([^\"]+)\"", setup)
+    from_outside = [r for r in rules if "IpRanges" in r]
+    assert from_outside == ["IpProtocol=tcp,FromPort=22,ToPort=22,IpRanges=[{CidrIp=$MY_IP}]"]
+    assert all("UserIdGroupPairs=[{GroupId=$sg}]" in r for r in rules if r not in from_outside)
+    # instance profiles: the head's may launch instances and pass only the worker role; both reach one bucket
+    types = config["available_node_types"]
+    assert types[config["head_node_type"]]["node_config"]["IamInstanceProfile"] == {"Name": "t2i-ray-head"}
+    assert all(t["node_config"]["IamInstanceProfile"] == {"Name": "t2i-ray-worker"}
+               for k, t in types.items() if k != config["head_node_type"])
+    for who in ("head", "worker"):
+        policy = json.loads((REPO / "cluster" / f"aws-{who}-policy.json").read_text())
+        for statement in policy["Statement"]:
+            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+            assert statement["Effect"] == "Allow" and not any(a.endswith("*") for a in actions)
+            services = {a.split(":")[0] for a in actions}
+            if services == {"s3"}:
+                assert statement["Resource"] in ("arn:aws:s3:::YOUR-BUCKET", "arn:aws:s3:::YOUR-BUCKET/*")
+            elif services == {"iam"}:
+                assert who == "head" and actions == ["iam:PassRole"] and statement["Resource"].endswith(":role/t2i-ray-worker")
+            else:
+                assert who == "head" and services == {"ec2"}, statement
+    worker = json.loads((REPO / "cluster" / "aws-worker-policy.json").read_text())
+    assert {a.split(":")[0] for s in worker["Statement"] for a in s["Action"]} == {"s3"}
+
+
+def test_gcp_firewall_opens_only_ssh_and_service_accounts_reach_one_bucket():
+    config = _load("cluster-gcp.yaml")
+    types = config["available_node_types"]
+    head = types[config["head_node_type"]]["node_config"]
+    assert head["serviceAccounts"][0]["email"].startswith("t2i-ray-head@")
+    for key, node in types.items():
+        # the dedicated network (firewall of cluster/gcp-setup.sh), not the project's default one
+        (nic,) = node["node_config"]["networkInterfaces"]
+        assert nic["subnetwork"].endswith("/subnetworks/t2i-ray")
+        if key != config["head_node_type"]:
+            assert node["node_config"]["serviceAccounts"][0]["email"].startswith("t2i-ray-worker@")
+    setup = (REPO / "cluster" / "gcp-setup.sh").read_text().replace("\\\n", " ")
+    rules = re.findall(r"gcloud compute firewall-rules create (\S+)(.*)", setup)
+    assert {name for name, _ in rules} == {"t2i-ray-ssh", "t2i-ray-internal"}
+    for name, args in rules:
+        allow = re.search(r"--allow (\S+)", args).group(1)
+        sources = re.search(r"--source-ranges (\S+)", args).group(1)
+        assert "INGRESS" in args
+        assert (allow, sources) == (("tcp:22", '"$MY_IP"') if name == "t2i-ray-ssh" else ("tcp,udp,icmp", '"$SUBNET_RANGE"'))
+    # storage roles are granted on the bucket, never on the project
+    project_roles = re.findall(r"gcloud projects add-iam-policy-binding .*?--role (\S+)", setup)
+    assert project_roles == ["roles/compute.instanceAdmin.v1"]
+    assert re.findall(r"gcloud storage buckets add-iam-policy-binding \"gs://\$BUCKET\".*?--role (\S+)", setup) == \
+        ["roles/storage.objectAdmin"]
+
+
+@pytest.mark.parametrize("script,first_setting", [("aws-setup.sh", "BUCKET"), ("gcp-setup.sh", "PROJECT")])
+def test_setup_scripts_parse_and_refuse_to_run_without_their_settings(script, first_setting, tmp_path):
+    import shutil
+
+    bash, path = shutil.which("bash"), REPO / "cluster" / script
+    assert subprocess.run([bash, "-n", str(path)]).returncode == 0
+    # the settings are checked before any cloud CLI is called (with an empty PATH, any call would fail)
+    done = subprocess.run([bash, str(path)], env={"PATH": str(tmp_path)}, capture_output=True, text=True)
+    assert done.returncode != 0 and f"{first_setting}: set {first_setting} to" in done.stderr, done.stderr

@@ -64,7 +64,7 @@ def write_cub(root: Path, per_class: int = 4) -> dict[str, tuple]:
         for j in range(per_class):
             n += 1
             key = f"{cls}/{cls.split('.')[1]}_{j:04d}_{n}"
-            box = (10.0 + j, 5.0, 12.0, 8.0) if j != 1 else (30.0, 20.0, 8.0, 8.0)  # j=1: clipped at the corner
+            box = (10.0 + j % 20, 5.0, 12.0, 8.0) if j != 1 else (30.0, 20.0, 8.0, 8.0)  # j=1: clipped at the corner
             x1, y1, x2, y2 = cub_crop_box(W, H, box)
             rgb = np.zeros((H, W, 3))
             rgb[..., 2] = 255

@@ -51,6 +51,7 @@ def test_resumed_diffusion_run_equals_uninterrupted_run(diffusion_cfg, tiny_dams
     layout_keys = ("layout_miou", "fsd", "outpaint_image_to_layout_miou", "outpaint_layout_to_image_miou")
     # semantic recall needs only images: both models get it, with its N and the segmenter
     assert 0 <= straight["semantic_recall"] <= 1 and straight["semantic_recall"] == resumed["semantic_recall"]
+    assert 0 <= straight["semantic_precision"] <= 1
     assert straight["semantic_recall_num_images"] == cfg.eval.num_images
     assert straight["layout_backbone"].startswith("segmenter-v1-") and 0 < straight["segmenter_heldout_miou"] <= 1
     if joint:  # the layout metrics, each finite and with its N

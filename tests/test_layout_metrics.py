@@ -92,6 +92,13 @@ def test_semantic_recall_by_hand():
     assert lm.semantic_recall(layouts, caption_classes, min_pixels=1) == pytest.approx(3 / 5)
     assert lm.semantic_recall(layouts, caption_classes, min_pixels=5) == pytest.approx(1 / 5)
     assert lm.default_min_pixels(4, 4) == 1 and lm.default_min_pixels(32, 32) == 6
+    # precision: found classes {1} and {3} (min 2) are both named -> 1; at min 1 the stray class 2
+    # is named too -> 3 / 3; a class found but not named lowers it
+    assert lm.semantic_precision(layouts, caption_classes, min_pixels=2) == pytest.approx(1.0)
+    layouts[1, 3, :] = 6  # image 1: 4 pixels of class 6, which its caption does not name
+    assert lm.semantic_precision(layouts, caption_classes, min_pixels=2) == pytest.approx(2 / 3)
+    assert lm.semantic_recall(layouts, caption_classes, min_pixels=2) == pytest.approx(2 / 5)
+    assert lm.semantic_precision(np.zeros((2, 4, 4), np.uint8), caption_classes) == 0.0
     with pytest.raises(ValueError, match="N caption class lists"):
         lm.semantic_recall(layouts, caption_classes[:1])
 

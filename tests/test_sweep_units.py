@@ -35,6 +35,29 @@ def test_fit_gpus_bound_concurrency_and_refuse_impossible():
         fit_resources(2, 0, num_workers=4, cpus_per_worker=2, use_gpu=False, num_trials=1)
 
 
+def test_fit_counts_workers_per_node_not_only_totals():
+    # cluster.yaml's shape: an 8-CPU head without GPUs and two g5.xlarge (4 CPUs, 1 GPU)
+    head, g5 = {"CPU": 8.0, "t2i_driver": 1000.0}, {"CPU": 4.0, "GPU": 1.0}
+    fit = fit_resources(16, 2, num_workers=1, cpus_per_worker=1, use_gpu=True, num_trials=6, nodes=[head, g5, g5])
+    assert fit.max_concurrent == 2  # one GPU worker per g5 node; the head holds none
+    # 4 CPUs per worker: the totals (16 CPUs) admit 2 trials, but only the head has 4+ CPUs
+    # besides the GPU nodes, so per node: head 2 + g5 1 + g5 1 = 4 workers -> 2 trials of 2
+    fit = fit_resources(16, 0, num_workers=2, cpus_per_worker=4, use_gpu=False, num_trials=6, nodes=[head, g5, g5])
+    assert fit.max_concurrent == 2
+    # the simulated cluster of tests/simcluster.py: a 1-CPU head and one 2-CPU worker node. Its
+    # 3 CPUs admit 2 workers of 1.5 CPUs by the totals, but no node holds two of them and the
+    # head none: without the per-node bound this trial would wait for a placement forever.
+    sim = [{"CPU": 1.0, "t2i_driver": 1000.0}, {"CPU": 2.0}]
+    assert fit_resources(3, 0, 2, 1.0, False, 2, nodes=sim).max_concurrent == 1
+    with pytest.raises(ConfigError, match=r"train.num_workers=2 workers of 1.5 CPUs each, but the nodes of "
+                                          r"the Ray cluster hold only 1 such worker\(s\) \(a worker cannot "
+                                          r"span nodes; the largest node has 2 CPUs\); lower"):
+        fit_resources(3, 0, num_workers=2, cpus_per_worker=1.5, use_gpu=False, num_trials=1, nodes=sim)
+    with pytest.raises(ConfigError, match=r"workers of 8 CPUs and 1 GPU each.*hold only 0 such.*"
+                                          r"largest node has 4 CPUs and 1 GPUs"):
+        fit_resources(16, 2, num_workers=1, cpus_per_worker=8, use_gpu=True, num_trials=1, nodes=[head, g5, g5])
+
+
 def test_loss_rows_turn_exactly_their_terms_on():
     off = {"loss.damsm": 0.0, "loss.f2r": 0.0, "loss.f2f": 0.0, "loss.recap": 0.0}
     assert loss_row_overrides("baseline") == off

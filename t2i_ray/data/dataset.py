@@ -1,7 +1,8 @@
 """torch Dataset of (image, caption ids, second caption ids, attributes[, layout]) from a source.
 
 A source is the built-in ShapesSource or a real dataset's CachedSource (data/registry.py); only
-`shapes` has ground-truth attributes, so items of real datasets have no "attributes" entry.
+`shapes` has ground-truth attributes, so items of real datasets have no "attributes" entry, and
+only datasets with class ids (CUB, Oxford-102) have a "class_id" entry.
 
 Training picks a random caption of the image per epoch (and a second, different one for the
 F2F loss) and, for captions longer than `words_num`, a random ordered subset of their words
@@ -108,5 +109,7 @@ class TextImageDataset(Dataset):
             item["layout"] = torch.from_numpy(np.array(self.layouts[i])).long()  # (H, W) int64
         if self.attributes is not None:
             item["attributes"] = torch.tensor(self.attributes[i])  # (NUM_ATTRIBUTES,) float32
+        if self.class_ids is not None:
+            item["class_id"] = torch.tensor(self.class_ids[i], dtype=torch.int64)  # (), DAMSM's class mask
         return item
 

@@ -369,14 +369,16 @@ def _segmenter(cfg: ExperimentConfig):
 def evaluate_semantics(cfg: ExperimentConfig, ctx: EvalContext, images: Tensor) -> dict[str, Any]:
     """`semantic_recall` of generated images (made for the test captions in evaluation order): the
     share of the caption's shapes that the `shapes` segmenter finds in the image (GCDP Sec. 4,
-    arXiv:2308.08157), with its N and the segmenter's name and held-out scores. Needs no layout,
+    arXiv:2308.08157), and `semantic_precision`, the share of the shapes it finds that the caption
+    names, with their N and the segmenter's name and held-out scores. Needs no layout,
     so the image-only model is scored the same way."""
-    from t2i_ray.eval.layout import named_classes, segment, semantic_recall
+    from t2i_ray.eval.layout import named_classes, segment, semantic_precision, semantic_recall
 
     segmenter, info = _segmenter(cfg)
     n_test = len(ctx.test_set)
     predicted = segment(segmenter, [images[i:i + 256] for i in range(0, len(images), 256)])
     named = [named_classes(ctx.test_set.source.meta(i % n_test)) for i in range(len(images))]
-    return {"semantic_recall": semantic_recall(predicted, named), "semantic_recall_num_images": len(images),
+    return {"semantic_recall": semantic_recall(predicted, named),
+            "semantic_precision": semantic_precision(predicted, named), "semantic_recall_num_images": len(images),
             "layout_backbone": info["backbone"], "segmenter_heldout_miou": info["heldout_miou"],
             "segmenter_heldout_semantic_recall": info["heldout_semantic_recall"]}

@@ -18,7 +18,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
@@ -78,7 +78,8 @@ TRAINING_METRICS = {
             "loss_f2r", "loss_f2f", "loss_recap", "loss_align_d", "loss_align_g", "images_per_s"),
     "diffusion": ("loss", "image_loss", "layout_loss", "images_per_s"),
 }
-HIGHER_IS_BETTER = ("r_precision", "attr", "is", "images_per_s", "d_real", "layout_miou", "semantic_recall")
+HIGHER_IS_BETTER = ("r_precision", "attr", "is", "images_per_s", "d_real", "layout_miou", "semantic_recall",
+                    "semantic_precision")
 
 
 def asha_settings(base: ExperimentConfig, metric: str | None, mode: str | None, grace: int | None) -> dict[str, Any]:
@@ -121,12 +122,15 @@ class Fit:
 
 
 def fit_resources(total_cpus: float, total_gpus: float, num_workers: int, cpus_per_worker: float,
-                  use_gpu: bool, num_trials: int) -> Fit:
+                  use_gpu: bool, num_trials: int, nodes: Sequence[Mapping[str, float]] | None = None) -> Fit:
     """How many trials can run at once without any trial starving its own Train workers.
 
     A trial needs DRIVER_CPUS for its Tune driver plus, per worker, `cpus_per_worker` CPUs (and one
     whole GPU: NCCL ranks cannot share a GPU). Concurrency is bounded by what fits; the per-worker
     CPU request is trimmed by the drivers' share so that k trials fit exactly on k*W*c CPUs.
+    `nodes` (each alive node's resources) adds the per-node bound: a worker cannot span nodes, so
+    the cluster holds sum over nodes of floor(node CPUs / c) (and at most one per node GPU) workers;
+    on a cluster of small nodes the totals alone would admit a trial that never gets placed.
     Raises ConfigError with the numbers when not even one trial fits (Ray would wait forever).
     """
     need_cpu = num_workers * cpus_per_worker
@@ -142,12 +146,30 @@ def fit_resources(total_cpus: float, total_gpus: float, num_workers: int, cpus_p
     k = max(1, int(total_cpus // need_cpu + 1e-9))
     if use_gpu:
         k = min(k, int(total_gpus // num_workers))
+    if nodes:
+        slots = sum(worker_slots(n, cpus_per_worker, use_gpu) for n in nodes)
+        if slots < num_workers:
+            largest = max(nodes, key=lambda n: (n.get("GPU", 0.0), n.get("CPU", 0.0)))
+            per_worker = f"{cpus_per_worker:g} CPUs" + (" and 1 GPU" if use_gpu else "")
+            raise ConfigError(
+                f"train.num_workers={num_workers} workers of {per_worker} each, but the nodes of the Ray "
+                f"cluster hold only {slots} such worker(s) (a worker cannot span nodes; the largest node "
+                f"has {largest.get('CPU', 0.0):g} CPUs" + (f" and {largest.get('GPU', 0.0):g} GPUs" if use_gpu
+                                                           else "") +
+                f"); lower train.cpus_per_worker or train.num_workers, or add larger nodes")
+        k = min(k, slots // num_workers)
     k = max(1, min(k, max(num_trials, 1)))
     cpu = min(cpus_per_worker, (total_cpus - k * DRIVER_CPUS) / (k * num_workers))
     resources = {"CPU": round(cpu, 4)}
     if use_gpu:
         resources["GPU"] = 1.0
     return Fit(resources, k)
+
+
+def worker_slots(node: Mapping[str, float], cpus_per_worker: float, use_gpu: bool) -> int:
+    """How many Train workers of `cpus_per_worker` CPUs (and one GPU each) one node holds."""
+    n = int(node.get("CPU", 0.0) / cpus_per_worker + 1e-9)
+    return min(n, int(node.get("GPU", 0.0) + 1e-9)) if use_gpu else n
 
 
 def driver_resources(cluster: dict[str, float]) -> dict[str, float]:
@@ -609,13 +631,14 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, max_concurrent: in
                                                "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
                                                "RAY_API_SERVER_ADDRESS": f"http://{get_localhost_ip()}:{port}"}})
     res = ray.cluster_resources()
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     n_trials = len(spec.grid) if spec.search == "grid" else spec.num_trials
     fit = fit_resources(res.get("CPU", 0), res.get("GPU", 0), base.train.num_workers,
-                        base.train.cpus_per_worker, base.train.use_gpu, n_trials)
+                        base.train.cpus_per_worker, base.train.use_gpu, n_trials, nodes=nodes)
     concurrency = min(fit.max_concurrent, max_concurrent or fit.max_concurrent)
     log(f"[sweep] {spec.name}: {n_trials} trials, {concurrency} at a time, "
         f"{base.train.num_workers} worker(s)/trial with {fit.worker_resources} each "
-        f"(cluster: {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs)")
+        f"(cluster: {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs on {len(nodes)} node(s))")
     # after the fit check: a sweep that cannot fit fails at once
     assets = prepare_assets(base, log, need_captioner=needs_captioner(spec))
     param_space: dict[str, Any] = {
@@ -666,8 +689,8 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, max_concurrent: in
     return store.load_results(output_dir, sweep=spec.name)
 
 
-SUMMARY_METRICS = ("fid", "kid", "r_precision", "attr_pair_recall", "layout_miou", "semantic_recall", "fsd",
-                   "wall_time_s")
+SUMMARY_METRICS = ("fid", "kid", "r_precision", "attr_pair_recall", "layout_miou", "semantic_recall",
+                   "semantic_precision", "fsd", "wall_time_s")
 
 
 def summarize(rows: pd.DataFrame, order: list[str] | None = None) -> pd.DataFrame:
@@ -690,7 +713,7 @@ def format_table(summary: pd.DataFrame) -> str:
         return "(no finished trials)"
     metrics = [m for m in SUMMARY_METRICS if (m, "mean") in summary.columns]
     arrows = {"fid": " ↓", "kid": " ↓", "r_precision": " ↑", "attr_pair_recall": " ↑", "layout_miou": " ↑",
-              "semantic_recall": " ↑", "fsd": " ↓", "wall_time_s": ""}
+              "semantic_recall": " ↑", "semantic_precision": " ↑", "fsd": " ↓", "wall_time_s": ""}
     lines = ["| row | seeds | " + " | ".join(m + arrows[m] for m in metrics) + " |",
              "|---|---|" + "---|" * len(metrics)]
     for row, vals in summary.iterrows():

@@ -30,6 +30,7 @@ from t2i_ray.losses.recaption import caption_token_nll, masked_token_mean
 from t2i_ray.models.factory import GANModels, build_gan_models
 from t2i_ray.models.text import word_mask
 from t2i_ray.train.checkpoint import unwrap
+from t2i_ray.train.damsm import damsm_class_ids
 from t2i_ray.train.gather import NO_GATHER, BatchGather
 from t2i_ray.train.method import Assets, Method, SampleFn, encode_text
 
@@ -155,6 +156,9 @@ def _generator_loss(models: GANModels, batch: Mapping[str, Tensor], cfg: Experim
         captions = gather({"words": words.float(), "lens": lens})
         local.update(word_scores=word_scores(fake_regions, captions["words"], captions["lens"], lw.gamma1, lw.gamma2),
                      sent_damsm=sent_damsm.float())
+        class_ids = damsm_class_ids(cfg, batch)  # same-class captions are not negatives (damsm.class_mask)
+        if class_ids is not None:
+            local["damsm_class_ids"] = class_ids
     if lw.f2r > 0:
         with torch.no_grad():
             _, local["real_global"] = damsm_image_features(models.damsm_image, real)
@@ -173,7 +177,8 @@ def _generator_loss(models: GANModels, batch: Mapping[str, Tensor], cfg: Experim
         local.update(fake_align=unwrap(models.align_proj)(fake_feat), sent_a=sent_a)
     g = gather(local)
     if lw.damsm > 0:
-        loss_damsm = damsm_loss_from_scores(g["word_scores"], g["fake_global"], g["sent_damsm"], lw.gamma3)
+        loss_damsm = damsm_loss_from_scores(g["word_scores"], g["fake_global"], g["sent_damsm"], lw.gamma3,
+                                            g.get("damsm_class_ids"))
         loss_g = loss_g + lw.damsm * loss_damsm
         out["loss_damsm"] = loss_damsm.item()
     if lw.f2r > 0:
