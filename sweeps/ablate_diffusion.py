@@ -31,7 +31,9 @@ PRESET_DEFAULTS: dict[str, dict[str, object]] = {
     "local": {"train.steps": 800, "train.batch_size": 16, "train.report_every": 100,
               "train.checkpoint_every": 200, "diffusion.lr": 4e-4, "diffusion.sample_steps": 20,
               "diffusion.outpaint_images": 16, "eval.num_images": 256, "eval.batch_size": 128,
-              "eval.kid_subset_size": 128, "eval.kid_subsets": 50, "eval.r_precision_folds": 4},
+              "eval.kid_subset_size": 128, "eval.kid_subsets": 50, "eval.r_precision_folds": 4,
+              # off: each in-training evaluation would sample like the final one (README "The best checkpoint")
+              "eval.every": 0},
     "paper": {"data.resolution": 128, "train.batch_size": 8, "diffusion.dim": 128,
               "diffusion.dim_mults": "1,2,3,4", "diffusion.blocks": "3,3,3,3",
               "diffusion.attention_levels": "0,1,1,1", "diffusion.heads": 8,

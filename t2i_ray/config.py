@@ -39,6 +39,8 @@ EVAL_BACKBONES = ("auto", "domain", "inception")
 # bilinear (TTUR-comparable), pil_bicubic = PIL bicubic to 299 then uint8 (clean-fid's filter).
 INCEPTION_RESIZE_MODES = ("tf1_bilinear", "pil_bicubic")
 AMP_MODES = ("auto", "bf16", "off")
+# eval.best_metric: which in-training evaluation keeps the best checkpoint, and in which direction.
+BEST_METRICS = {"fid": "min", "r_precision": "max"}
 
 
 class ConfigError(ValueError):
@@ -143,6 +145,14 @@ class EvalConfig:
     is_splits: int = 10  # Inception Score: mean and std over this many splits
     # A named paper protocol (EVAL_PROTOCOLS) the eval fields must match; None: free settings.
     protocol: str | None = None
+    # Evaluation during training, to keep the best checkpoint beside the last (the papers report
+    # their best epoch): every `every` steps and at the last step, FID/KID/R-precision on
+    # `every_num_images` samples (a small budget: compare these numbers only with each other);
+    # the checkpoint with the best `best_metric` (fid: lowest, r_precision: highest) is kept.
+    # 0: off (no evaluation until the end, only the last checkpoint).
+    every: int = 0
+    every_num_images: int = 256
+    best_metric: str = "fid"
 
 
 @dataclass(frozen=True)
@@ -484,6 +494,12 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
            f"must be one of {', '.join(INCEPTION_RESIZE_MODES)}, got {e.inception_resize!r}")
     _check(e.inception_weights is None or bool(e.inception_weights.strip()), "eval.inception_weights",
            "must be a file path or None (then T2I_INCEPTION_WEIGHTS is used)")
+    _check(e.every >= 0, "eval.every", f"must be >= 0 (steps between evaluations during training; 0: off), "
+           f"got {e.every}")
+    _check(e.every == 0 or e.every_num_images >= max(2, e.r_precision_folds), "eval.every_num_images",
+           f"must be >= 2 and >= eval.r_precision_folds ({e.r_precision_folds}), got {e.every_num_images}")
+    _check(e.best_metric in BEST_METRICS, "eval.best_metric",
+           f"must be one of {', '.join(BEST_METRICS)}, got {e.best_metric!r}")
     _check(2 <= e.is_splits <= e.num_images, "eval.is_splits",
            f"must be in 2..eval.num_images ({e.num_images}), got {e.is_splits}")
     if e.protocol is not None:
@@ -637,7 +653,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model.nf": 4,
         "train.steps": 4, "train.batch_size": 8, "train.report_every": 2, "train.checkpoint_every": 2,
         "train.lr_g": 4e-4, "train.lr_d": 8e-4,
-        "eval.num_images": 64, "eval.batch_size": 64, "eval.r_precision_candidates": 32,
+        "eval.num_images": 64, "eval.batch_size": 64, "eval.r_precision_candidates": 32, "eval.every": 0,
         "eval.r_precision_folds": 2, "eval.kid_subsets": 5, "eval.kid_subset_size": 32,
         "eval.evaluator_steps": 30, "eval.evaluator_images": 256,
         "eval.segmenter_steps": 20, "eval.segmenter_images": 256, "diffusion.outpaint_images": 8,
@@ -662,6 +678,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train.lr_g": 4e-4, "train.lr_d": 8e-4,
         "train.checkpoint_every": 100,
         "eval.num_images": 1024,
+        "eval.every": 100, "eval.every_num_images": 256,
         "eval.evaluator_steps": 1500,
         "damsm.epochs": 12,
         "captioner.epochs": 12,
@@ -672,6 +689,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train.steps": 300000, "train.batch_size": 32, "train.report_every": 1000,
         "train.checkpoint_every": 5000, "train.use_gpu": True, "train.torch_threads": 4,
         "eval.num_images": 30000, "eval.kid_subset_size": 1000, "eval.kid_subsets": 100,
+        # 2048 = the Inception feature dimension: the fewest samples with a full-rank covariance.
+        "eval.every": 10000, "eval.every_num_images": 2048,
         "eval.evaluator_steps": 5000,
         "damsm.epochs": 200,
         "captioner.image_size": 128, "captioner.hidden_dim": 512, "captioner.word_dim": 256,

@@ -4,6 +4,7 @@ asks `RunPaths` where a thing goes, so the folder is described once (README "Out
     results/<run>.parquet       one row per trial (t2i_ray/sweep/store.py)
     tables/<experiment>.md|csv  the printed summary table
     samples/<run>*.png|json     sample grids
+    samples/<run>/<label>/      sweeps/sample.py: a user's captions, grid.png + one PNG per sample
     curves/<run>.jsonl          training reports, appended as a run goes
     tensorboard/<run>/          TensorBoard event files (scalars, sample grids, hparams)
     optuna.db                   Optuna studies of the Optuna sweeps (SQLite)
@@ -67,6 +68,10 @@ class RunPaths:
 
     def sample_grid(self, run_name: str, suffix: str = "") -> Path:
         return self.samples / f"{run_name}{suffix}.png"
+
+    def caption_samples(self, run_name: str, label: str) -> Path:
+        """Folder of sweeps/sample.py's samples of one run for one captions file and seed."""
+        return self.samples / run_name / label
 
     def curve(self, run_name: str) -> Path:
         return self.output_dir / "curves" / f"{run_name}.jsonl"

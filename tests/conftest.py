@@ -60,12 +60,15 @@ def local_ray():
 
 @pytest.fixture(scope="session")
 def tiny_grid_sweep(tiny_cfg, tiny_damsm, local_ray):
-    """A real two-trial grid sweep (baseline and +recap, seed 0) on the tiny config: (spec, rows)."""
+    """A real two-trial grid sweep (baseline and +recap, seed 0) on the tiny config, evaluated every
+    2 steps to keep a best checkpoint: (spec, rows)."""
+    from t2i_ray.config import apply_overrides
     from t2i_ray.sweep.run import SweepSpec, run_sweep
     from t2i_ray.sweep.space import loss_row_overrides
 
     grid = [{"row": r, "seed": 0, "overrides": loss_row_overrides(r)} for r in ("baseline", "+recap")]
-    spec = SweepSpec(sweep="test_sweep", base=tiny_cfg, search="grid", grid=grid)
+    base = apply_overrides(tiny_cfg, {"eval.every": 2, "eval.every_num_images": 16})
+    spec = SweepSpec(sweep="test_sweep", base=base, search="grid", grid=grid)
     return spec, run_sweep(spec, log=lambda s: None)
 
 

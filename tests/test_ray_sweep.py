@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from t2i_ray.config import apply_overrides
 from t2i_ray.train.captioner import captioner_is_cached
@@ -28,6 +29,12 @@ def test_two_trial_grid_sweep_writes_rows_and_rerun_resumes(tiny_grid_sweep):
     # one worker: the batch-coupled terms saw the whole batch, without a gather
     assert (rows["workers"] == 1).all() and (rows["negatives_batch"] == 8).all() and not rows["negatives_gathered"].any()
     assert all(Path(p).is_dir() for p in rows["checkpoint_path"])
+    # eval.every=2: the best of the evaluations at steps 2 and 4 is kept beside Ray Train's checkpoints
+    assert set(rows["best_step"]) <= {2, 4} and (rows["best_num_images"] == 16).all()
+    for run, path, step in zip(rows["run_name"], rows["best_checkpoint_path"], rows["best_step"]):
+        assert Path(path).parent.name == run and json.loads((Path(path) / "config.json").read_text())["seed"] == 0
+        assert torch.load(Path(path) / "state.pt", weights_only=True)["step"] == step
+    assert all(Path(p, "meta.json").is_file() for p in rows["damsm_path"]) and (rows["reevaluation_of"] == "").all()
     for path in rows["curves_path"]:  # one JSON line per training report, steps 1..4
         steps = [json.loads(line)["step"] for line in Path(path).read_text().splitlines()]
         assert steps == [1.0, 2.0, 3.0, 4.0]

@@ -34,8 +34,19 @@ def run_script(name: str, *args: str, cwd: Path, timeout: int = 420) -> subproce
 
 
 def _rows(output_dir: Path) -> pd.DataFrame:
-    return pd.concat([pd.read_parquet(p) for p in sorted((output_dir / "results").glob("*.parquet"))],
-                     ignore_index=True)
+    """The sweep's own rows (re-evaluations, added by sweeps/evaluate.py, left out)."""
+    table = pd.concat([pd.read_parquet(p) for p in sorted((output_dir / "results").glob("*.parquet"))],
+                      ignore_index=True)
+    return table[table["reevaluation_of"].fillna("") == ""].reset_index(drop=True)
+
+
+@pytest.fixture(scope="session")
+def main_sweep(tmp_path_factory, local_ray):
+    """The main command, `python sweeps/ablate_losses.py --preset ci`, run once from a fresh folder:
+    (working directory, output folder, the finished process). Later tests sample from its runs."""
+    cwd = tmp_path_factory.mktemp("main")
+    out = cwd / "runs"
+    return cwd, out, run_script("ablate_losses", "--preset", "ci", "--output-dir", str(out), cwd=cwd)
 
 
 def _check_sweep(proc: subprocess.CompletedProcess, output_dir: Path, rows: list[str]) -> pd.DataFrame:
@@ -54,9 +65,8 @@ def _check_sweep(proc: subprocess.CompletedProcess, output_dir: Path, rows: list
 
 
 @pytest.mark.timeout(900)
-def test_main_command_runs_and_a_rerun_retrains_nothing(tmp_path, local_ray):
-    out = tmp_path / "runs"
-    first = run_script("ablate_losses", "--preset", "ci", "--output-dir", str(out), cwd=tmp_path)
+def test_main_command_runs_and_a_rerun_retrains_nothing(main_sweep):
+    tmp_path, out, first = main_sweep
     rows = ["baseline", "+DAMSM", "+F2R", "+F2F", "+F2R+F2F", "all"]
     table = _check_sweep(first, out, rows)
     assert "[damsm] no cached encoders" in first.stdout and "[captioner]" in first.stdout
@@ -87,6 +97,17 @@ def test_sibling_sweeps_run_with_their_defaults(script, rows, tmp_path, local_ra
         joint = table.set_index("row").loc["joint"]
         assert Path(joint["layout_samples_path"]).is_file() and Path(joint["outpaint_samples_path"]).is_file()
         assert (table["config.model.method"] == "diffusion").all()
+        # sampling new captions from it writes each sample's layout beside it, at the asked guidance
+        (tmp_path / "captions.txt").write_text("a red circle above a blue square\n")
+        sample = run_script("sample", "--run", joint["run_name"], "--captions", str(tmp_path / "captions.txt"),
+                            "--n-per-caption", "2", "--guidance-scale", "1.5", "--output-dir", str(out), cwd=tmp_path,
+                            timeout=300)
+        assert sample.returncode == 0, sample.stdout[-4000:]
+        folder = out / "samples" / joint["run_name"] / "captions-seed0-g1.5"
+        assert {p.name for p in folder.iterdir()} == {"grid.png", "samples.json"} | {
+            f"caption00_sample{k}{kind}.png" for k in (0, 1) for kind in ("", "_layout")}
+        meta = json.loads((folder / "samples.json").read_text())
+        assert meta["guidance_scale"] == 1.5 and meta["layout_classes"][0] == "background"
 
 
 @pytest.mark.parametrize("script, folder, keys", [
@@ -123,3 +144,77 @@ def test_every_sweep_refuses_a_swept_loss_weight_in_set(script, tmp_path):
                       "--output-dir", str(tmp_path), cwd=tmp_path, timeout=120)
     assert proc.returncode == 2
     assert "error: loss.f2r: set per ablation row by this sweep; pass --l2" in proc.stdout
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.timeout(900)
+def test_sample_script_draws_new_captions_from_a_finished_run(main_sweep, tmp_path):
+    cwd, out, _ = main_sweep
+    table = _rows(out)
+    best = table.loc[table["fid"].idxmin(), "run_name"]
+    captions = tmp_path / "captions.txt"
+    captions.write_text("a red circle left of a blue square\n# skipped\n\na small green zebra triangle\n")
+    first = run_script("sample", "--best", "fid", "--captions", str(captions), "--n-per-caption", "2", "--seed", "3",
+                       "--output-dir", str(out), "--out", str(tmp_path / "a"), cwd=cwd, timeout=300)
+    assert first.returncode == 0, first.stdout[-4000:]
+    assert "warning: caption 2 'a small green zebra triangle': unknown word(s) dropped: zebra" in first.stdout
+    assert f"[sample] run {best} (fid=" in first.stdout  # --best fid: the lowest final FID of the sweep
+    written = _files(tmp_path / "a")
+    samples = {f"caption{c:02d}_sample{k}.png" for c in (0, 1) for k in (0, 1)}
+    assert set(written) == {"grid.png", "samples.json"} | samples
+    from PIL import Image
+
+    assert Image.open(tmp_path / "a" / "caption00_sample0.png").size == (32, 32)
+    grid = Image.open(tmp_path / "a" / "grid.png")
+    assert grid.width > 2 * 128 and grid.height > 2 * 128  # label column + 2 upscaled samples per caption row
+    meta = json.loads(written["samples.json"])
+    assert [c["caption"] for c in meta["captions"]] == ["a red circle left of a blue square",
+                                                        "a small green zebra triangle"]
+    assert meta["captions"][1]["unknown_words"] == ["zebra"] and meta["run_name"] == best and meta["seed"] == 3
+    # the same run (named this time), captions and seed: the same images, byte for byte
+    again = run_script("sample", "--run", best, "--captions", str(captions), "--n-per-caption", "2", "--seed", "3",
+                       "--output-dir", str(out), "--out", str(tmp_path / "b"), "--device", "cpu", cwd=cwd, timeout=300)
+    assert again.returncode == 0, again.stdout[-4000:]
+    same = _files(tmp_path / "b")
+    assert all(same[name] == written[name] for name in samples)
+    # --strict refuses the unknown word before loading anything
+    strict = run_script("sample", "--run", best, "--captions", str(captions), "--strict", "--output-dir", str(out),
+                        "--out", str(tmp_path / "c"), cwd=cwd, timeout=120)
+    assert strict.returncode == 2 and "error: --strict: words not in the run's vocabulary" in strict.stdout
+    assert "'a small green zebra triangle': zebra" in strict.stdout and not (tmp_path / "c").exists()
+    # (unknown run names, a folder without results, ...: tests/test_sampling.py, in-process)
+
+
+@pytest.mark.timeout(900)
+def test_evaluate_script_adds_a_reevaluation_row_and_keeps_the_original(main_sweep, tmp_path):
+    cwd, out, _ = main_sweep
+    run = _rows(out).set_index("row").loc["baseline", "run_name"]
+    original = out / "results" / f"{run}.parquet"
+    before = original.read_bytes()
+    proc = run_script("evaluate", "--run", run, "--set", "eval.num_images=32", "--output-dir", str(out), cwd=cwd,
+                      timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert original.read_bytes() == before  # the run's own row is never touched
+    table = pd.concat([pd.read_parquet(p) for p in sorted((out / "results").glob("*.parquet"))], ignore_index=True)
+    new = table[table["reevaluation_of"] == run]
+    assert len(new) == 1, table[["run_name", "reevaluation_of"]]
+    new, old = new.iloc[0], table.set_index("run_name").loc[run]
+    assert new["run_name"].startswith(f"{run}-reeval-") and new["sweep"].startswith(f"{old['sweep']}-reeval-")
+    assert new["fid_num_fake"] == 32 and new["config.eval.num_images"] == 32 and old["fid_num_fake"] == 64
+    assert math.isfinite(new["fid"]) and new["checkpoint_path"] == old["checkpoint_path"]
+    assert all(new[c] == old[c] for c in new.index if c.startswith("config.") and not c.startswith("config.eval."))
+    assert f"new row {new['run_name']}" in proc.stdout
+    # (a --set outside eval.* is refused: tests/test_sampling.py, in-process)
+    # Tune's best checkpoint is the trial's own evaluated checkpoint (reported with its metrics)
+    from ray.tune import ExperimentAnalysis
+
+    sweep = old["sweep"]
+    analysis = ExperimentAnalysis(str(out / "ray" / "tune" / sweep), default_metric="fid", default_mode="min")
+    best = analysis.best_checkpoint
+    rows = _rows(out)
+    lowest = rows.loc[rows["fid"].idxmin()]
+    assert json.loads((Path(best.path) / "config.json").read_text())["name"] == lowest["row"]
+    assert (Path(best.path) / "state.pt").is_file()

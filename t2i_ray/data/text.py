@@ -86,6 +86,10 @@ class Vocabulary:
         keep = np.sort(rng.choice(len(ids), size=max_words, replace=False))
         return [ids[k] for k in keep]
 
+    def unknown_words(self, caption: str) -> list[str]:
+        """The tokens of `caption` that `encode` drops (not in the vocabulary), each once, in order."""
+        return list(dict.fromkeys(t for t in tokenize(caption) if t not in self._ids))
+
     def decode(self, ids: Iterable[int]) -> str:
         """Words of `ids` up to the first 0 ("<end>"), joined by spaces."""
         out = []

@@ -28,7 +28,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from t2i_ray.paths import RunPaths
-from t2i_ray.config import ExperimentConfig, resolved_eval_backbone
+from t2i_ray.config import BEST_METRICS, ExperimentConfig, apply_overrides, resolved_eval_backbone
 from t2i_ray.data.dataset import TextImageDataset
 from t2i_ray.data import registry
 from t2i_ray.eval.features import attribute_scores, load_or_train_domain_evaluator
@@ -130,9 +130,10 @@ def build_eval_context(cfg: ExperimentConfig, damsm: Damsm, layouts: bool = Fals
 
 @torch.no_grad()
 def evaluate_generator(sample: SampleFn, ctx: EvalContext, cfg: ExperimentConfig,
-                       seed: int = 0) -> dict[str, float | int | str | bool]:
+                       seed: int = 0, warn: bool = True) -> dict[str, float | int | str | bool]:
     """Sample eval.num_images fakes for test captions (cycling over the test split) and score them.
-    Every batch draws from one generator seeded with `seed`."""
+    Every batch draws from one generator seeded with `seed`. `warn`: print the small-N FID warning
+    (the `fid_below_feature_dim` column records it either way)."""
     e = cfg.eval
     n_test = len(ctx.test_set)
     noise = torch.Generator().manual_seed(seed)
@@ -156,7 +157,7 @@ def evaluate_generator(sample: SampleFn, ctx: EvalContext, cfg: ExperimentConfig
     mu, sigma = feature_stats(fake_np)  # warns below N = F (rank-deficient covariance)
     feature_dim = fake_np.shape[1]
     below = min(len(fake_np), len(ctx.real_features)) < feature_dim
-    if below:
+    if below and warn:
         print(f"[eval] WARNING: FID from N_fake={len(fake_np)}, N_real={len(ctx.real_features)} < feature "
               f"dimension {feature_dim}: rank-deficient covariances, FID strongly biased in N; compare only at "
               f"equal N and prefer KID", flush=True)
@@ -204,10 +205,12 @@ def evaluate_generator(sample: SampleFn, ctx: EvalContext, cfg: ExperimentConfig
 VARIANT_METRICS = ("fid", "kid", "r_precision", "attr_pair_recall", "is")
 
 
-def evaluate_method(cfg: ExperimentConfig, method, damsm: Damsm, run_name: str) -> dict[str, Any]:
+def evaluate_method(cfg: ExperimentConfig, method, damsm: Damsm, run_name: str,
+                    ctx: EvalContext | None = None) -> dict[str, Any]:
     """The final evaluation of a trained method (t2i_ray.train.method.Method) through its samplers,
     and its sample grids; `eval_seconds` and the grids' paths join the metrics. A method that
-    samples layouts also gets the layout metrics (`evaluate_layouts`) on the same samples."""
+    samples layouts also gets the layout metrics (`evaluate_layouts`) on the same samples. `ctx`:
+    the context built for the in-training evaluations (`PeriodicEval.ctx`), reused."""
     from t2i_ray.eval.samples import save_layout_samples, save_samples
 
     start = time.time()
@@ -215,7 +218,8 @@ def evaluate_method(cfg: ExperimentConfig, method, damsm: Damsm, run_name: str) 
     # Semantic recall needs only images: every diffusion row on `shapes` gets it (the image-only
     # baseline included, GCDP's comparison), with the segmenter prepared beside the sweep's assets.
     semantics = cfg.model.method == "diffusion" and cfg.data.dataset == "shapes"
-    ctx = build_eval_context(cfg, damsm, layouts=layout_sample is not None)
+    if ctx is None:
+        ctx = build_eval_context(cfg, damsm, layouts=layout_sample is not None)
     metrics: dict[str, Any] = {}
     pairs: list[tuple[Tensor, Tensor | None]] = []
 
@@ -255,6 +259,53 @@ def evaluate_method(cfg: ExperimentConfig, method, damsm: Damsm, run_name: str) 
                                                method.num_layout_classes))
     metrics["samples_path"] = str(samples)
     return metrics
+
+
+class PeriodicEval:
+    """Evaluation during training (eval.every > 0) and the best checkpoint's record.
+
+    Every eval.every steps and at the last step, FID, KID and R-precision of eval.every_num_images
+    samples for the test captions, drawn exactly as the final evaluation draws (same captions,
+    same seed), so successive evaluations differ only by the weights. `best` is the record of the
+    best one by eval.best_metric (strictly better replaces it: ties keep the earlier step); the
+    loop keeps its checkpoint and saves `best` in every checkpoint, so a resumed run continues it.
+    Nothing here touches the training RNG: it runs inside `torch.random.fork_rng`.
+    """
+
+    KEYS = ("fid", "kid", "r_precision")
+
+    def __init__(self, cfg: ExperimentConfig, damsm: Damsm, method, best: dict[str, Any] | None = None):
+        e = cfg.eval
+        n = e.every_num_images
+        self.cfg = apply_overrides(cfg, {"eval.protocol": None, "eval.num_images": n,
+                                         "eval.is_splits": min(e.is_splits, n)})
+        self.damsm, self.method = damsm, method
+        self.metric, self.mode = e.best_metric, BEST_METRICS[e.best_metric]
+        self.best: dict[str, Any] = dict(best or {})
+        self.ctx: EvalContext | None = None
+
+    def __call__(self, step: int) -> tuple[dict[str, float], bool]:
+        """(`eval_fid`, `eval_kid`, `eval_r_precision` at `step`, whether it is the best so far)."""
+        cuda = self.cfg.train.use_gpu and torch.cuda.is_available()
+        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if cuda else []):
+            if self.ctx is None:  # the test set's features, once per run (the final evaluation reuses it)
+                self.ctx = build_eval_context(self.cfg, self.damsm, layouts=self.method.layout_sampler() is not None)
+            torch.manual_seed(self.cfg.seed)
+            scores = evaluate_generator(self.method.sampler(), self.ctx, self.cfg, seed=self.cfg.seed, warn=False)
+        value = scores[self.metric]
+        better = np.isfinite(value) and (not self.best or (value < self.best[self.metric] if self.mode == "min"
+                                                            else value > self.best[self.metric]))
+        if better:
+            self.best = {"step": int(step), "num_images": int(scores["fid_num_fake"]),
+                         **{k: float(scores[k]) for k in self.KEYS}}
+        return {f"eval_{k}": float(scores[k]) for k in self.KEYS}, bool(better)
+
+    def summary(self, checkpoint_path: str | None) -> dict[str, Any]:
+        """The results row's `best_*` columns."""
+        if not self.best:
+            return {}
+        return {"best_step": self.best["step"], "best_metric": self.metric, "best_num_images": self.best["num_images"],
+                **{f"best_{k}": self.best[k] for k in self.KEYS}, "best_checkpoint_path": checkpoint_path or ""}
 
 
 @torch.no_grad()

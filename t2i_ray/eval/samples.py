@@ -1,10 +1,14 @@
 """The sample grid every finished run writes: `samples/<run>.png` (first row real test images, then
-the method's samples for the same captions under a fixed seed) and `<run>.json` (the captions)."""
+the method's samples for the same captions under a fixed seed) and `<run>.json` (the captions);
+and samples of a trained run for a user's own captions (sweeps/sample.py): `read_captions`,
+`encode_captions` (what the run reads of each), `sample_captions`, `save_caption_samples`."""
 from __future__ import annotations
 
 import json
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -107,4 +111,176 @@ def save_layout_samples(cfg: ExperimentConfig, layout_sample: Callable, outpaint
     return paths
 
 
-__all__ = ["save_samples", "save_layout_samples", "colorize", "tile", "GRID_SEED"]
+@dataclass
+class Caption:
+    """A user's caption as the run reads it: the word ids it keeps and the words it drops."""
+
+    text: str
+    ids: list[int]
+    unknown: list[str]  # not in the run's vocabulary: dropped
+    cut: list[str]  # known words past data.words_num: dropped (the run reads at most that many)
+
+
+def read_captions(path: str | Path) -> list[str]:
+    """One caption per line of a UTF-8 text file; blank lines and lines starting with # skipped.
+    FileNotFoundError / ValueError name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--captions: no file at {path} (a text file, one caption per line)")
+    captions = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    captions = [c for c in captions if c and not c.startswith("#")]
+    if not captions:
+        raise ValueError(f"--captions: {path} holds no caption (one per line; blank and # lines are skipped)")
+    return captions
+
+
+def encode_captions(texts: list[str], vocab, words_num: int) -> list[Caption]:
+    """Each caption's ids as training and evaluation encode it (`Vocabulary.encode`: unknown words
+    dropped, the first `words_num` known words kept), with what was dropped."""
+    out = []
+    for text in texts:
+        known = vocab.encode(text, 10**6)
+        out.append(Caption(text, known[:words_num], vocab.unknown_words(text),
+                           [vocab.words[i] for i in known[words_num:]]))
+    return out
+
+
+def caption_seed(seed: int, text: str) -> int:
+    """The seed of one caption's samples: a function of `seed` and the caption's text only."""
+    return int(np.random.SeedSequence([seed, zlib.crc32(text.encode("utf-8"))]).generate_state(1)[0])
+
+
+@torch.no_grad()
+def sample_captions(method, captions: list[Caption], per_caption: int, seed: int, batch_size: int,
+                    words_num: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`per_caption` samples of every caption, (images (C*K, 3, H, W) in [-1, 1], layouts (C*K, H, W)
+    or None), sample k of caption c at c*K + k. A caption's samples are drawn from their own CPU
+    generator seeded by (`seed`, its text) (`caption_seed`), as is torch's global RNG (StyleGAN2's
+    noise inputs) inside a fork of it: they do not change when other captions are added or moved."""
+    from t2i_ray.data.text import pad_ids
+
+    layout_sample = method.layout_sampler()
+    sample = layout_sample or (lambda ids, lens, g: (method.sampler()(ids, lens, g), None))
+    images, layouts = [], []
+    with torch.random.fork_rng(devices=[]):
+        for caption in captions:
+            ids = torch.from_numpy(np.stack([pad_ids(caption.ids, words_num)] * per_caption))
+            lens = torch.full((per_caption,), len(caption.ids))
+            generator = torch.Generator().manual_seed(caption_seed(seed, caption.text))
+            torch.manual_seed(caption_seed(seed, caption.text))
+            for b in range(0, per_caption, batch_size):
+                img, lay = sample(ids[b:b + batch_size], lens[b:b + batch_size], generator)
+                images.append(img.float().cpu().clamp(-1, 1))
+                if lay is not None:
+                    layouts.append(lay.cpu())
+    return torch.cat(images), (torch.cat(layouts) if layouts else None)
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: one bitmap size
+        return ImageFont.load_default()
+
+
+def _wrap(draw, text: str, font, width: int) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        candidate = f"{line} {word}".strip()
+        if line and draw.textlength(candidate, font=font) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = candidate
+    return lines + ([line] if line else [])
+
+
+def caption_grid(images: np.ndarray, layouts: np.ndarray | None, captions: list[str], title: str,
+                 legend: list[tuple[str, tuple[int, int, int]]] | None = None, notes: list[str] | None = None,
+                 cell: int = 128, label_width: int = 280) -> np.ndarray:
+    """A labelled grid: one row per caption, its text on the left (and its note below it in red,
+    e.g. the words the run dropped), then its K images (each followed by its colourised layout
+    when `layouts` is given), upscaled to `cell` pixels (nearest); `title` above and a colour
+    legend of the layout classes below. images (C, K, H, W, 3) uint8, layouts (C, K, H, W, 3)
+    uint8. Returns (height, width, 3) uint8."""
+    from PIL import Image, ImageDraw
+
+    n_caps, k = images.shape[:2]
+    per_sample = 2 if layouts is not None else 1
+    pad, font, small = 6, _font(15), _font(13)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    wrapped = [_wrap(probe, c, font, label_width - 2 * pad) for c in captions]
+    noted = [_wrap(probe, n, small, label_width - 2 * pad) if n else [] for n in (notes or [""] * len(captions))]
+    line_h = 18
+    row_h = [max(cell, (len(w) + len(n)) * line_h + 2 * pad) + pad for w, n in zip(wrapped, noted)]
+    title_h = 2 * line_h
+    legend_h = (line_h + pad) * (-(-len(legend) // 4)) + pad if legend else 0
+    width = label_width + k * per_sample * (cell + pad) + pad
+    canvas = Image.new("RGB", (width, title_h + sum(row_h) + legend_h), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((pad, pad), title, fill="black", font=small)
+    y = title_h
+    for c in range(n_caps):
+        for j, line in enumerate(wrapped[c]):
+            draw.text((pad, y + pad + j * line_h), line, fill="black", font=font)
+        for j, line in enumerate(noted[c], start=len(wrapped[c])):
+            draw.text((pad, y + pad + j * line_h), line, fill=(200, 0, 0), font=small)
+        x = label_width
+        for s in range(k):
+            tiles = [images[c, s]] + ([layouts[c, s]] if layouts is not None else [])
+            for t in tiles:
+                canvas.paste(Image.fromarray(t).resize((cell, cell), Image.NEAREST), (x, y))
+                x += cell + pad
+        y += row_h[c]
+    for i, (name, colour) in enumerate(legend or []):
+        lx, ly = pad + (i % 4) * 160, y + pad + (i // 4) * (line_h + pad)
+        draw.rectangle([lx, ly, lx + line_h, ly + line_h], fill=tuple(colour), outline="black")
+        draw.text((lx + line_h + pad, ly + 1), name, fill="black", font=small)
+    return np.asarray(canvas)
+
+
+def save_caption_samples(out_dir: str | Path, captions: list[Caption], images: torch.Tensor,
+                         layouts: torch.Tensor | None, title: str, class_names: tuple[str, ...] | None,
+                         info: dict) -> dict[str, Any]:
+    """Write `grid.png` (labelled), one PNG per sample (`caption<c>_sample<k>.png`, and
+    `..._layout.png` beside it for a layout), and `samples.json` (the captions as read, the words
+    dropped, every file, and `info`: run, checkpoint, seed, ...). Returns that JSON's content."""
+    from PIL import Image
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    k = len(images) // len(captions)
+    pixels = _uint8(images).reshape(len(captions), k, *images.shape[2:], 3)
+    num_classes = len(class_names) if class_names else int(layouts.max()) + 1 if layouts is not None else 0
+    coloured = None if layouts is None else colorize(layouts.numpy(), num_classes).reshape(
+        len(captions), k, *layouts.shape[1:], 3)
+    entries = []
+    for c, caption in enumerate(captions):
+        files = []
+        for s in range(k):
+            name = f"caption{c:02d}_sample{s}"
+            Image.fromarray(pixels[c, s]).save(out / f"{name}.png")
+            sample = {"image": f"{name}.png"}
+            if coloured is not None:
+                Image.fromarray(coloured[c, s]).save(out / f"{name}_layout.png")
+                sample["layout"] = f"{name}_layout.png"
+            files.append(sample)
+        entries.append({"caption": caption.text, "words_read": len(caption.ids), "unknown_words": caption.unknown,
+                        "words_past_limit": caption.cut, "samples": files})
+    legend = None
+    if coloured is not None and class_names:
+        palette = colorize(np.arange(num_classes)[:, None, None], num_classes)[:, 0, 0]
+        legend = [(name, tuple(int(v) for v in palette[i])) for i, name in enumerate(class_names)]
+    notes = ["dropped: " + ", ".join(c.unknown + c.cut) if c.unknown or c.cut else "" for c in captions]
+    grid = caption_grid(pixels, coloured, [c.text for c in captions], title, legend, notes)
+    Image.fromarray(grid).save(out / "grid.png")
+    meta = {**info, "grid": "grid.png", "per_caption": k, "captions": entries,
+            "layout_classes": list(class_names) if coloured is not None and class_names else None}
+    (out / "samples.json").write_text(json.dumps(meta, indent=1))
+    return meta
+
+
+__all__ = ["save_samples", "save_layout_samples", "colorize", "tile", "GRID_SEED", "Caption", "read_captions",
+           "encode_captions", "caption_seed", "sample_captions", "caption_grid", "save_caption_samples"]

@@ -81,9 +81,11 @@ def _text_encoder_like(damsm_text: TextEncoder, init_from_damsm: bool) -> TextEn
 
 
 def build_gan_models(cfg: ExperimentConfig, damsm_text: TextEncoder, damsm_image: nn.Module,
-                     captioner: nn.Module | None = None) -> GANModels:
+                     captioner: nn.Module | None = None, for_training: bool = True) -> GANModels:
+    """`for_training=False`: models to load a checkpoint into and sample from; the captioner, which
+    only scores the l4 loss, may then be absent."""
     m, res = cfg.model, cfg.data.resolution
-    if cfg.loss.recap > 0 and captioner is None:
+    if cfg.loss.recap > 0 and captioner is None and for_training:
         raise ValueError("loss.recap > 0 needs the pre-trained captioner (t2i_ray.train.captioner."
                          "ensure_captioner / sweeps/pretrain_captioner.py); pass it, or set loss.recap=0")
     if m.arch not in BUILDERS:  # validate() already refuses these; kept for direct callers

@@ -317,7 +317,9 @@ def write_trial_row(ident: TrialIdentity, config: dict[str, Any], *, status: str
         version=config["code_version"],
         extra={"checkpoint_path": checkpoint_path, "curves_path": str(paths.curve(ident.run_name)),
                "tensorboard_dir": str(paths.tensorboard(ident.run_name)), "swept": ident.swept,
-               **data_parallel_columns(ident.cfg)})
+               **data_parallel_columns(ident.cfg),
+               **run_files(config.get("damsm_path"), config.get("captioner_path"), checkpoint_path),
+               "reevaluation_of": ""})
     store.write_row(ident.cfg.output_dir, row_data)
     if status == "ok":
         from t2i_ray.train.runlog import write_hparams
@@ -358,14 +360,16 @@ def train_driver(config: dict[str, Any]) -> None:
         # finished): report the stored metrics instead of training and evaluating again.
         print(f"[{run_name}] already finished (its row is in the results table): not rerun", flush=True)
         ray.tune.report({k: v for k, v in done.items() if not k.startswith(("config.", "lib."))
-                         and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)})
+                         and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)},
+                        checkpoint=_tune_checkpoint(done.get("checkpoint_path") or ""))
         return
     log_level = config.get("train_log_level", "WARNING")
+    best_dir = f"{config['storage_path']}/{run_name}/best"  # beside Ray Train's checkpoint_* folders
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"experiment": cfg.to_dict(), "damsm_path": config["damsm_path"],
                            "captioner_path": config["captioner_path"], "run_name": run_name,
-                           "train_log_level": log_level},
+                           "train_log_level": log_level, "best_dir": best_dir},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
                                                resources_per_worker=config["worker_resources"]),
         run_config=ray.train.RunConfig(
@@ -376,11 +380,12 @@ def train_driver(config: dict[str, Any]) -> None:
             failure_config=ray.train.FailureConfig(max_failures=config["max_failures"])),
     )
     final: dict[str, Any] = {}
-    status, error, checkpoint_path, diverged = "ok", None, "", False
+    status, error, checkpoint_path, diverged, checkpoint = "ok", None, "", False, None
     try:
         result = trainer.fit()
         final = dict(result.metrics or {})
-        checkpoint_path = result.checkpoint.path if result.checkpoint is not None else ""
+        checkpoint = result.checkpoint
+        checkpoint_path = _uri(checkpoint) if checkpoint is not None else ""
         if not final.get("finished"):
             status, error = "error", "training ended without final evaluation metrics"
     except Exception as exc:  # the row records the failure; Tune marks the trial errored below
@@ -395,7 +400,37 @@ def train_driver(config: dict[str, Any]) -> None:
         return
     if status != "ok":
         raise RuntimeError(f"trial {run_name} failed: {error}")
-    ray.tune.report({k: v for k, v in final.items() if isinstance(v, (int, float)) and math.isfinite(v)})
+    # With the evaluated checkpoint, so that Tune's best_checkpoint / ResultGrid.get_best_result(...)
+    # .checkpoint is the trial's model (Tune copies it into the trial's folder once).
+    ray.tune.report({k: v for k, v in final.items() if isinstance(v, (int, float)) and math.isfinite(v)},
+                    checkpoint=checkpoint)
+
+
+def run_files(damsm_path: str | None, captioner_path: str | None, checkpoint_path: str) -> dict[str, str]:
+    """What a results row names so that its checkpoint can be sampled from and re-evaluated alone:
+    the DAMSM folder (frozen text encoder + vocabulary), the captioner of l4 and the vocabulary."""
+    meta = Path(damsm_path) / "meta.json" if damsm_path else None
+    fingerprint = json.loads(meta.read_text())["vocab_fingerprint"] if meta and meta.is_file() else ""
+    return {"damsm_path": damsm_path or "", "captioner_path": captioner_path or "", "vocab_fingerprint": fingerprint,
+            "vocab_path": f"{checkpoint_path}/vocab.json" if checkpoint_path else ""}
+
+
+def _uri(checkpoint) -> str:
+    """A Train checkpoint's location as one string: a local path, or scheme://path on an object store."""
+    import pyarrow.fs
+
+    if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
+        return checkpoint.path
+    return f"{checkpoint.filesystem.type_name}://{checkpoint.path}"
+
+
+def _tune_checkpoint(path: str):
+    """The Tune checkpoint of an already finished trial's row (None when its folder is gone)."""
+    import ray.tune
+
+    if not path or ("://" not in path and not Path(path).is_dir()):
+        return None
+    return ray.tune.Checkpoint(path)
 
 
 def storage_root(output_dir: Path, storage_path: str | None) -> str:

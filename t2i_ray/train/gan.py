@@ -250,7 +250,7 @@ class GanMethod(Method):
     def __init__(self, cfg: ExperimentConfig, assets: Assets):
         self.cfg = cfg
         self.models = build_gan_models(cfg, assets.damsm.text_encoder, assets.damsm.image_encoder,
-                                       assets.captioner)
+                                       assets.captioner, for_training=assets.for_training)
         self.optimizers = build_optimizers(self.models, cfg)
         self.gather = NO_GATHER
 

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from t2i_ray.config import ExperimentConfig
 from t2i_ray.data.dataset import TextImageDataset
 from t2i_ray.data.registry import source
-from t2i_ray.eval.evaluate import evaluate_method
+from t2i_ray.eval.evaluate import PeriodicEval, evaluate_method
 from t2i_ray.train import checkpoint as ckpt
 from t2i_ray.train.accel import Accel, resolve_accel, select_device
 from t2i_ray.train.method import load_assets, method_class
@@ -38,6 +38,7 @@ class RunEnv:
     world_rank = 0
     world_size = 1
     device = torch.device("cpu")
+    best_dir: str | None = None  # where rank 0 keeps the best checkpoint (eval.every > 0); None: nowhere
 
     def prepare_model(self, module: torch.nn.Module) -> torch.nn.Module:
         return module.to(self.device)
@@ -54,6 +55,7 @@ class LocalEnv(RunEnv):
 
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
+        self.best_dir = str(self.run_dir / "best")
         self.reports: list[dict[str, Any]] = []
 
     def report(self, metrics, checkpoint_dir):
@@ -74,10 +76,11 @@ class LocalEnv(RunEnv):
 class RayEnv(RunEnv):
     """Inside a Ray TorchTrainer worker."""
 
-    def __init__(self):
+    def __init__(self, best_dir: str | None = None):
         import ray.train
         import ray.train.torch
 
+        self.best_dir = best_dir
         ctx = ray.train.get_context()
         self.world_rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
@@ -165,11 +168,12 @@ def run_training(cfg: ExperimentConfig, env: RunEnv, damsm_path: str, run_name: 
     method = method_cls(cfg, assets)  # after the seed: initial weights are a function of it
     # The method's randomness (GAN noise, diffusion timesteps) comes from this checkpointed generator.
     noise_gen = torch.Generator().manual_seed(cfg.seed * 1000 + 7 + env.world_rank)
-    step = 0
+    step, best = 0, {}
     with env.latest_checkpoint() as ckpt_dir:
         if ckpt_dir is not None:
             state = ckpt.load_state(ckpt_dir)
             step = ckpt.restore(state, method.checkpointed(), method.optimizers)
+            best = state.get("best", {})
             method.restored(step)
             rng = state["rng"]
             noise_gen.set_state(rng[f"noise_{env.world_rank}"] if f"noise_{env.world_rank}" in rng else rng["noise_0"])
@@ -183,17 +187,22 @@ def run_training(cfg: ExperimentConfig, env: RunEnv, damsm_path: str, run_name: 
             where = (f"the global batch ({env.world_size} workers x {t.batch_size}, gathered)" if t.gather_negatives
                      else f"each worker's own batch of {t.batch_size} (train.gather_negatives=false)")
             print(f"[{run_name}] batch-coupled loss terms (negatives, mismatched pairs) on {where}", flush=True)
+    every = cfg.eval.every  # in-training evaluations on rank 0; the best checkpoint kept in env.best_dir
+    periodic = PeriodicEval(cfg, assets.damsm, method, best) if every and env.world_rank == 0 else None
+    files = {"damsm_path": str(Path(damsm_path).resolve()), "vocab_fingerprint": assets.damsm.vocab.fingerprint(),
+             "captioner_path": str(Path(captioner_path).resolve()) if captioner_path else None}
+
+    def write_checkpoint(folder: Path) -> Path:
+        # rng of rank 0 only: other ranks re-derive theirs (data order is per-epoch).
+        return ckpt.save_checkpoint(
+            folder, step=step, modules=method.checkpointed(), optimizers=method.optimizers,
+            rng={"noise_0": noise_gen.get_state(), "torch": torch.get_rng_state()}, config=cfg.to_dict(),
+            vocab_json=assets.damsm.vocab.to_json(), assets=files,
+            extra_state={"best": periodic.best} if periodic is not None and periodic.best else None)
 
     def save_and_report(metrics: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
-            ckpt_path = None
-            if env.world_rank == 0:
-                # rng of rank 0 only: other ranks re-derive theirs (data order is per-epoch).
-                ckpt_path = ckpt.save_checkpoint(
-                    Path(tmp) / "ckpt", step=step, modules=method.checkpointed(), optimizers=method.optimizers,
-                    rng={"noise_0": noise_gen.get_state(), "torch": torch.get_rng_state()},
-                    config=cfg.to_dict(), vocab_json=assets.damsm.vocab.to_json())
-            env.report(metrics, ckpt_path)
+            env.report(metrics, write_checkpoint(Path(tmp) / "ckpt") if env.world_rank == 0 else None)
 
     window: dict[str, list[float]] = {}
     tick, tick_step = time.time(), step
@@ -207,10 +216,16 @@ def run_training(cfg: ExperimentConfig, env: RunEnv, damsm_path: str, run_name: 
                                      f"try lower learning rates or loss weights")
         for k, v in losses.items():
             window.setdefault(k, []).append(v)
-        if step % t.report_every == 0 or step % t.checkpoint_every == 0 or step == t.steps:
+        evaluate_now = every > 0 and (step % every == 0 or step == t.steps)  # the same on every rank
+        if step % t.report_every == 0 or step % t.checkpoint_every == 0 or step == t.steps or evaluate_now:
             elapsed = time.time() - tick
             metrics = {k: float(np.mean(v)) for k, v in window.items()}
             metrics.update(step=step, images_per_s=(step - tick_step) * t.batch_size * env.world_size / max(elapsed, 1e-9))
+            if periodic is not None and evaluate_now:
+                scores, is_best = periodic(step)
+                metrics.update(scores)
+                if is_best and env.best_dir:
+                    ckpt.write_to(env.best_dir, write_checkpoint)
             if log is not None:
                 log.training(metrics, step)
             if step % t.checkpoint_every == 0 or step == t.steps:
@@ -223,7 +238,9 @@ def run_training(cfg: ExperimentConfig, env: RunEnv, damsm_path: str, run_name: 
 
     final: dict[str, Any] = {"step": step}
     if log is not None:
-        final.update(evaluate_method(cfg, method, assets.damsm, run_name))
+        final.update(evaluate_method(cfg, method, assets.damsm, run_name, periodic.ctx if periodic else None))
+        if periodic is not None:
+            final.update(periodic.summary(env.best_dir))
         log.evaluation(final, step)
         log.close()
     final = _broadcast(final, env)
@@ -248,4 +265,5 @@ def _broadcast(metrics: dict[str, Any], env: RunEnv) -> dict[str, Any]:
 def ray_worker(config: dict[str, Any]) -> None:
     """Entry point for `TorchTrainer(train_loop_per_worker=ray_worker, train_loop_config=...)`."""
     cfg = ExperimentConfig.from_dict(config["experiment"])
-    run_training(cfg, RayEnv(), config["damsm_path"], config["run_name"], config["captioner_path"])
+    run_training(cfg, RayEnv(config.get("best_dir")), config["damsm_path"], config["run_name"],
+                 config["captioner_path"])

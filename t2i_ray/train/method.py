@@ -7,13 +7,15 @@ sampler, so every metric is computed the same way for every method.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Callable, ClassVar, ContextManager, Mapping
+from pathlib import Path
+from typing import Any, Callable, ClassVar, ContextManager, Mapping
 
 import torch
 from torch import Tensor, nn
 
-from t2i_ray.config import ExperimentConfig
+from t2i_ray.config import ExperimentConfig, apply_overrides
 from t2i_ray.train.checkpoint import unwrap
 from t2i_ray.train.damsm import Damsm, load_damsm
 
@@ -28,7 +30,8 @@ class Assets:
     """Frozen networks a run loads from the sweep's caches (the same for every method)."""
 
     damsm: Damsm  # text + image encoders and the vocabulary they were trained with
-    captioner: nn.Module | None = None  # l4's captioner, only when loss.recap > 0
+    captioner: nn.Module | None = None  # l4's captioner, only when loss.recap > 0 (and training)
+    for_training: bool = True  # False: models to load a checkpoint into and sample from
 
 
 class Method:
@@ -122,6 +125,52 @@ def load_assets(cfg: ExperimentConfig, damsm_path: str, captioner_path: str | No
     return Assets(damsm, captioner)
 
 
+@dataclass
+class TrainedRun:
+    """A method restored from a checkpoint, ready to sample from (`load_trained`)."""
+
+    cfg: ExperimentConfig
+    method: Method
+    damsm: Damsm
+    step: int  # the training step the checkpoint was written at
+    checkpoint: str  # where it was loaded from
+
+
+def load_trained(checkpoint: str | Path, damsm_path: str | Path | None = None,
+                 device: torch.device | str = "cpu", overrides: Mapping[str, Any] | None = None) -> TrainedRun:
+    """The method of a checkpoint folder (local, or a storage URI) with its trained weights on `device`.
+
+    The folder is enough: config.json rebuilds the models, state.pt fills them (weights_only), and
+    assets.json names the DAMSM folder whose frozen text encoder conditions the models (or pass
+    `damsm_path`); its vocabulary must be the checkpoint's vocab.json. `overrides` change config
+    fields that do not change the trained models (output_dir, eval.*: the caller checks).
+    """
+    from t2i_ray.data.text import Vocabulary
+    from t2i_ray.train import checkpoint as ckpt
+
+    with ckpt.local_dir(checkpoint) as folder:
+        cfg = ExperimentConfig.from_dict(json.loads((folder / "config.json").read_text()))
+        if overrides:
+            cfg = apply_overrides(cfg, overrides)
+        if damsm_path is None:
+            if not (folder / ckpt.ASSETS_FILE).is_file():
+                raise FileNotFoundError(f"checkpoint {checkpoint} names no DAMSM folder (no {ckpt.ASSETS_FILE}); "
+                                        f"pass the DAMSM folder the run trained with (its results row's damsm_path)")
+            damsm_path = json.loads((folder / ckpt.ASSETS_FILE).read_text())["damsm_path"]
+        damsm = load_damsm(damsm_path)
+        if (folder / "vocab.json").is_file() and Vocabulary.load(folder / "vocab.json") != damsm.vocab:
+            raise ValueError(f"the DAMSM folder {damsm_path} has another vocabulary than checkpoint {checkpoint} "
+                             f"(fingerprint {damsm.vocab.fingerprint()[:10]}): its text encoder is not the one "
+                             f"the run trained with")
+        state = ckpt.load_state(folder)
+    method = method_class(cfg)(cfg, Assets(damsm, None, for_training=False))
+    step = ckpt.restore(state, method.checkpointed(), {})  # no optimisers: nothing trains
+    method.restored(step)
+    device = torch.device(device)
+    method.prepare(lambda module: module.to(device), lambda module: module, device)
+    return TrainedRun(cfg, method, damsm, step, str(checkpoint))
+
+
 def method_class(cfg: ExperimentConfig) -> type[Method]:
     """The class `model.method` names (validate() refuses unknown names)."""
     # Imported here: each method module imports this one.
@@ -153,5 +202,6 @@ def build_method(cfg: ExperimentConfig, assets: Assets) -> Method:
     return method_class(cfg)(cfg, assets)
 
 
-__all__ = ["Assets", "Method", "SampleFn", "build_method", "data_parallel_columns", "encode_text", "load_assets",
+__all__ = ["Assets", "Method", "SampleFn", "TrainedRun", "build_method", "data_parallel_columns", "encode_text",
+           "load_assets", "load_trained",
            "method_class"]
