@@ -1,12 +1,19 @@
 """Plots of sweep results (matplotlib; each function returns a Figure, `save_figure` writes a PNG).
 
-- `plot_metric_vs_weights`: a metric against each loss weight, mean and 95% CI over the trials at
-  each weight value (a main effect, pooled over the other settings), individual trials as dots.
-- `plot_pareto`: the FID / R-precision trade-off of a set of trials and its Pareto front.
-- `plot_training_curves`: training losses against step from the trials' `curves/*.jsonl` files.
+- `plot_metric_by_row`: a metric per ablation row, every seed a dot, the mean a bar and, from 3 seeds
+  on, a percentile bootstrap 95% interval of the mean clipped to the metric's range (fewer seeds: no
+  interval, and the figure says so).
+- `plot_effects`: each row's mean minus that of its matching baseline row (same sweep, same swept
+  values, config differing only in the row's own factor), never pooled over rows.
+- `plot_metric_vs_weights`: a metric against each loss weight, one dot per trial, nothing pooled
+  (for Optuna sweeps, where every trial is a configuration of its own).
+- `plot_pareto`: the FID / R-precision trade-off of a set of trials and its Pareto front, every
+  point labelled with its row and seed.
+- `plot_training_curves`: training losses against step from the trials' `curves/*.jsonl` files,
+  one legend for the figure.
 - `plot_sample_grid`: one row of generated images per configuration, for the same test captions and
   the same noise (every run saves its grid with noise seed 1234 on the first test items), real
-  images on top.
+  images on top, each column captioned with its text (`samples/<run>.json`).
 
 Inputs are results DataFrames from `analysis.load.load_results` and the files the trials wrote
 next to the results table (`curves/`, `samples/`); nothing here imports `t2i_ray`. File paths
@@ -23,7 +30,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from analysis.stats import aggregate, higher_is_better
+from analysis.stats import (MIN_SEEDS_FOR_INTERVAL, bootstrap_interval, check_comparable, check_one_configuration,
+                            _values, effects_vs_baseline, higher_is_better, metric_range)
 
 LOSS_WEIGHTS: tuple[str, ...] = ("config.loss.damsm", "config.loss.f2r", "config.loss.f2f", "config.loss.recap")
 LOSS_LABELS = {"config.loss.damsm": "l1 (DAMSM)", "config.loss.f2r": "l2 (F2R)", "config.loss.f2f": "l3 (F2F)",
@@ -55,7 +63,124 @@ def _locate(row: pd.Series, column: str, subdir: str, suffix: str, roots: Iterab
     return None
 
 
-# ---- metric vs loss weight -----------------------------------------------------------------------
+# ---- metric per row, effects against the matching baseline ---------------------------------------
+
+def _ordered(groups: Sequence, order: Sequence | None) -> list:
+    groups = list(groups)
+    if order is None:
+        return groups
+    return [g for g in order if g in groups] + [g for g in groups if g not in order]
+
+
+def _no_interval_note(counts: dict, what: str = "row") -> str:
+    """The figure's note when some groups have too few seeds for an interval ('' when none)."""
+    few = {g: n for g, n in counts.items() if n < MIN_SEEDS_FOR_INTERVAL}
+    if not few:
+        return ""
+    ns = sorted(set(few.values()))
+    who = "any " + what if len(few) == len(counts) else f"{len(few)} of {len(counts)} {what}s"
+    return (f"no interval for {who}: n={'/'.join(map(str, ns))} seed(s), an interval needs "
+            f">= {MIN_SEEDS_FOR_INTERVAL}")
+
+
+def plot_metric_by_row(df: pd.DataFrame, metric: str = "fid", by: str = "row", order: Sequence[str] | None = None,
+                       n_boot: int = 10000, seed: int = 0) -> plt.Figure:
+    """`metric` per group of `by` (ablation row or configuration), every seed shown.
+
+    Each seed's value is a dot (one scatter per group, so its offsets are that group's seeds), the
+    mean a horizontal bar. A group with at least MIN_SEEDS_FOR_INTERVAL (3) seeds also gets a
+    vertical line (gid "interval"): the percentile bootstrap 95% interval of the mean, clipped to
+    the metric's valid range (`analysis.stats.metric_range`: FID/KID >= 0, fractions in [0, 1]).
+    Groups with fewer seeds get none, and the title says so. Raises ValueError when no trial has
+    a finite value of `metric` or its provenance differs (`check_comparable`).
+    """
+    check_one_configuration(df, by)
+    check_comparable(df, metric)
+    vals = _values(df, metric)
+    if vals.empty:
+        raise ValueError(f"no successful trial has a finite {metric!r}")
+    groups = df.loc[vals.index, by]
+    names = _ordered(pd.unique(groups), order)
+    bounds = metric_range(metric)
+    fig, ax = plt.subplots(figsize=(max(3.6, 0.9 * len(names) + 1.6) + 1.8, 3.4))
+    rng = np.random.default_rng(0)
+    counts = {}
+    for i, g in enumerate(names):
+        x = vals[groups == g].to_numpy(float)
+        counts[g] = len(x)
+        jitter = rng.uniform(-0.12, 0.12, len(x)) if len(x) > 1 else np.zeros(1)
+        ax.scatter(i + jitter, x, s=16, color="tab:gray", alpha=0.8, zorder=3, label="seeds" if i == 0 else None)
+        ax.plot([i - 0.25, i + 0.25], [x.mean()] * 2, color="tab:blue", lw=2, zorder=4,
+                label="mean" if i == 0 else None, gid="mean")
+        if len(x) >= MIN_SEEDS_FOR_INTERVAL:
+            lo, hi = bootstrap_interval(x, n_boot=n_boot, seed=seed, bounds=bounds)
+            ax.vlines(i, lo, hi, color="tab:blue", lw=1.2, zorder=2, gid="interval",
+                      label="bootstrap 95% CI of the mean" if not any(
+                          c.get_gid() == "interval" for c in ax.collections) else None)
+    ax.set_xticks(range(len(names)), [str(g) for g in names], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(metric + _ARROW[higher_is_better(metric)])
+    ax.grid(alpha=0.3, axis="y")
+    note = _no_interval_note(counts)
+    ax.set_title(f"{metric} per {by}: every seed, mean" + (f"\n{note}" if note else
+                                                           ", bootstrap 95% CI of the mean"), fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def plot_effects(df: pd.DataFrame, metric: str = "fid", baseline: str = "baseline", by: str = "row",
+                 order: Sequence[str] | None = None, n_boot: int = 10000, seed: int = 0) -> plt.Figure:
+    """Each group's effect on `metric`: its mean minus its matching baseline group's mean.
+
+    The baseline of a group is chosen by `analysis.stats.matching_baselines` (same sweep, same
+    --sweep values, config differing in the row's factor only); nothing is pooled across rows.
+    Per group: every seed's value minus the baseline mean as a dot, the difference of the means as
+    a bar, and from 3 seeds in both groups the percentile bootstrap 95% interval of the difference
+    (gid "interval"); the tick labels read "<row> − <its baseline>", the title notes groups without
+    an interval or without a baseline. Raises ValueError when no group has a matching baseline.
+    """
+    eff = effects_vs_baseline(df, metric, baseline=baseline, by=by, n_boot=n_boot, seed=seed)
+    eff = eff.set_index(by).loc[_ordered(eff[by], order)].reset_index()
+    matched = eff[eff["baseline"].notna()]
+    if matched.empty:
+        reasons = "; ".join(f"{r[by]}: {r['note']}" for _, r in eff.iterrows()) or "only baseline rows"
+        raise ValueError(f"no {by} has a matching {baseline!r} row to compare {metric!r} with ({reasons})")
+    vals = _values(df, metric)
+    groups = df.loc[vals.index, by]
+    fig, ax = plt.subplots(figsize=(max(3.6, 0.9 * len(matched) + 1.6) + 1.6, 3.4))
+    rng = np.random.default_rng(0)
+    counts = {}
+    for i, (_, r) in enumerate(matched.iterrows()):
+        x = vals[groups == r[by]].to_numpy(float)
+        base_mean = vals[groups == r["baseline"]].mean()
+        counts[r[by]] = min(r["n"], r["n_baseline"])
+        jitter = rng.uniform(-0.12, 0.12, len(x)) if len(x) > 1 else np.zeros(1)
+        ax.scatter(i + jitter, x - base_mean, s=16, color="tab:gray", alpha=0.8, zorder=3,
+                   label="seed − baseline mean" if i == 0 else None)
+        ax.plot([i - 0.25, i + 0.25], [r["diff"]] * 2, color="tab:red", lw=2, zorder=4, gid="mean",
+                label="difference of means" if i == 0 else None)
+        if np.isfinite(r["lo"]):
+            ax.vlines(i, r["lo"], r["hi"], color="tab:red", lw=1.2, zorder=2, gid="interval",
+                      label="bootstrap 95% CI" if not any(c.get_gid() == "interval" for c in ax.collections)
+                      else None)
+    ax.axhline(0.0, color="black", lw=0.8)
+    ax.set_xticks(range(len(matched)), [f"{r[by]} − {r['baseline']}" for _, r in matched.iterrows()],
+                  rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(f"Δ {metric} vs matching baseline" + _ARROW[higher_is_better(metric)])
+    ax.grid(alpha=0.3, axis="y")
+    notes = [_no_interval_note(counts)]
+    unmatched = eff[eff["baseline"].isna()]
+    if len(unmatched):
+        notes.append(f"not shown, no matching baseline: {', '.join(map(str, unmatched[by]))}")
+    notes = [n for n in notes if n]
+    ax.set_title(f"effect on {metric}: each {by} against its matching baseline row"
+                 + "".join(f"\n{n}" for n in notes), fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+# ---- metric vs loss weight (trials, never pooled) ------------------------------------------------
 
 def varied_weights(df: pd.DataFrame, candidates: Sequence[str] = LOSS_WEIGHTS) -> list[str]:
     """The weight columns that take more than one value among the successful trials."""
@@ -63,41 +188,29 @@ def varied_weights(df: pd.DataFrame, candidates: Sequence[str] = LOSS_WEIGHTS) -
     return [c for c in candidates if c in ok.columns and ok[c].nunique(dropna=True) > 1]
 
 
-def plot_metric_vs_weights(df: pd.DataFrame, metric: str = "r_precision", weights: Sequence[str] | None = None,
-                           max_discrete: int = 6) -> plt.Figure:
-    """One panel per loss weight: `metric` against the weight's value.
+def plot_metric_vs_weights(df: pd.DataFrame, metric: str = "r_precision",
+                           weights: Sequence[str] | None = None) -> plt.Figure:
+    """One panel per loss weight: `metric` against the weight's value, one dot per trial.
 
-    With at most `max_discrete` distinct values (a grid), each value gets the mean and its 95% CI
-    over all successful trials at that value (pooled over the other settings and the seeds: a main
-    effect), with the trials as dots; with more (an Optuna sweep) the trials are a scatter.
-    Raises ValueError when no weight varies (nothing to plot) or the metric's provenance differs.
+    Nothing is averaged: trials at one weight value differ in the other settings (the rows of a
+    one-factor grid change one term each), so a per-value mean would mix configurations. Meant for
+    Optuna sweeps, where every trial draws all weights; for a grid use `plot_metric_by_row` and
+    `plot_effects`. Raises ValueError when no weight varies.
     """
     ok = _ok(df)
     weights = varied_weights(ok) if weights is None else list(weights)
     if not weights:
         raise ValueError(f"no loss weight varies among the {len(ok)} successful trials "
                          f"(looked at {list(LOSS_WEIGHTS)}); pass weights=[...] explicitly")
+    check_comparable(ok, metric)
     fig, axes = plt.subplots(1, len(weights), figsize=(3.4 * len(weights), 3.0), squeeze=False, sharey=True)
     for ax, col in zip(axes[0], weights):
         sub = ok[[col, metric]].apply(pd.to_numeric, errors="coerce").dropna()
-        values = np.sort(sub[col].unique())
-        if len(values) <= max_discrete:
-            agg = aggregate(ok.assign(**{col: pd.to_numeric(ok[col], errors="coerce")}), by=col, metrics=[metric])
-            agg = agg.sort_values(col)
-            pos = {v: i for i, v in enumerate(values)}
-            rng = np.random.default_rng(0)
-            ax.scatter([pos[v] + rng.uniform(-0.08, 0.08) for v in sub[col]], sub[metric], s=12, alpha=0.45,
-                       color="tab:gray", label="trials")
-            ax.errorbar([pos[v] for v in agg[col]], agg["mean"], yerr=agg["ci95"].fillna(0.0), fmt="o-",
-                        color="tab:blue", capsize=4, label="mean ± 95% CI")
-            ax.set_xticks(range(len(values)), [f"{v:g}" for v in values])
-        else:
-            ax.scatter(sub[col], sub[metric], s=16, alpha=0.7, color="tab:blue", label="trials")
+        ax.scatter(sub[col], sub[metric], s=16, alpha=0.7, color="tab:blue")
         ax.set_xlabel(LOSS_LABELS.get(col, col))
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(metric + _ARROW[higher_is_better(metric)])
-    axes[0][0].legend(fontsize=7, loc="best")
-    fig.suptitle(f"{metric} by loss weight (main effect over the other settings and seeds)", fontsize=9)
+    fig.suptitle(f"{metric} by loss weight: one dot per trial, nothing pooled", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -126,8 +239,11 @@ def _label(row: pd.Series, label: str | None, weights: Sequence[str]) -> str:
 
 def plot_pareto(df: pd.DataFrame, x: str = "fid", y: str = "r_precision", label: str | None = None,
                 annotate: bool = True) -> plt.Figure:
-    """Trials in the (FID, R-precision) plane, the Pareto-optimal ones joined and labelled.
+    """Trials in the (FID, R-precision) plane, the Pareto-optimal ones joined.
 
+    One point per trial (per seed); with `annotate` every point is labelled (a text annotation per
+    point, trials at the very same place share one): "<row> s<seed>", an Optuna trial by its
+    weights, or the column `label`.
     Works for any set of trials (an Optuna sweep, or a grid's trials); lower x and higher y are better.
     """
     ok = _ok(df)
@@ -136,19 +252,21 @@ def plot_pareto(df: pd.DataFrame, x: str = "fid", y: str = "r_precision", label:
         raise ValueError(f"no successful trial has finite {x!r} and {y!r}")
     xs, ys = ok[x].to_numpy(float), ok[y].to_numpy(float)
     front = pareto_mask(xs, ys)
-    fig, ax = plt.subplots(figsize=(5.2, 4.0))
+    fig, ax = plt.subplots(figsize=(5.6, 4.2))
     ax.scatter(xs[~front], ys[~front], s=22, color="tab:gray", alpha=0.6, label="dominated")
     order = np.argsort(xs[front])
     ax.plot(xs[front][order], ys[front][order], "o-", color="tab:red", label="Pareto front")
     if annotate:
         weights = varied_weights(ok)
+        at: dict[tuple[float, float, bool], list[str]] = {}  # points at the same place share one annotation
         for (_, row), on_front in zip(ok.iterrows(), front):
-            if on_front:
-                ax.annotate(_label(row, label, weights), (row[x], row[y]), fontsize=7,
-                            xytext=(4, 4), textcoords="offset points")
+            at.setdefault((float(row[x]), float(row[y]), bool(on_front)), []).append(_label(row, label, weights))
+        for (px, py, on_front), names in at.items():
+            ax.annotate(", ".join(names), (px, py), fontsize=6.5, xytext=(4, 3),
+                        textcoords="offset points", color="tab:red" if on_front else "dimgray")
     ax.set_xlabel(x + _ARROW[higher_is_better(x)])
     ax.set_ylabel(y + _ARROW[higher_is_better(y)])
-    ax.set_title(f"{len(ok)} trials, {int(front.sum())} on the front", fontsize=9)
+    ax.set_title(f"{len(ok)} trials (one point per seed), {int(front.sum())} on the front", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -193,14 +311,15 @@ def load_curves(df: pd.DataFrame, roots: Iterable[str | Path] = ()) -> pd.DataFr
 
 def plot_training_curves(curves: pd.DataFrame, keys: Sequence[str] = ("loss_d", "loss_g"), by: str = "row",
                          order: Sequence[str] | None = None) -> plt.Figure:
-    """One panel per key: the mean over the seeds of each group against step, shaded min..max."""
+    """One panel per key: the mean over the seeds of each group against step, shaded min..max.
+
+    The groups share their colours across panels and one legend for the whole figure (right of
+    the panels)."""
     keys = [k for k in keys if k in curves.columns]
     if not keys:
         raise ValueError(f"none of the requested keys in the curves; available: "
                          f"{sorted(c for c in curves.columns if c not in ('run_name', 'row', 'seed', 'step'))}")
-    groups = list(pd.unique(curves[by]))
-    if order is not None:
-        groups = [g for g in order if g in groups] + [g for g in groups if g not in order]
+    groups = _ordered(pd.unique(curves[by]), order)
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2), squeeze=False)
     colors = plt.get_cmap("tab10")
     for ax, key in zip(axes[0], keys):
@@ -211,8 +330,10 @@ def plot_training_curves(curves: pd.DataFrame, keys: Sequence[str] = ("loss_d", 
         ax.set_xlabel("step")
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="best")
+    handles, labels = axes[0][0].get_legend_handles_labels()
     fig.tight_layout()
+    fig.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), title=by,
+               title_fontsize=7, frameon=False)
     return fig
 
 
@@ -230,24 +351,36 @@ def _load_grid(path: Path, num: int | None) -> tuple[np.ndarray, np.ndarray]:
     return real, fake
 
 
+def _grid_captions(png: Path) -> list[str] | None:
+    """The captions saved beside a sample PNG (`<run>.json`, {"captions": [...]}), None if absent."""
+    path = png.with_suffix(".json")
+    if not path.is_file():
+        return None
+    return [str(c) for c in json.loads(path.read_text()).get("captions", [])]
+
+
 def plot_sample_grid(df: pd.DataFrame, by: str = "row", order: Sequence[str] | None = None, seed: int | None = None,
-                     num: int | None = 8, roots: Iterable[str | Path] = ()) -> plt.Figure:
+                     num: int | None = 8, roots: Iterable[str | Path] = (), wrap: int = 22) -> plt.Figure:
     """Real test images on top, then per configuration the fakes for the same captions and noise.
 
-    One trial per group: the one with `seed` (default: each group's lowest seed). Raises
-    ValueError when no trial has a sample file, or when the trials' data configs differ (then the
-    captions and real images would not be the same).
+    One trial per group: the one with `seed` (default: each group's lowest seed). Each column is
+    captioned above the real row with its text from `samples/<run>.json` (wrapped at `wrap`
+    characters; text artists with gid "caption"); when no trial saved captions, the title says so.
+    Raises ValueError when no trial has a sample file, or when the trials' data configs or saved
+    captions differ (then the columns would not show the same captions).
     """
+    import textwrap
+
+    from matplotlib.transforms import blended_transform_factory
+
     ok = _ok(df)
     roots = list(roots)
     data_cols = [c for c in ok.columns if c.startswith("config.data.")]
     if data_cols and len(ok[data_cols].astype(str).drop_duplicates()) > 1:
         raise ValueError("the trials use different data configs, so their sample grids do not show the same "
                          "captions; filter to one dataset/resolution first")
-    groups = list(pd.unique(ok[by]))
-    if order is not None:
-        groups = [g for g in order if g in groups] + [g for g in groups if g not in order]
-    strips, labels, real = [], [], None
+    groups = _ordered(pd.unique(ok[by]), order)
+    strips, labels, real, captions, captions_from = [], [], None, None, None
     for g in groups:
         trials = ok[ok[by] == g].sort_values("seed")
         if seed is not None:
@@ -260,6 +393,12 @@ def plot_sample_grid(df: pd.DataFrame, by: str = "row", order: Sequence[str] | N
             real = r if real is None else real
             strips.append(f)
             labels.append(f"{g} (s{row['seed']})")
+            saved = _grid_captions(path)
+            if saved is not None and captions is None:
+                captions, captions_from = saved, path
+            elif saved is not None and saved[: len(captions)] != captions[: len(saved)]:
+                raise ValueError(f"the sample grids show different captions ({captions_from.name}: "
+                                 f"{captions[:1]}, {path.name}: {saved[:1]}); filter to trials of one data config")
             break
     if not strips:
         raise ValueError("no sample image found for any trial; pass roots=[<output_dir>] if the results "
@@ -267,12 +406,21 @@ def plot_sample_grid(df: pd.DataFrame, by: str = "row", order: Sequence[str] | N
     rows = [real, *strips]
     names = ["real", *labels]
     h, w = real.shape[:2]
-    fig, axes = plt.subplots(len(rows), 1, figsize=(min(1.0 * w / h, 16), 1.05 * len(rows)), squeeze=False)
+    columns = w // h
+    fig, axes = plt.subplots(len(rows), 1, figsize=(min(1.0 * w / h, 16), 1.05 * len(rows) + 0.6), squeeze=False)
     for ax, strip, name in zip(axes[:, 0], rows, names):
         ax.imshow(strip, interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
+    top = axes[0, 0]
+    if captions:
+        where = blended_transform_factory(top.transData, top.transAxes)
+        for i, caption in enumerate(captions[:columns]):
+            top.text((i + 0.5) * h - 0.5, 1.04, textwrap.fill(caption, wrap), transform=where, ha="center",
+                     va="bottom", fontsize=5.5, gid="caption")
+    else:
+        top.set_title("captions not saved for these runs (no samples/<run>.json)", fontsize=7)
     fig.subplots_adjust(hspace=0.08)
     return fig
 
@@ -281,6 +429,7 @@ def sample_captions(df: pd.DataFrame, roots: Iterable[str | Path] = ()) -> list[
     """The captions of the sample grid's columns (saved beside each sample PNG as JSON)."""
     for _, row in _ok(df).iterrows():
         path = _locate(row, "samples_path", "samples", ".png", list(roots))
-        if path is not None and path.with_suffix(".json").is_file():
-            return list(json.loads(path.with_suffix(".json").read_text())["captions"])
+        saved = _grid_captions(path) if path is not None else None
+        if saved is not None:
+            return saved
     return []

@@ -216,3 +216,169 @@ def compare_to_baseline(df: pd.DataFrame, baseline: str = "baseline", metric: st
                     "note": note})
     cols = [by, "n", "n_baseline", "mean", "mean_baseline", "diff", "p_value", "significant", "test", "note"]
     return pd.DataFrame(out, columns=cols)
+
+
+# ---- ranges, bootstrap intervals, matching baseline rows (used by analysis.plots) ---------------
+
+MIN_SEEDS_FOR_INTERVAL = 3
+
+
+def metric_range(metric: str) -> tuple[float, float]:
+    """The values `metric` can take: FID/KID >= 0 (a distance and a squared MMD), IS >= 1 (the exp of
+    a mean KL divergence), fractions (R-precision, recalls, precisions, attribute scores, mIoU) in
+    [0, 1]; (-inf, inf) for a metric not known here."""
+    if metric in ("fid", "kid"):
+        return 0.0, float("inf")
+    if metric == "is":
+        return 1.0, float("inf")
+    if metric.startswith(("r_precision", "attr_", "semantic_")) or metric.endswith(("recall", "precision", "miou")):
+        return 0.0, 1.0
+    return float("-inf"), float("inf")
+
+
+def bootstrap_interval(a: Sequence[float], b: Sequence[float] | None = None, level: float = 0.95,
+                       n_boot: int = 10000, seed: int = 0,
+                       bounds: tuple[float, float] = (float("-inf"), float("inf"))) -> tuple[float, float]:
+    """Percentile bootstrap interval of mean(a), or of mean(a) - mean(b) when `b` is given.
+
+    Each sample is resampled with replacement `n_boot` times (numpy Generator seeded with `seed`;
+    the two samples independently), and the (1-level)/2 and (1+level)/2 quantiles of the resampled
+    statistic are returned, clipped to `bounds` (the statistic's valid range, see `metric_range`).
+    A resampled mean never leaves [min(a), max(a)], so unlike a t-interval it cannot run below 0
+    for FID; with a handful of seeds it is narrower than the truth (use it only from
+    MIN_SEEDS_FOR_INTERVAL values on, as the plots do).
+    """
+    a = np.asarray(a, float)
+    if len(a) < 1 or (b is not None and len(b) < 1):
+        raise ValueError("bootstrap_interval needs at least one value per sample")
+    rng = np.random.default_rng(seed)
+    stat = a[rng.integers(0, len(a), size=(n_boot, len(a)))].mean(axis=1)
+    if b is not None:
+        b = np.asarray(b, float)
+        stat = stat - b[rng.integers(0, len(b), size=(n_boot, len(b)))].mean(axis=1)
+    lo, hi = np.quantile(stat, [(1 - level) / 2, (1 + level) / 2])
+    return float(np.clip(lo, *bounds)), float(np.clip(hi, *bounds))
+
+
+def base_row(row: str, swept: Any = None) -> str:
+    """The ablation row of a trial without its --sweep suffix: "baseline lr_g=1e-4" -> "baseline".
+
+    `swept` is the trial's `swept` value (JSON text or dict of the swept keys): the label ends with
+    one "key=value" token per swept key (t2i_ray/sweep/cli.py, expand_grid)."""
+    keys = _swept_dict(swept)
+    tokens = str(row).split(" ")
+    return " ".join(tokens[: len(tokens) - len(keys)]) if keys and len(tokens) > len(keys) else str(row)
+
+
+def _swept_dict(swept: Any) -> dict[str, Any]:
+    if isinstance(swept, dict):
+        return swept
+    if isinstance(swept, str) and swept.strip():
+        import json
+
+        try:
+            value = json.loads(swept)
+        except ValueError:
+            return {}
+        return value if isinstance(value, dict) else {}
+    return {}
+
+
+_IGNORED_CONFIG = ("config.seed", "config.name")  # differ per trial / per row label by construction
+
+
+def matching_baselines(df: pd.DataFrame, baseline: str = "baseline", by: str = "row") -> pd.DataFrame:
+    """For every group of `by` that is not a baseline, the baseline group it is to be compared with.
+
+    A baseline group is one whose trials' ablation row, without its --sweep suffix (`base_row`),
+    is `baseline`. A group's matching baseline is the baseline group of the same `sweep`, with the
+    same `swept` values (--sweep axes), whose recorded config (`config.*` columns, but for seed and
+    name) differs from the group's in the fewest keys: in a one-factor-at-a-time grid exactly the
+    keys of the row's own factor. Tables without config columns match on sweep and swept alone.
+    Returns one row per non-baseline group (order of first appearance) with columns
+    [by, "baseline", "differs_in" (list of config keys, "config." dropped), "note"]; "baseline"
+    is None and "note" says why when there is no candidate or two candidates tie.
+    """
+    if by not in df.columns or "row" not in df.columns:
+        raise KeyError(f"matching_baselines needs the columns {by!r} and 'row' in the results table")
+    ok = _ok(df)
+    swept = ok["swept"] if "swept" in ok.columns else pd.Series("{}", index=ok.index)
+    bases = pd.Series([base_row(r, s) for r, s in zip(ok["row"], swept)], index=ok.index)
+    canon = swept.map(lambda s: str(sorted(_swept_dict(s).items())))
+    config_cols = [c for c in ok.columns if c.startswith("config.") and c not in _IGNORED_CONFIG]
+
+    def describe(rows: pd.DataFrame) -> dict[str, Any]:
+        out = {}
+        for key in ("sweep",):
+            out[key] = rows[key].iloc[0] if key in rows.columns else None
+        out["swept"] = canon.loc[rows.index].iloc[0]
+        cfg = {}
+        for c in config_cols:  # keys that vary between the seeds of a group are not the group's setting
+            vals = rows[c].astype(str).unique()
+            if len(vals) == 1:
+                cfg[c] = vals[0]
+        out["config"] = cfg
+        return out
+
+    groups = list(pd.unique(ok[by]))
+    info = {g: describe(ok[ok[by] == g]) for g in groups}
+    is_base = {g: bool((bases[ok[by] == g] == baseline).all()) for g in groups}
+    candidates = [g for g in groups if is_base[g]]
+    out = []
+    for g in groups:
+        if is_base[g]:
+            continue
+        me = info[g]
+        same = [b for b in candidates if info[b]["sweep"] == me["sweep"] and info[b]["swept"] == me["swept"]]
+        match, differs, note = None, [], ""
+        if not same:
+            note = (f"no {baseline!r} row in sweep {me['sweep']!r} with the same swept values; "
+                    f"baseline rows present: {candidates}")
+        else:
+            def diff(b):
+                keys = set(me["config"]) | set(info[b]["config"])
+                return sorted(k[len("config."):] for k in keys if me["config"].get(k) != info[b]["config"].get(k))
+
+            diffs = {b: diff(b) for b in same}
+            fewest = min(len(d) for d in diffs.values())
+            best = [b for b in same if len(diffs[b]) == fewest]
+            if len(best) > 1:
+                note = f"{len(best)} baseline rows match equally well ({best}); filter the table to one of them"
+            else:
+                match, differs = best[0], diffs[best[0]]
+        out.append({by: g, "baseline": match, "differs_in": differs, "note": note})
+    return pd.DataFrame(out, columns=[by, "baseline", "differs_in", "note"])
+
+
+def effects_vs_baseline(df: pd.DataFrame, metric: str, baseline: str = "baseline", by: str = "row",
+                        n_boot: int = 10000, seed: int = 0) -> pd.DataFrame:
+    """Each group's mean of `metric` minus that of its matching baseline group (`matching_baselines`).
+
+    Returns one row per non-baseline group with columns [by, "baseline", "differs_in", "n",
+    "n_baseline", "diff", "lo", "hi", "note"]: lo..hi is the percentile bootstrap 95% interval of
+    the difference (`bootstrap_interval`, clipped to the range a difference of the metric can take)
+    when both groups have at least MIN_SEEDS_FOR_INTERVAL values, else NaN with the reason in "note".
+    Groups without a matching baseline have NaN diff and the reason in "note". Never pools groups.
+    """
+    check_one_configuration(df, by)
+    check_comparable(df, metric)
+    vals = _values(df, metric)
+    matches = matching_baselines(df.loc[vals.index], baseline=baseline, by=by)
+    lo_m, hi_m = metric_range(metric)
+    bounds = (lo_m - hi_m, hi_m - lo_m)
+    groups = df.loc[vals.index, by]
+    out = []
+    for _, m in matches.iterrows():
+        x = vals[groups == m[by]].to_numpy(float)
+        rec = {by: m[by], "baseline": m["baseline"], "differs_in": m["differs_in"], "n": len(x), "n_baseline": 0,
+               "diff": float("nan"), "lo": float("nan"), "hi": float("nan"), "note": m["note"]}
+        if m["baseline"] is not None:
+            base = vals[groups == m["baseline"]].to_numpy(float)
+            rec.update(n_baseline=len(base), diff=float(x.mean() - base.mean()))
+            if min(len(x), len(base)) >= MIN_SEEDS_FOR_INTERVAL:
+                rec["lo"], rec["hi"] = bootstrap_interval(x, base, n_boot=n_boot, seed=seed, bounds=bounds)
+            else:
+                rec["note"] = (f"n={len(x)} vs n={len(base)} seeds: no interval below "
+                               f"{MIN_SEEDS_FOR_INTERVAL} seeds per row")
+        out.append(rec)
+    return pd.DataFrame(out, columns=[by, "baseline", "differs_in", "n", "n_baseline", "diff", "lo", "hi", "note"])

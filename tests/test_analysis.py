@@ -233,3 +233,22 @@ def test_locate_results_resolves_a_relative_path_from_the_repository_root(tmp_pa
     with pytest.raises(FileNotFoundError, match=r"no results under .*missing.* or .*repo/missing.*T2I_RESULTS"):
         locate_results("missing", base=repo)
     assert sorted(p.name for p in (repo / "analysis").iterdir()) == []  # nothing created
+
+
+def test_bootstrap_interval_percentiles_clipped_and_metric_ranges():
+    from analysis.stats import bootstrap_interval, metric_range
+
+    x = [0.985, 0.999, 1.0]
+    lo, hi = bootstrap_interval(x, n_boot=4000, seed=1)
+    assert min(x) <= lo < np.mean(x) < hi <= max(x)  # a resampled mean never leaves the data's range
+    assert (lo, hi) == bootstrap_interval(x, n_boot=4000, seed=1)
+    rng = np.random.default_rng(1)  # the same draws by hand
+    means = np.asarray(x)[rng.integers(0, 3, size=(4000, 3))].mean(axis=1)
+    assert (lo, hi) == pytest.approx(tuple(np.quantile(means, [0.025, 0.975])))
+    assert bootstrap_interval(x, n_boot=4000, seed=1, bounds=(0.0, 0.995))[1] == 0.995  # clipped
+    d_lo, d_hi = bootstrap_interval([3.0, 4.0, 5.0], [1.0, 1.0, 1.0], n_boot=2000)
+    assert 2.0 <= d_lo < 3.0 < d_hi <= 4.0  # difference of means
+    assert metric_range("fid") == (0.0, math.inf) and metric_range("kid")[0] == 0.0
+    assert metric_range("r_precision") == metric_range("attr_pair_recall") == metric_range("semantic_precision") \
+        == (0.0, 1.0)
+    assert metric_range("is") == (1.0, math.inf) and metric_range("loss_g") == (-math.inf, math.inf)
