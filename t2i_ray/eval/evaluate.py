@@ -349,12 +349,12 @@ def evaluate_layouts(cfg: ExperimentConfig, ctx: EvalContext, images: Tensor, la
                outpaint_resample=cfg.diffusion.outpaint_resample)
     if cfg.data.dataset != "shapes":
         return out
-    segmenter, _ = _segmenter(cfg)
+    segmenter, info = _segmenter(cfg)
     align = image_layout_alignment(segmenter, images, layouts)
     out.update(
         layout_miou=align["miou"], layout_pixel_accuracy=align["pixel_accuracy"], layout_num_images=len(images),
         outpaint_layout_to_image_miou=image_layout_alignment(segmenter, torch.cat(from_layout), true_layouts)["miou"],
-        **evaluate_semantics(cfg, ctx, images))
+        **evaluate_semantics(cfg, ctx, images, (segmenter, info)))
     return out
 
 
@@ -366,19 +366,20 @@ def _segmenter(cfg: ExperimentConfig):
 
 
 @torch.no_grad()
-def evaluate_semantics(cfg: ExperimentConfig, ctx: EvalContext, images: Tensor) -> dict[str, Any]:
+def evaluate_semantics(cfg: ExperimentConfig, ctx: EvalContext, images: Tensor,
+                       segmenter_and_info: tuple[Any, dict[str, Any]] | None = None) -> dict[str, Any]:
     """`semantic_recall` of generated images (made for the test captions in evaluation order): the
     share of the caption's shapes that the `shapes` segmenter finds in the image (GCDP Sec. 4,
     arXiv:2308.08157), and `semantic_precision`, the share of the shapes it finds that the caption
     names, with their N and the segmenter's name and held-out scores. Needs no layout,
     so the image-only model is scored the same way."""
-    from t2i_ray.eval.layout import named_classes, segment, semantic_precision, semantic_recall
+    from t2i_ray.eval.layout import named_classes, segment, semantic_scores
 
-    segmenter, info = _segmenter(cfg)
+    segmenter, info = segmenter_and_info or _segmenter(cfg)  # loaded once by evaluate_layouts
     n_test = len(ctx.test_set)
     predicted = segment(segmenter, [images[i:i + 256] for i in range(0, len(images), 256)])
     named = [named_classes(ctx.test_set.source.meta(i % n_test)) for i in range(len(images))]
-    return {"semantic_recall": semantic_recall(predicted, named),
-            "semantic_precision": semantic_precision(predicted, named), "semantic_recall_num_images": len(images),
+    recall, precision = semantic_scores(predicted, named)
+    return {"semantic_recall": recall, "semantic_precision": precision, "semantic_recall_num_images": len(images),
             "layout_backbone": info["backbone"], "segmenter_heldout_miou": info["heldout_miou"],
             "segmenter_heldout_semantic_recall": info["heldout_semantic_recall"]}

@@ -155,7 +155,7 @@ def semantic_recall(pred_layouts: np.ndarray | torch.Tensor, caption_classes: Se
     Recall alone rewards clutter (noise images "show" every class): read it with
     `semantic_precision`.
     """
-    return _semantic_counts(pred_layouts, caption_classes, min_pixels, "semantic_recall")[0]
+    return semantic_scores(pred_layouts, caption_classes, min_pixels, "semantic_recall")[0]
 
 
 def semantic_precision(pred_layouts: np.ndarray | torch.Tensor, caption_classes: Sequence[Iterable[int]],
@@ -164,11 +164,13 @@ def semantic_precision(pred_layouts: np.ndarray | torch.Tensor, caption_classes:
     in `semantic_recall`) that their captions name: 1 when nothing unasked for appears. The
     counterpart that keeps semantic recall honest (an image of noise finds every class). Images in
     which nothing is found add nothing; with no class found at all it is 0."""
-    return _semantic_counts(pred_layouts, caption_classes, min_pixels, "semantic_precision")[1]
+    return semantic_scores(pred_layouts, caption_classes, min_pixels, "semantic_precision")[1]
 
 
-def _semantic_counts(pred_layouts, caption_classes, min_pixels, name: str) -> tuple[float, float]:
-    """(recall, precision) over all (image, class) pairs; class 0 (background) is never counted."""
+def semantic_scores(pred_layouts, caption_classes, min_pixels: int | None = None,
+                    name: str = "semantic_scores") -> tuple[float, float]:
+    """(`semantic_recall`, `semantic_precision`) in one pass over the images; class 0 (background)
+    is never counted."""
     layouts = np.asarray(pred_layouts.cpu() if isinstance(pred_layouts, torch.Tensor) else pred_layouts)
     if layouts.ndim != 3 or len(layouts) != len(caption_classes):
         raise ValueError(f"{name}: expected pred_layouts (N, H, W) and N caption class lists, got "
