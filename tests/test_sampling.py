@@ -4,7 +4,6 @@ run reads them; finding runs in the results table and the errors when they canno
 (tests/test_user_commands.py runs sweeps/sample.py and sweeps/evaluate.py on a finished sweep.)"""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -20,30 +19,11 @@ from t2i_ray.sweep.runs import RunError, best_run, check_eval_overrides, checkpo
 from t2i_ray.train import checkpoint as ckpt
 from t2i_ray.train.loop import LocalEnv, run_training
 from t2i_ray.train.method import load_trained
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _script(name: str):
-    """sweeps/<name>.py as a module (sweeps/ is not a package; `evaluate` and `sample` are common names)."""
-    spec = importlib.util.spec_from_file_location(f"t2i_sweeps_{name}", REPO / "sweeps" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.test_architectures import KillAfterCheckpoint, Killed  # a run killed right after its step-2 checkpoint
+from tests.test_sweep_scripts import _script  # sweeps/<name>.py as a module
 
 
 ablate_diffusion, evaluate_script, sample_script = (_script(n) for n in ("ablate_diffusion", "evaluate", "sample"))
-
-
-class Killed(Exception):
-    pass
-
-
-class KillAfterCheckpoint(LocalEnv):
-    def report(self, metrics, checkpoint_dir):
-        super().report(metrics, checkpoint_dir)
-        if checkpoint_dir is not None and metrics.get("step") == 2:
-            raise Killed
 
 
 @pytest.mark.parametrize("overrides", [

@@ -3,7 +3,6 @@
 TensorBoard records of a trial, and analysis refusing to pool different swept values as seeds."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -16,15 +15,9 @@ from t2i_ray.config import ConfigError, build_config
 from t2i_ray.sweep import progress, store
 from t2i_ray.sweep.run import SweepSpec, asha_settings, build_scheduler, trial_identity, write_trial_row
 from t2i_ray.sweep.space import parse_space_range, tune_domain
+from tests.test_sweep_scripts import _script  # sweeps/<name>.py as a module
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(f"sweep_cli_{name}", REPO / "sweeps" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
