@@ -128,7 +128,7 @@ def plot_metric_by_row(df: pd.DataFrame, metric: str = "fid", by: str = "row", o
     return fig
 
 
-def plot_effects(df: pd.DataFrame, metric: str = "fid", baseline: str = "baseline", by: str = "row",
+def plot_effects(df: pd.DataFrame, metric: str = "fid", baseline: str | Sequence[str] = "baseline", by: str = "row",
                  order: Sequence[str] | None = None, n_boot: int = 10000, seed: int = 0) -> plt.Figure:
     """Each group's effect on `metric`: its mean minus its matching baseline group's mean.
 

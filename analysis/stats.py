@@ -287,11 +287,14 @@ def _swept_dict(swept: Any) -> dict[str, Any]:
 _IGNORED_CONFIG = ("config.seed", "config.name")  # differ per trial / per row label by construction
 
 
-def matching_baselines(df: pd.DataFrame, baseline: str = "baseline", by: str = "row") -> pd.DataFrame:
+def matching_baselines(df: pd.DataFrame, baseline: str | Sequence[str] = "baseline", by: str = "row"
+                       ) -> pd.DataFrame:
     """For every group of `by` that is not a baseline, the baseline group it is to be compared with.
 
     A baseline group is one whose trials' ablation row, without its --sweep suffix (`base_row`),
-    is `baseline`. A group's matching baseline is the baseline group of the same `sweep`, with the
+    is `baseline` (or one of the names in it: e.g. ("SSAGAN", "AttnGAN") for a paper table whose
+    architectures each have their own baseline row, where the fewest-keys rule below pairs every
+    row with its architecture's baseline). A group's matching baseline is the baseline group of the same `sweep`, with the
     same `swept` values (--sweep axes), whose recorded config (`config.*` columns, but for seed and
     name) differs from the group's in the fewest keys: in a one-factor-at-a-time grid exactly the
     keys of the row's own factor. Tables without config columns match on sweep and swept alone.
@@ -322,7 +325,8 @@ def matching_baselines(df: pd.DataFrame, baseline: str = "baseline", by: str = "
 
     groups = list(pd.unique(ok[by]))
     info = {g: describe(ok[ok[by] == g]) for g in groups}
-    is_base = {g: bool((bases[ok[by] == g] == baseline).all()) for g in groups}
+    names = {baseline} if isinstance(baseline, str) else set(baseline)
+    is_base = {g: bool(bases[ok[by] == g].isin(names).all()) for g in groups}
     candidates = [g for g in groups if is_base[g]]
     out = []
     for g in groups:
@@ -350,7 +354,7 @@ def matching_baselines(df: pd.DataFrame, baseline: str = "baseline", by: str = "
     return pd.DataFrame(out, columns=[by, "baseline", "differs_in", "note"])
 
 
-def effects_vs_baseline(df: pd.DataFrame, metric: str, baseline: str = "baseline", by: str = "row",
+def effects_vs_baseline(df: pd.DataFrame, metric: str, baseline: str | Sequence[str] = "baseline", by: str = "row",
                         n_boot: int = 10000, seed: int = 0) -> pd.DataFrame:
     """Each group's mean of `metric` minus that of its matching baseline group (`matching_baselines`).
 

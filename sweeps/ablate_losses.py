@@ -1,8 +1,9 @@
 """Loss-weight ablation (seed paper 001): L = L_G + l1*DAMSM + l2*F2R + l3*F2F + l4*recap.
 
-    python sweeps/ablate_losses.py                      # local preset, one-factor grid: 6 rows x 2 seeds
-    python sweeps/ablate_losses.py --table cub          # Table 1's rows by their paper names (SSA-GAN)
+    python sweeps/ablate_losses.py                      # local preset: Table 1's 4 SSA-GAN rows x 2 seeds
+    python sweeps/ablate_losses.py --all-rows           # every row of Table 1 (each with its architecture)
     python sweeps/ablate_losses.py --table coco         # Table 2's rows
+    python sweeps/ablate_losses.py --table one-factor   # each term added alone to DF-GAN: 6 rows x 2 seeds
     python sweeps/ablate_losses.py --preset smoke       # a few minutes on a laptop CPU
     python sweeps/ablate_losses.py --rows baseline +recap all
     python sweeps/ablate_losses.py --search optuna --trials 16 --objective both
@@ -13,41 +14,53 @@ from __future__ import annotations
 import argparse
 
 from t2i_ray.config import ConfigError, apply_overrides
-from t2i_ray.sweep.cli import (add_weight_args, base_parser, config_from_args, grid_trials, seeds_for,
+from t2i_ray.sweep.cli import (add_weight_args, base_parser, config_from_args, given_keys, grid_trials, seeds_for,
                                sweep_main, weights_from_args)
 from t2i_ray.sweep.run import SweepSpec
-from t2i_ray.sweep.space import (DEFAULT_LOSS_ROWS, LOSS_ROWS, PAPER_TABLES, loss_row_overrides, optuna_space,
-                                 paper_row_overrides, paper_rows)
+from t2i_ray.sweep.space import (DEFAULT_LOSS_ROWS, LOSS_ROWS, PAPER_TABLES, default_paper_rows, loss_row_overrides,
+                                 optuna_space, paper_row_overrides, paper_rows)
 
 TABLES = ("one-factor", *PAPER_TABLES)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = base_parser(__doc__.splitlines()[0])
-    p.add_argument("--table", choices=TABLES, default="one-factor",
-                   help="one-factor: each term added alone to the model of --set model.arch (DF-GAN by "
-                        "default); cub / coco: the rows of the seed paper's Table 1 / Table 2 by their paper "
-                        "names, each with its own architecture (rows of architectures not built yet are left "
-                        "out; README \"The papers' tables\")")
+    p.add_argument("--table", choices=TABLES, default=None,
+                   help="cub / coco: the rows of the seed paper's Table 1 / Table 2 by their paper names, each "
+                        "with its own architecture (default with --search grid: cub's SSA-GAN rows; README \"The papers' "
+                        "tables\"); one-factor: each term added alone to the model of --set model.arch "
+                        "(DF-GAN by default)")
     p.add_argument("--search", choices=["grid", "optuna"], default="grid",
                    help="grid: the ablation rows x seeds; optuna: TPE over continuous l1, l2, l3, l4")
     p.add_argument("--rows", nargs="+", default=None, metavar="ROW",
-                   help=f"a subset of the table's rows; one-factor: {', '.join(LOSS_ROWS)} (default: all but "
-                        f"+recap); cub / coco: the paper's row names, quoted (e.g. 'SSAGAN + CL (F2F)')")
+                   help=f"a subset of the table's rows; cub / coco: the paper's row names, quoted (e.g. "
+                        f"'SSAGAN + CL (F2F)'; default: cub's SSA-GAN rows, all of coco's); one-factor: "
+                        f"{', '.join(LOSS_ROWS)} (default: all but +recap; naming only these rows selects "
+                        f"--table one-factor)")
+    p.add_argument("--all-rows", action="store_true",
+                   help="every row of the table whose architecture is built (cub: all of Table 1)")
     add_weight_args(p)
     p.add_argument("--trials", type=int, default=8, help="optuna: number of trials")
     p.add_argument("--objective", choices=["fid", "r_precision", "both"], default="fid",
                    help="optuna: metric to optimise (both: multi-objective FID min, R-precision max)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    # No --table: Table 1's rows for a grid; one model's weights (one-factor) for Optuna, or when
+    # --rows names one-factor rows only (the row names of the tables are distinct).
+    if args.table is None:
+        one_factor = args.search == "optuna" or (args.rows and all(r in LOSS_ROWS for r in args.rows))
+        args.table = "one-factor" if one_factor else "cub"
+    return args
 
 
 def table_rows(args: argparse.Namespace, weights, arch: str) -> dict[str, dict]:
     """Row label -> config overrides of the chosen --table and --rows (ConfigError on an unknown row)."""
     try:
+        if args.rows and args.all_rows:
+            raise ValueError("give either --rows or --all-rows")
         if args.table == "one-factor":
-            names = args.rows or list(DEFAULT_LOSS_ROWS)
+            names = list(LOSS_ROWS) if args.all_rows else args.rows or list(DEFAULT_LOSS_ROWS)
             return {row: loss_row_overrides(row, weights, arch) for row in names}
-        names = args.rows or paper_rows(args.table)
+        names = paper_rows(args.table) if args.all_rows else args.rows or default_paper_rows(args.table)
         return {row: paper_row_overrides(args.table, row, weights) for row in names}
     except ValueError as exc:
         raise ConfigError(f"--rows: {exc}") from exc
@@ -61,6 +74,10 @@ def build_spec(args: argparse.Namespace) -> SweepSpec:
     if args.search == "optuna" and args.table != "one-factor":
         raise ConfigError(f"--search optuna tunes the loss weights of one model; it does not combine with "
                           f"--table {args.table} (drop --table, and pick the model with --set model.arch=...)")
+    if args.table != "one-factor" and "model.arch" in given_keys(args):
+        raise ConfigError(f"model.arch ({given_keys(args)['model.arch']}): every row of --table {args.table} "
+                          f"trains its own paper architecture, so model.arch has no effect there; pick rows "
+                          f"with --rows, or use --table one-factor to add the loss terms to one model")
     base = config_from_args(args)
     seeds = list(seeds_for(args))
     grid = grid_trials(base, table_rows(args, weights, base.model.arch), seeds)

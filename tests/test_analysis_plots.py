@@ -119,6 +119,19 @@ def test_architectures_match_their_own_baseline():
     assert match["baseline"].to_dict() == {"dfgan +F2R": "dfgan baseline", "ssagan +F2R": "ssagan baseline"}
 
 
+def test_paper_table_rows_match_their_architectures_baseline():
+    from analysis.stats import matching_baselines
+
+    table = [("AttnGAN", "attngan", 5.0, 0.0), ("AttnGAN + CL", "attngan", 5.0, 0.2),
+             ("SSAGAN", "ssagan", 0.05, 0.0), ("SSAGAN + CL (R2F)", "ssagan", 0.05, 0.2)]
+    rows = [{"run_name": f"{row}{s}", "sweep": "sw", "row": row, "seed": s, "status": "ok", "swept": "{}",
+             "config.model.arch": arch, "config.loss.damsm": l1, "config.loss.f2r": f2r, "fid": 1.0}
+            for row, arch, l1, f2r in table for s in range(2)]
+    match = matching_baselines(pd.DataFrame(rows), baseline=("SSAGAN", "AttnGAN")).set_index("row")
+    assert match["baseline"].to_dict() == {"AttnGAN + CL": "AttnGAN", "SSAGAN + CL (R2F)": "SSAGAN"}
+    assert match.loc["AttnGAN + CL", "differs_in"] == ["loss.f2r"]
+
+
 def test_metric_vs_weights_pools_nothing():
     df = _grid_rows()
     assert plots.varied_weights(df) == ["config.loss.f2r"]  # f2f is constant; the failed row is ignored

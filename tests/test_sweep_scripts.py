@@ -61,9 +61,18 @@ def test_embeddings_grid_with_a_loss_row_and_refusals(embeddings, tmp_path):
 
 def test_losses_default_grid_and_recap_rows(losses, tmp_path):
     args = ["--preset", "smoke", "--output-dir", str(tmp_path)]
+    # the default: Table 1's SSA-GAN rows (README "The papers' tables")
     spec = losses.build_spec(losses.parse_args(args))
+    assert [t["row"] for t in spec.grid] == ["SSAGAN", "SSAGAN + CL (F2F)", "SSAGAN + CL (R2F+F2F)",
+                                             "SSAGAN + CL (R2F+F2F+R)"]
+    assert {t["overrides"]["model.arch"] for t in spec.grid} == {"ssagan"} and needs_captioner(spec)
+    spec = losses.build_spec(losses.parse_args(args + ["--table", "one-factor"]))
     assert [t["row"] for t in spec.grid] == ["baseline", "+DAMSM", "+F2R", "+F2F", "+F2R+F2F", "all"]
     assert spec.grid[-1]["overrides"]["loss.recap"] == 1.0 and needs_captioner(spec)
+    assert [t["row"] for t in losses.build_spec(losses.parse_args(args + ["--table", "one-factor", "--all-rows"])
+                                                ).grid] == ["baseline", "+DAMSM", "+F2R", "+F2F", "+F2R+F2F", "all",
+                                                            "+recap"]
+    # one-factor rows named without --table select the one-factor table; so does an Optuna search
     spec = losses.build_spec(losses.parse_args(args + ["--rows", "baseline", "+F2R"]))
     assert not needs_captioner(spec)
     spec = losses.build_spec(losses.parse_args(args + ["--rows", "+recap", "--l4", "0.5"]))
@@ -74,7 +83,7 @@ def test_losses_default_grid_and_recap_rows(losses, tmp_path):
 
 def test_losses_paper_tables_by_their_row_names(losses, tmp_path):
     args = ["--preset", "smoke", "--output-dir", str(tmp_path)]
-    spec = losses.build_spec(losses.parse_args(args + ["--table", "cub"]))
+    spec = losses.build_spec(losses.parse_args(args + ["--all-rows"]))
     rows = list(dict.fromkeys(t["row"] for t in spec.grid))
     # Table 1's rows whose architectures exist, in the paper's order; AttnGAN and Style1AttnGAN are not built
     assert rows == ["Style2AttnGAN + CL (R2F)", "SSAGAN", "SSAGAN + CL (F2F)", "SSAGAN + CL (R2F+F2F)",
@@ -96,7 +105,14 @@ def test_losses_paper_tables_by_their_row_names(losses, tmp_path):
     with pytest.raises(ConfigError, match=r"table 'cub' has no row 'SSAGAN \+ CL \(R2F\)'"):
         losses.build_spec(losses.parse_args(args + ["--table", "cub", "--rows", "SSAGAN + CL (R2F)"]))
     with pytest.raises(ConfigError, match="--rows: unknown ablation row"):
-        losses.build_spec(losses.parse_args(args + ["--rows", "SSAGAN"]))
+        losses.build_spec(losses.parse_args(args + ["--table", "one-factor", "--rows", "SSAGAN"]))
+    with pytest.raises(ConfigError, match="table 'cub' has no row 'baseline'"):
+        losses.build_spec(losses.parse_args(args + ["--rows", "SSAGAN", "baseline"]))
+    with pytest.raises(ConfigError, match=r"model.arch \(--set\): every row of --table cub trains its own"):
+        losses.build_spec(losses.parse_args(args + ["--set", "model.arch=dfgan"]))
+    with pytest.raises(ConfigError, match="either --rows or --all-rows"):
+        losses.build_spec(losses.parse_args(args + ["--rows", "SSAGAN", "--all-rows"]))
+    assert losses.parse_args(args + ["--search", "optuna"]).table == "one-factor"
     with pytest.raises(ConfigError, match="does not combine with --table cub"):
         losses.build_spec(losses.parse_args(args + ["--table", "cub", "--search", "optuna"]))
 

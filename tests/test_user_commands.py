@@ -67,8 +67,9 @@ def _check_sweep(proc: subprocess.CompletedProcess, output_dir: Path, rows: list
 @pytest.mark.timeout(900)
 def test_main_command_runs_and_a_rerun_retrains_nothing(main_sweep):
     tmp_path, out, first = main_sweep
-    rows = ["baseline", "+DAMSM", "+F2R", "+F2F", "+F2R+F2F", "all"]
+    rows = ["SSAGAN", "SSAGAN + CL (F2F)", "SSAGAN + CL (R2F+F2F)", "SSAGAN + CL (R2F+F2F+R)"]  # Table 1's
     table = _check_sweep(first, out, rows)
+    assert set(table["config.model.arch"]) == {"ssagan"}
     assert "[damsm] no cached encoders" in first.stdout and "[captioner]" in first.stdout
     assert (out / "tables").is_dir() and any((out / "samples").glob("*.png"))
 

@@ -197,7 +197,7 @@ def weights_from_args(args: argparse.Namespace) -> dict[str, float | None]:
     return weights
 
 
-def _given_keys(args: argparse.Namespace) -> dict[str, str]:
+def given_keys(args: argparse.Namespace) -> dict[str, str]:
     """Config keys the user fixed with --set or --config, and where."""
     given = {key: "--set" for key, _ in (parse_override(o) for o in args.overrides)}
     if args.config:
@@ -246,7 +246,7 @@ def apply_search_options(spec: "SweepSpec", args: argparse.Namespace) -> "SweepS
     """--sweep, --space and --scheduler applied to a script's spec, validated (ConfigError)."""
     from t2i_ray.sweep.space import parse_space_range, parse_sweep_axis
 
-    given = _given_keys(args)
+    given = given_keys(args)
     if getattr(args, "sweep_axes", None):
         if spec.search != "grid":
             raise ConfigError("--sweep builds a grid, and this is an Optuna search: give ranges with --space "

@@ -96,6 +96,21 @@ UNBUILT_ARCHS = {
 }
 
 
+# The rows `--table cub` runs when --rows is not given: Table 1's SSA-GAN rows, the model seed paper 001
+# builds its contrastive losses on and the cheapest of its architectures (the main job's default, sized
+# to finish in under 20 minutes at `local` size on 2 cores). `--rows all` runs every built row.
+DEFAULT_PAPER_ROWS: dict[str, tuple[str, ...]] = {
+    "cub": ("SSAGAN", "SSAGAN + CL (F2F)", "SSAGAN + CL (R2F+F2F)", "SSAGAN + CL (R2F+F2F+R)"),
+    "coco": tuple(PAPER_TABLES["coco"]),
+}
+
+
+def default_paper_rows(table: str) -> list[str]:
+    """The rows a `--table` run sweeps by default (the built ones of DEFAULT_PAPER_ROWS)."""
+    built = set(paper_rows(table))
+    return [r for r in DEFAULT_PAPER_ROWS[table] if r in built]
+
+
 def paper_rows(table: str, built_only: bool = True) -> list[str]:
     """The row names of a paper table, in the paper's order (only buildable ones by default)."""
     rows = PAPER_TABLES[table]
