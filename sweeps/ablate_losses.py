@@ -1,7 +1,7 @@
 """Loss-weight ablation (seed paper 001): L = L_G + l1*DAMSM + l2*F2R + l3*F2F + l4*recap.
 
     python sweeps/ablate_losses.py                      # local preset, one-factor grid: 6 rows x 2 seeds
-    python sweeps/ablate_losses.py --table cub          # Table 1's rows by their paper names (SSA-GAN)
+    python sweeps/ablate_losses.py --table cub          # Table 1's rows by their paper names
     python sweeps/ablate_losses.py --table coco         # Table 2's rows
     python sweeps/ablate_losses.py --preset smoke       # a few minutes on a laptop CPU
     python sweeps/ablate_losses.py --rows baseline +recap all
@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 
 from t2i_ray.config import ConfigError, apply_overrides
-from t2i_ray.sweep.cli import (add_weight_args, base_parser, config_from_args, grid_trials, seeds_for,
-                               sweep_main, weights_from_args)
+from t2i_ray.sweep.cli import (add_weight_args, base_parser, config_from_args, given_keys, grid_trials,
+                               seeds_for, sweep_main, weights_from_args)
 from t2i_ray.sweep.run import SweepSpec
 from t2i_ray.sweep.space import (DEFAULT_LOSS_ROWS, LOSS_ROWS, PAPER_TABLES, loss_row_overrides, optuna_space,
                                  paper_row_overrides, paper_rows)
@@ -27,8 +27,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--table", choices=TABLES, default="one-factor",
                    help="one-factor: each term added alone to the model of --set model.arch (DF-GAN by "
                         "default); cub / coco: the rows of the seed paper's Table 1 / Table 2 by their paper "
-                        "names, each with its own architecture (rows of architectures not built yet are left "
-                        "out; README \"The papers' tables\")")
+                        "names, each with its own architecture, loss terms and (AttnGAN) optimiser recipe "
+                        "(README \"The papers' tables\")")
     p.add_argument("--search", choices=["grid", "optuna"], default="grid",
                    help="grid: the ablation rows x seeds; optuna: TPE over continuous l1, l2, l3, l4")
     p.add_argument("--rows", nargs="+", default=None, metavar="ROW",
@@ -48,7 +48,8 @@ def table_rows(args: argparse.Namespace, weights, arch: str) -> dict[str, dict]:
             names = args.rows or list(DEFAULT_LOSS_ROWS)
             return {row: loss_row_overrides(row, weights, arch) for row in names}
         names = args.rows or paper_rows(args.table)
-        return {row: paper_row_overrides(args.table, row, weights) for row in names}
+        fixed = given_keys(args)  # --set/--config keys win over an architecture's recipe
+        return {row: paper_row_overrides(args.table, row, weights, fixed) for row in names}
     except ValueError as exc:
         raise ConfigError(f"--rows: {exc}") from exc
 

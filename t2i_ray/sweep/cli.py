@@ -171,8 +171,8 @@ def add_weight_args(p: argparse.ArgumentParser) -> None:
     from t2i_ray.sweep.space import DEFAULT_WEIGHTS
 
     for name, term in WEIGHT_TERMS.items():
-        default = ("the architecture's: 0.05 for dfgan/ssagan, 5 for attngan_style" if name == "l1"
-                   else DEFAULT_WEIGHTS[name])
+        default = ("the architecture's: 0.05 for dfgan/ssagan, 5 for attngan_style/style1attngan/attngan"
+                   if name == "l1" else DEFAULT_WEIGHTS[name])
         p.add_argument(f"--{name}", type=float, default=None,
                        help=f"{term} weight when a row turns the term on (default: {default})")
 
@@ -197,7 +197,7 @@ def weights_from_args(args: argparse.Namespace) -> dict[str, float | None]:
     return weights
 
 
-def _given_keys(args: argparse.Namespace) -> dict[str, str]:
+def given_keys(args: argparse.Namespace) -> dict[str, str]:
     """Config keys the user fixed with --set or --config, and where."""
     given = {key: "--set" for key, _ in (parse_override(o) for o in args.overrides)}
     if args.config:
@@ -246,7 +246,7 @@ def apply_search_options(spec: "SweepSpec", args: argparse.Namespace) -> "SweepS
     """--sweep, --space and --scheduler applied to a script's spec, validated (ConfigError)."""
     from t2i_ray.sweep.space import parse_space_range, parse_sweep_axis
 
-    given = _given_keys(args)
+    given = given_keys(args)
     if getattr(args, "sweep_axes", None):
         if spec.search != "grid":
             raise ConfigError("--sweep builds a grid, and this is an Optuna search: give ranges with --space "
