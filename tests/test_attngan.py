@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from t2i_ray.config import REFERENCE_NF, apply_overrides
 from t2i_ray.losses.adversarial import discriminator_bce_loss, generator_bce_loss, kl_loss
@@ -15,17 +14,10 @@ from t2i_ray.models import attngan, stylegan_attn
 from t2i_ray.models.factory import build_gan_models
 from t2i_ray.models.text import ImageEncoder, TextEncoder, word_mask
 from t2i_ray.train.gan import build_optimizers, gan_step
+from tests.test_architectures import num_params, text_inputs
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models; LAPACK's QR (orthogonal init) crawls on many
 
-
-def num_params(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def text_inputs(B: int, E: int, lengths: list[int], T: int = 7):
-    lens = torch.tensor(lengths)
-    return torch.randn(B, E), torch.randn(B, E, T), word_mask(lens, T)
 
 
 # ---- parameter counts at 256 against the reference code -------------------------------------

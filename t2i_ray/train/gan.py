@@ -86,11 +86,11 @@ def gan_step(
     # Text encoding stays outside autocast (a small LSTM; keeps embeddings in float32).
     words_g, sent_g = encode_text(models.text_g, ids, lens, trainable_text)  # (B, E, T), (B, E)
     words_g, mask_g = words_g.detach(), word_mask(lens, ids.shape[1])  # G's word inputs
+    multi_stage = getattr(unwrap(G), "multi_stage", False)  # AttnGAN's objective: no MA-GP
     if not trainable_text:
-        sent_g = sent_g.detach().requires_grad_()  # MA-GP differentiates w.r.t. the sentence
-    real_in = real.detach().requires_grad_()
+        sent_g = sent_g.detach().requires_grad_(not multi_stage)  # MA-GP differentiates w.r.t. the sentence
+    real_in = real.detach().requires_grad_(not multi_stage)
     z = sample_noise(bsz, cfg.model.z_dim, noise_gen, real.device)
-    multi_stage = getattr(unwrap(G), "multi_stage", False)
     stages = None  # multi-stage: (stage images, mu, logvar) of the one G forward
     with autocast():
         if multi_stage:
