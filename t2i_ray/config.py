@@ -70,7 +70,7 @@ class DataConfig:
 class ModelConfig:
     method: str = "gan"  # METHODS: gan (the architectures below, model.arch) | diffusion (section diffusion)
     arch: str = "dfgan"  # dfgan | ssagan | attngan_style | style1attngan | attngan (t2i_ray/models/factory.py)
-    nf: int = 32  # base width (ngf = ndf); reference per architecture: REFERENCE_NF
+    nf: int = 32  # base width (ngf = ndf; plain attngan: ngf, ndf = 2nf); reference per architecture: REFERENCE_NF
     z_dim: int = 100
     embed_dim: int = 256  # DAMSM sentence/word embedding size
     # pretrained: frozen DAMSM text encoder. shared: one encoder trained with the GAN.
