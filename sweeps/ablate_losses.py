@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 
 from t2i_ray.config import ConfigError, apply_overrides
-from t2i_ray.sweep.cli import (add_weight_args, base_parser, config_from_args, given_keys, grid_trials, seeds_for,
-                               sweep_main, weights_from_args)
+from t2i_ray.sweep.cli import (add_weight_args, base_parser, config_from_args, given_keys, grid_trials,
+                               seeds_for, sweep_main, weights_from_args)
 from t2i_ray.sweep.run import SweepSpec
 from t2i_ray.sweep.space import (DEFAULT_LOSS_ROWS, LOSS_ROWS, PAPER_TABLES, default_paper_rows, loss_row_overrides,
                                  optuna_space, paper_row_overrides, paper_rows)
@@ -27,7 +27,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--table", choices=TABLES, default=None,
                    help="cub / coco: the rows of the seed paper's Table 1 / Table 2 by their paper names, each "
-                        "with its own architecture (default with --search grid: cub's SSA-GAN rows; README \"The papers' "
+                        "with its own architecture, loss terms and (AttnGAN) optimiser recipe (default with --search grid: cub's SSA-GAN rows; README \"The papers' "
                         "tables\"); one-factor: each term added alone to the model of --set model.arch "
                         "(DF-GAN by default)")
     p.add_argument("--search", choices=["grid", "optuna"], default="grid",
@@ -61,7 +61,8 @@ def table_rows(args: argparse.Namespace, weights, arch: str) -> dict[str, dict]:
             names = list(LOSS_ROWS) if args.all_rows else args.rows or list(DEFAULT_LOSS_ROWS)
             return {row: loss_row_overrides(row, weights, arch) for row in names}
         names = paper_rows(args.table) if args.all_rows else args.rows or default_paper_rows(args.table)
-        return {row: paper_row_overrides(args.table, row, weights) for row in names}
+        fixed = given_keys(args)  # --set/--config keys win over an architecture's recipe
+        return {row: paper_row_overrides(args.table, row, weights, fixed) for row in names}
     except ValueError as exc:
         raise ConfigError(f"--rows: {exc}") from exc
 

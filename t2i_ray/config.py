@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 DATASETS = ("shapes", "cub", "oxford102", "coco", "mmceleba", "cityscapes")  # readers: t2i_ray/data/registry.py
 CAPTION_FILE_DATASETS = ("mmceleba", "cityscapes")  # the ones with a captions JSONL
-ARCHITECTURES = ("dfgan", "ssagan", "attngan_style")
+ARCHITECTURES = ("dfgan", "ssagan", "attngan_style", "style1attngan", "attngan")
 METHODS = ("gan", "diffusion")  # model.method: what the training loop trains (t2i_ray/train/method.py)
 LAYOUT_DATASETS = ("shapes", "mmceleba", "cityscapes")  # the ones with semantic layouts
 # The ones whose items carry class ids (the "<class>/<image>" keys of t2i_ray/data/cub.py): DAMSM's
@@ -26,8 +26,9 @@ CLASS_DATASETS = ("cub", "oxford102")
 CLASS_MASK_MODES = ("auto", "on", "off")
 # model.nf of each architecture at its reference setting (256x256). The presets set model.nf for
 # every architecture alike (smoke 8, local 16, paper 32): set model.nf=64 for SSA-GAN's widths
-# (512 .. 64) or StyleGAN2's 256x256 config-e widths (attngan_style, w_dim = 8nf = 512).
-REFERENCE_NF = {"dfgan": 32, "ssagan": 64, "attngan_style": 64}
+# (512 .. 64) or StyleGAN2's 256x256 config-e widths (attngan_style, style1attngan, w_dim = 8nf = 512);
+# plain AttnGAN's nf is its generator width ngf (its D's is 2nf): 32 / 64 in `code/cfg/bird_attn2.yml`.
+REFERENCE_NF = {"dfgan": 32, "ssagan": 64, "attngan_style": 64, "style1attngan": 64, "attngan": 32}
 TEXT_EMBEDDINGS = ("pretrained", "shared", "dual")
 IMAGE_ENCODER_BACKBONES = ("cnn", "inception")
 # Feature backbones of FID/KID (t2i_ray/eval): `domain` (trained on `shapes`, that dataset only) or
@@ -68,8 +69,8 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     method: str = "gan"  # METHODS: gan (the architectures below, model.arch) | diffusion (section diffusion)
-    arch: str = "dfgan"  # dfgan | ssagan | attngan_style (t2i_ray/models/factory.py)
-    nf: int = 32  # base width (ngf = ndf); reference per architecture: REFERENCE_NF
+    arch: str = "dfgan"  # dfgan | ssagan | attngan_style | style1attngan | attngan (t2i_ray/models/factory.py)
+    nf: int = 32  # base width (ngf = ndf; plain attngan: ngf, ndf = 2nf); reference per architecture: REFERENCE_NF
     z_dim: int = 100
     embed_dim: int = 256  # DAMSM sentence/word embedding size
     # pretrained: frozen DAMSM text encoder. shared: one encoder trained with the GAN.

@@ -277,6 +277,13 @@ def test_estimate_figures_are_the_measured_ones():
         for r in json.loads((results / name).read_text())["rows"]:
             assert (r["resolution"], r["batch_size"], r["setting"]) == (32, 32, {"model.nf": 16})
             assert estimate.GAN_IMAGES_PER_S[r["arch"]][threads] == r["images_per_s"]
+    # style1attngan / attngan: attngan_style's figures times their ratio to it, measured in one run
+    loaded = {r["arch"]: r["images_per_s"]
+              for r in json.loads((results / "step_throughput_new_archs_loaded.json").read_text())["rows"]}
+    for arch in ("style1attngan", "attngan"):
+        ratio = loaded[arch] / loaded["attngan_style"]
+        assert estimate.GAN_IMAGES_PER_S[arch] == pytest.approx(
+            [r * ratio for r in estimate.GAN_IMAGES_PER_S["attngan_style"]], abs=0.05)
     diffusion = json.loads((results / "diffusion_step_1thread_quieter.json").read_text())["rows"][0]
     assert (diffusion["resolution"], diffusion["dim"]) == (32, 32)
     assert diffusion["images_per_s"] == estimate.DIFFUSION_IMAGES_PER_S

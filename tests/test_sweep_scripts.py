@@ -85,23 +85,37 @@ def test_losses_paper_tables_by_their_row_names(losses, tmp_path):
     args = ["--preset", "smoke", "--output-dir", str(tmp_path)]
     spec = losses.build_spec(losses.parse_args(args + ["--all-rows"]))
     rows = list(dict.fromkeys(t["row"] for t in spec.grid))
-    # Table 1's rows whose architectures exist, in the paper's order; AttnGAN and Style1AttnGAN are not built
-    assert rows == ["Style2AttnGAN + CL (R2F)", "SSAGAN", "SSAGAN + CL (F2F)", "SSAGAN + CL (R2F+F2F)",
+    # all of Table 1's rows, in the paper's order
+    assert rows == ["AttnGAN", "AttnGAN + CL", "Style1AttnGAN", "Style1AttnGAN + CL (F2F)",
+                    "Style2AttnGAN + CL (R2F)", "SSAGAN", "SSAGAN + CL (F2F)", "SSAGAN + CL (R2F+F2F)",
                     "SSAGAN + CL (R2F+F2F+R)"]
     by_row = {t["row"]: t["overrides"] for t in spec.grid}
-    # every SSAGAN row keeps SSA-GAN's own 0.05 * DAMSM; the style model trains with DAMSM at 5
-    for row in rows[1:]:
+    # every SSAGAN row keeps SSA-GAN's own 0.05 * DAMSM; the AttnGAN-based models train with DAMSM at 5
+    ssa = rows[5:]
+    for row in ssa:
         assert by_row[row]["model.arch"] == "ssagan" and by_row[row]["loss.damsm"] == 0.05
-    assert [(by_row[r]["loss.f2r"], by_row[r]["loss.f2f"], by_row[r]["loss.recap"]) for r in rows[1:]] == [
+    assert [(by_row[r]["loss.f2r"], by_row[r]["loss.f2f"], by_row[r]["loss.recap"]) for r in ssa] == [
         (0.0, 0.0, 0.0), (0.0, 0.2, 0.0), (0.2, 0.2, 0.0), (0.2, 0.2, 1.0)]
-    assert by_row[rows[0]] == {"model.arch": "attngan_style", "loss.damsm": 5.0, "loss.f2r": 0.2,
-                               "loss.f2f": 0.0, "loss.recap": 0.0}
+    assert by_row["Style2AttnGAN + CL (R2F)"] == {"model.arch": "attngan_style", "loss.damsm": 5.0, "loss.f2r": 0.2,
+                                                  "loss.f2f": 0.0, "loss.recap": 0.0}
+    assert by_row["Style1AttnGAN + CL (F2F)"] == {"model.arch": "style1attngan", "loss.damsm": 5.0,
+                                                  "loss.f2r": 0.0, "loss.f2f": 0.2, "loss.recap": 0.0}
+    # plain AttnGAN rows: its DAMSM lambda and its own Adam (2e-4, betas 0.5 / 0.999)
+    recipe = {"train.lr_g": 2e-4, "train.lr_d": 2e-4, "train.beta1": 0.5, "train.beta2": 0.999}
+    assert by_row["AttnGAN"] == {"model.arch": "attngan", **recipe, "loss.damsm": 5.0, "loss.f2r": 0.0,
+                                 "loss.f2f": 0.0, "loss.recap": 0.0}
+    assert by_row["AttnGAN + CL"]["loss.f2r"] == 0.2 and by_row["AttnGAN + CL"]["train.beta1"] == 0.5
+    assert all("train.lr_g" not in by_row[r] for r in rows[2:])  # the others keep the config's optimiser
+    # a key the user fixes wins over the recipe (and stays the base config's)
+    spec = losses.build_spec(losses.parse_args(args + ["--table", "cub", "--rows", "AttnGAN",
+                                                       "--set", "train.lr_g=1e-4"]))
+    assert "train.lr_g" not in spec.grid[0]["overrides"] and spec.grid[0]["overrides"]["train.lr_d"] == 2e-4
+    assert spec.base.train.lr_g == 1e-4
     spec = losses.build_spec(losses.parse_args(args + ["--table", "coco", "--l2", "0.3"]))
     assert [(t["row"], t["overrides"]["loss.f2r"]) for t in spec.grid] == [
-        ("SSAGAN", 0.0), ("SSAGAN + CL (R2F)", 0.3), ("SSAGAN + CL (R2F+F2F)", 0.3)]
-    # a row of an architecture not built, or not in the table, is refused by name before Ray starts
-    with pytest.raises(ConfigError, match=r"row 'AttnGAN' of table 'coco': plain AttnGAN .* not built"):
-        losses.build_spec(losses.parse_args(args + ["--table", "coco", "--rows", "AttnGAN"]))
+        ("AttnGAN", 0.0), ("AttnGAN + CL", 0.3), ("SSAGAN", 0.0), ("SSAGAN + CL (R2F)", 0.3),
+        ("SSAGAN + CL (R2F+F2F)", 0.3)]
+    # a row not in the table is refused by name before Ray starts
     with pytest.raises(ConfigError, match=r"table 'cub' has no row 'SSAGAN \+ CL \(R2F\)'"):
         losses.build_spec(losses.parse_args(args + ["--table", "cub", "--rows", "SSAGAN + CL (R2F)"]))
     with pytest.raises(ConfigError, match="--rows: unknown ablation row"):

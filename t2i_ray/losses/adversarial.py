@@ -1,7 +1,10 @@
-"""Adversarial losses of DF-GAN (CVPR-2022 code, `code/lib/modules.py`; gan_anchors.md §1.4).
+"""Adversarial losses of DF-GAN (CVPR-2022 code, `code/lib/modules.py`; gan_anchors.md §1.4) and
+of AttnGAN (Xu et al., arXiv:1711.10485 section 2.3; `taoxugit/AttnGAN` `code/miscc/losses.py`).
 
 Pure functions of tensors: hinge losses with mismatched pairs and the matching-aware
-zero-centred gradient penalty (MA-GP). The trainer owns the networks and the update order.
+zero-centred gradient penalty (MA-GP); AttnGAN's BCE losses over its stages (conditional and
+unconditional logits) and the KL term of its conditioning augmentation. The trainer owns the
+networks and the update order.
 """
 from __future__ import annotations
 
@@ -55,3 +58,35 @@ def ma_gradient_penalty(
     # logits of sample i depend only on inputs i, so the grad of the sum is per-sample.
     sq_norm = grad_x.flatten(1).square().sum(1) + grad_e.flatten(1).square().sum(1)  # (B,)
     return k * sq_norm.pow(p / 2).mean()
+
+
+# ---- AttnGAN (multi-stage, BCE) ------------------------------------------------------------------
+
+def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
+    """Per-stage mean BCE of sigmoid(logits) against a constant label: logits (S, B) -> (S,).
+    The reference applies nn.BCELoss to sigmoid outputs; BCE with logits is the same function."""
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target), reduction="none").mean(1)
+
+
+def discriminator_bce_loss(real_cond: torch.Tensor, real_uncond: torch.Tensor, fake_cond: torch.Tensor,
+                           fake_uncond: torch.Tensor, mismatch_cond: torch.Tensor) -> torch.Tensor:
+    """AttnGAN's `discriminator_loss`, summed over the stages (each stage's D has its own parameters,
+    so the sum trains each D on its own loss, as the reference's one optimiser per D):
+    sum_i [(BCE(D_i^u(x), 1) + BCE(D_i^c(x, e), 1)) / 2
+           + (BCE(D_i^u(G(z)), 0) + BCE(D_i^c(G(z), e), 0) + BCE(D_i^c(x_mis, e), 0)) / 3].
+    Every argument holds logits of shape (stages, B)."""
+    real = (_bce(real_uncond, 1.0) + _bce(real_cond, 1.0)) / 2
+    fake = (_bce(fake_uncond, 0.0) + _bce(fake_cond, 0.0) + _bce(mismatch_cond, 0.0)) / 3
+    return (real + fake).sum()
+
+
+def generator_bce_loss(fake_cond: torch.Tensor, fake_uncond: torch.Tensor) -> torch.Tensor:
+    """AttnGAN's `generator_loss` adversarial part: sum_i BCE(D_i^u(G(z)), 1) + BCE(D_i^c(G(z), e), 1)
+    (the non-saturating loss); logits (stages, B)."""
+    return (_bce(fake_uncond, 1.0) + _bce(fake_cond, 1.0)).sum()
+
+
+def kl_loss(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, sigma^2) || N(0, I)) of the conditioning augmentation as the reference's `KL_loss`:
+    -1/2 mean over batch and dimensions of (1 + log sigma^2 - mu^2 - sigma^2) (a mean, not a sum)."""
+    return -0.5 * (1 + logvar - mu.square() - logvar.exp()).mean()

@@ -17,9 +17,12 @@ score l1*DAMSM, l2*F2R, l3*F2F and R-precision; the captioner (only built when l
 too and scores l4*recap. The README's "Text-embedding modes" section tabulates what trains what.
 
 Architectures (`model.arch`, SPEC 3): `dfgan` (dfgan.py), `ssagan` (ssagan.py), `attngan_style`
-(stylegan_attn.py). Each module's `build(nf, z_dim, cond_dim, resolution)` returns (G, D, head)
-with one interface: G(z, sentence, words, word_mask) -> images; D(images) -> features
-(B, D.out_channels, 4, 4); head(features, sentence) -> logits. Every architecture works with
+and `style1attngan` (stylegan_attn.py), `attngan` (attngan.py). Each module's
+`build(nf, z_dim, cond_dim, resolution)` returns (G, D, head) with one interface:
+G(z, sentence, words, word_mask) -> images; D(images) -> features (B, D.out_channels, 4, 4);
+head(features, sentence) -> logits. Plain AttnGAN (`G.multi_stage`) has three stages: its D gives
+one such feature map per stage, its head (conditional, unconditional) logits per stage, and the
+training step (t2i_ray/train/gan.py) takes its multi-stage path. Every architecture works with
 every text embedding mode: G is conditioned by the sentence (and words) of e_G, D's head by the
 same sentence, and the DTE alignment projection reads D's features whatever their width.
 """
@@ -30,10 +33,11 @@ from dataclasses import dataclass
 from torch import nn
 
 from t2i_ray.config import ExperimentConfig
-from t2i_ray.models import dfgan, ssagan, stylegan_attn
+from t2i_ray.models import attngan, dfgan, ssagan, stylegan_attn
 from t2i_ray.models.text import TextEncoder
 
-BUILDERS = {"dfgan": dfgan.build, "ssagan": ssagan.build, "attngan_style": stylegan_attn.build}
+BUILDERS = {"dfgan": dfgan.build, "ssagan": ssagan.build, "attngan_style": stylegan_attn.build,
+            "style1attngan": stylegan_attn.build_style1, "attngan": attngan.build}
 
 
 class AlignProjection(nn.Module):

@@ -1,4 +1,5 @@
-"""AttnGAN's word-attention generator built from StyleGAN2 blocks, and a residual discriminator.
+"""AttnGAN's word-attention generator built from StyleGAN2 blocks (Style2AttnGAN), the same generator
+without word attention (Style1AttnGAN), and a residual discriminator.
 
 Generator (SPEC 3 `attngan_style`):
 - an 8-layer mapping network (equalised LR, lr multiplier 0.01, as StyleGAN2) maps
@@ -11,6 +12,15 @@ Generator (SPEC 3 `attngan_style`):
   places of AttnGAN's stage 2 and 3 at 64 -> 128 -> 256), every pixel attends over the
   projected word features (padding masked out) and the word context is concatenated to the
   feature map, as AttnGAN's `NEXT_STAGE_G` does.
+Style1 / Style2 (`model.arch` `style1attngan` / `attngan_style`). Seed paper 001 reports
+"Style1AttnGAN" and "Style2AttnGAN" rows (its Tables 1 and 2) without defining them; its
+introduction names two directions, "the traditional style generator" and "fusing the style blocks
+with another architecture like AttnGAN", and its section 3.2 describes the fused one. We read
+Style2AttnGAN as the fused generator above (`attngan_style`) and Style1AttnGAN as the traditional,
+text-conditional StyleGAN2 generator: the same mapping network of (z, sentence), synthesis blocks,
+discriminator and head, without AttnGAN's fusion (no word attention: `word_attention=False`, the
+generator reads the sentence only, through w). Both train with this project's single-stage recipe
+(t2i_ray/train/gan.py: hinge + mismatch + MA-GP).
 Differences from StyleGAN2 (by choice): no style mixing, no path-length or R1 regularisers and
 no minibatch-stddev layer (the project's hinge + MA-GP losses and mismatched pairs assume that
 samples are scored independently); upsampling is bilinear x2 before the 3x3 conv, which equals
@@ -238,24 +248,29 @@ class SynthesisBlock(nn.Module):
 class Generator(nn.Module):
     """Mapping network + StyleGAN2 skip synthesis from 4x4 to res with word attention."""
 
-    def __init__(self, nf: int = 64, z_dim: int = 100, cond_dim: int = 256, resolution: int = 256):
+    def __init__(self, nf: int = 64, z_dim: int = 100, cond_dim: int = 256, resolution: int = 256,
+                 word_attention: bool = True):
         super().__init__()
-        self.config = dict(nf=nf, z_dim=z_dim, cond_dim=cond_dim, resolution=resolution)
+        self.config = dict(nf=nf, z_dim=z_dim, cond_dim=cond_dim, resolution=resolution,
+                           word_attention=word_attention)
         widths = channel_schedule(nf, resolution)[::-1]  # 4x4 ... res
         w_dim = 8 * nf
+        self.word_attention = word_attention
         self.mapping = MappingNetwork(z_dim, cond_dim, w_dim)
         self.const = nn.Parameter(torch.randn(1, widths[0], 4, 4))
         self.conv_in = StyledConv(widths[0], widths[0], w_dim)
         self.rgb_in = ToRGB(widths[0], w_dim)
         n = len(widths) - 1
+        first_attending = n - ATTENTION_BLOCKS if word_attention else n  # Style1: no block attends
         self.blocks = nn.ModuleList(
-            SynthesisBlock(c_in, c_out, w_dim, cond_dim if k >= n - ATTENTION_BLOCKS else None)
+            SynthesisBlock(c_in, c_out, w_dim, cond_dim if k >= first_attending else None)
             for k, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:])))
 
     def forward(self, z: torch.Tensor, sent: torch.Tensor, words: torch.Tensor | None = None,
                 word_mask: torch.Tensor | None = None) -> torch.Tensor:
-        # z: (B, z_dim), sent: (B, E), words: (B, E, T), word_mask: (B, T) -> (B, 3, res, res)
-        if words is None or word_mask is None:
+        # z: (B, z_dim), sent: (B, E), words: (B, E, T), word_mask: (B, T) -> (B, 3, res, res).
+        # Without word attention (Style1) words/word_mask are the shared interface's, unused.
+        if self.word_attention and (words is None or word_mask is None):
             raise ValueError("the attngan_style generator attends over words: pass words (B, E, T) "
                              "and word_mask (B, T)")
         w = self.mapping(z, sent)  # (B, w_dim), one w for every layer (no style mixing)
@@ -313,7 +328,14 @@ class ConditionalHead(nn.Module):
         return self.out(self.fc(h.flatten(1))).flatten()
 
 
-def build(nf: int, z_dim: int, cond_dim: int, resolution: int) -> tuple[nn.Module, nn.Module, nn.Module]:
+def build(nf: int, z_dim: int, cond_dim: int, resolution: int, word_attention: bool = True
+          ) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """(G, D, head): `attngan_style` (Style2AttnGAN, word attention in the last two blocks)."""
     discriminator = Discriminator(nf, resolution)
-    return (Generator(nf, z_dim, cond_dim, resolution), discriminator,
+    return (Generator(nf, z_dim, cond_dim, resolution, word_attention), discriminator,
             ConditionalHead(discriminator.out_channels, cond_dim))
+
+
+def build_style1(nf: int, z_dim: int, cond_dim: int, resolution: int) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """(G, D, head): `style1attngan`, the text-conditional StyleGAN2 generator without word attention."""
+    return build(nf, z_dim, cond_dim, resolution, word_attention=False)

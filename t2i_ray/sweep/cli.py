@@ -171,8 +171,8 @@ def add_weight_args(p: argparse.ArgumentParser) -> None:
     from t2i_ray.sweep.space import DEFAULT_WEIGHTS
 
     for name, term in WEIGHT_TERMS.items():
-        default = ("the architecture's: 0.05 for dfgan/ssagan, 5 for attngan_style" if name == "l1"
-                   else DEFAULT_WEIGHTS[name])
+        default = ("the architecture's: 0.05 for dfgan/ssagan, 5 for attngan_style/style1attngan/attngan"
+                   if name == "l1" else DEFAULT_WEIGHTS[name])
         p.add_argument(f"--{name}", type=float, default=None,
                        help=f"{term} weight when a row turns the term on (default: {default})")
 

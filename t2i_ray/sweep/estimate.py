@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 
 # images/s of one step at the reference setting: (1 thread, 2 threads)
 GAN_IMAGES_PER_S = {"dfgan": (174.1, 280.5), "ssagan": (150.3, 223.7), "attngan_style": (79.4, 120.6)}
+# style1attngan and attngan: attngan_style's figures times their ratio to it in one run under heavy load
+# (benchmarks/results/step_throughput_new_archs_loaded.json: 19.6 and 19.0 vs 15.3 images/s).
+GAN_IMAGES_PER_S |= {arch: tuple(round(r * ratio, 1) for r in GAN_IMAGES_PER_S["attngan_style"])
+                     for arch, ratio in (("style1attngan", 19.6 / 15.3), ("attngan", 19.0 / 15.3))}
 GAN_REFERENCE = {"resolution": 32, "nf": 16}
 EXTRA_TERMS_FACTOR = 93 / 180  # with the text-alignment loss terms on
 DIFFUSION_IMAGES_PER_S = 51.76  # 1 thread; 2 threads measured no faster under load (39.5)
@@ -39,6 +43,7 @@ DIFFUSION_REFERENCE = {"resolution": 32, "dim": 32}
 TRIAL_STARTUP_S = 16.0 + 7.0
 GAN_EVAL_S_PER_IMAGE = 4.0 / 1024
 SOURCES = ("benchmarks/results/step_throughput_archs.json, step_throughput_archs_2threads.json, "
+           "step_throughput_new_archs_loaded.json, "
            "diffusion_step_1thread_quieter.json; benchmarks/README.md")
 
 

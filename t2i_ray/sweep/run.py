@@ -72,10 +72,11 @@ class SweepSpec:
 
 # What the training loop reports every train.report_every steps, per method (t2i_ray/train/gan.py,
 # t2i_ray/models/diffusion/gaussian_categorical.py); the GAN's loss_* terms appear when their
-# weight is on. In-training evaluation, where the config has it (eval.every > 0), adds eval_*.
+# weight is on (loss_magp on the single-stage architectures, loss_kl on plain AttnGAN).
+# In-training evaluation, where the config has it (eval.every > 0), adds eval_*.
 TRAINING_METRICS = {
     "gan": ("loss_g_adv", "loss_g", "loss_d", "loss_d_adv", "loss_magp", "d_real", "d_fake", "loss_damsm",
-            "loss_f2r", "loss_f2f", "loss_recap", "loss_align_d", "loss_align_g", "images_per_s"),
+            "loss_f2r", "loss_f2f", "loss_recap", "loss_align_d", "loss_align_g", "loss_kl", "images_per_s"),
     "diffusion": ("loss", "image_loss", "layout_loss", "images_per_s"),
 }
 HIGHER_IS_BETTER = ("r_precision", "attr", "is", "images_per_s", "d_real", "layout_miou", "semantic_recall",

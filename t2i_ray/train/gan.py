@@ -2,6 +2,12 @@
 
 L_D = hinge(real) + 1/2 (hinge(fake) + hinge(mismatch)) + MA-GP  [+ a_w * L_align(real)]
 L_G = -E[D(G(z, e), e)] + l1 L_DAMSM + l2 L_F2R + l3 L_F2F + l4 L_recap  [+ a_w * L_align(fake)]
+Multi-stage generators (`G.multi_stage`, plain AttnGAN, t2i_ray/models/attngan.py) replace the
+adversarial part by AttnGAN's (arXiv:1711.10485 section 2.3; `taoxugit/AttnGAN` `code/trainer.py`,
+`code/miscc/losses.py`): every stage's image goes to its own discriminator, which sees the real
+batch resized to that stage; L_D = the BCE losses of `discriminator_bce_loss` summed over the
+stages (no MA-GP), L_G = `generator_bce_loss` over the stages + KL(F_ca) + the same weighted terms,
+which (DAMSM, F2R, F2F, recap, alignment) score the last stage's image, as AttnGAN's DAMSM does.
 A weight of 0 skips its term's computation entirely (no extra forward passes). The models may be
 DDP-wrapped; frozen uses (D during the G step, encoders under no_grad) go through the plain
 module so DDP's gradient sync only sees the passes that train it. Under data parallelism the
@@ -19,8 +25,11 @@ from torch import Tensor, nn
 
 from t2i_ray.config import ExperimentConfig
 from t2i_ray.losses.adversarial import (
+    discriminator_bce_loss,
     discriminator_hinge_loss,
+    generator_bce_loss,
     generator_hinge_loss,
+    kl_loss,
     ma_gradient_penalty,
     mismatched,
 )
@@ -77,25 +86,33 @@ def gan_step(
     # Text encoding stays outside autocast (a small LSTM; keeps embeddings in float32).
     words_g, sent_g = encode_text(models.text_g, ids, lens, trainable_text)  # (B, E, T), (B, E)
     words_g, mask_g = words_g.detach(), word_mask(lens, ids.shape[1])  # G's word inputs
+    multi_stage = getattr(unwrap(G), "multi_stage", False)  # AttnGAN's objective: no MA-GP
     if not trainable_text:
-        sent_g = sent_g.detach().requires_grad_()  # MA-GP differentiates w.r.t. the sentence
-    real_in = real.detach().requires_grad_()
+        sent_g = sent_g.detach().requires_grad_(not multi_stage)  # MA-GP differentiates w.r.t. the sentence
+    real_in = real.detach().requires_grad_(not multi_stage)
     z = sample_noise(bsz, cfg.model.z_dim, noise_gen, real.device)
+    stages = None  # multi-stage: (stage images, mu, logvar) of the one G forward
     with autocast():
-        real_feat = D(real_in)  # (B, 8nf, 4, 4)
-        # Logits go to float32 before the losses: bf16 keeps ~3 digits, MA-GP raises to the 6th power.
-        real_logits = head(real_feat, sent_g).float()
-        # Image i + 1 with caption i. On the gathered (global) batch every worker pairs the rows as
-        # one process with the whole global batch would, across the workers' boundaries too.
-        coupled = gather({"real_feat": real_feat, "sent": sent_g})
-        mismatch_logits = head(mismatched(coupled["real_feat"]), coupled["sent"]).float()
-        # One G forward per iteration, as DF-GAN: D sees it detached, the G step reuses its graph
-        # (only D's parameters change in between, and G's output does not depend on them).
-        fake = G(z, sent_g.detach(), words_g, mask_g)
-        fake_logits = head(D(fake.detach()), sent_g).float()
-        loss_adv_d = discriminator_hinge_loss(real_logits, fake_logits, mismatch_logits)
-        loss_gp = ma_gradient_penalty(real_logits, real_in, sent_g, k=lw.magp_k, p=lw.magp_p)
-        loss_d = loss_adv_d + loss_gp
+        if multi_stage:
+            loss_adv_d, real_feat, fake, stages, real_logits, fake_logits = _multi_stage_d_loss(
+                models, real_in, z, sent_g, words_g, mask_g, gather)
+            loss_gp = None  # AttnGAN's recipe has no gradient penalty
+            loss_d = loss_adv_d
+        else:
+            real_feat = D(real_in)  # (B, 8nf, 4, 4)
+            # Logits go to float32 before the losses: bf16 keeps ~3 digits, MA-GP raises to the 6th power.
+            real_logits = head(real_feat, sent_g).float()
+            # Image i + 1 with caption i. On the gathered (global) batch every worker pairs the rows as
+            # one process with the whole global batch would, across the workers' boundaries too.
+            coupled = gather({"real_feat": real_feat, "sent": sent_g})
+            mismatch_logits = head(mismatched(coupled["real_feat"]), coupled["sent"]).float()
+            # One G forward per iteration, as DF-GAN: D sees it detached, the G step reuses its graph
+            # (only D's parameters change in between, and G's output does not depend on them).
+            fake = G(z, sent_g.detach(), words_g, mask_g)
+            fake_logits = head(D(fake.detach()), sent_g).float()
+            loss_adv_d = discriminator_hinge_loss(real_logits, fake_logits, mismatch_logits)
+            loss_gp = ma_gradient_penalty(real_logits, real_in, sent_g, k=lw.magp_k, p=lw.magp_p)
+            loss_d = loss_adv_d + loss_gp
         if use_align:
             if models.text_a is models.text_g:
                 sent_a = sent_g
@@ -109,8 +126,10 @@ def gan_step(
     optimizers["d"].step()
     if "text" in optimizers:
         optimizers["text"].step()
-    out.update(loss_d=loss_d.item(), loss_d_adv=loss_adv_d.item(), loss_magp=loss_gp.item(),
+    out.update(loss_d=loss_d.item(), loss_d_adv=loss_adv_d.item(),
                d_real=real_logits.mean().item(), d_fake=fake_logits.mean().item())
+    if loss_gp is not None:
+        out["loss_magp"] = loss_gp.item()
 
     # ---- G step --------------------------------------------------------------------------
     for opt in optimizers.values():
@@ -122,7 +141,7 @@ def gan_step(
     try:
         sent = sent_g.detach()
         with autocast():
-            loss_g = _generator_loss(models, batch, cfg, fake, sent, z, real, out, gather)
+            loss_g = _generator_loss(models, batch, cfg, fake, sent, z, real, out, gather, stages)
         loss_g.backward()
         optimizers["g"].step()
     finally:
@@ -132,18 +151,46 @@ def gan_step(
     return out
 
 
+def _multi_stage_d_loss(models: GANModels, real_in: Tensor, z: Tensor, sent_g: Tensor, words_g: Tensor,
+                        mask_g: Tensor, gather: BatchGather):
+    """AttnGAN's D losses over its stages (module docstring): returns (loss, the last stage's real
+    features, the last stage's fake, (stage fakes, mu, logvar), real and fake conditional logits)."""
+    G, D, head = models.generator, models.discriminator, models.head
+    real_feats = D(real_in)  # [(B, 8ndf, 4, 4)] per stage; D resizes the reals to the stage sizes
+    real_cond, real_uncond = (x.float() for x in head(real_feats, sent_g))  # (stages, B) each
+    # Mismatched pairs as the single-stage path: image i + 1 with caption i, on the gathered batch.
+    coupled = gather({**{f"real_feat{i}": f for i, f in enumerate(real_feats)}, "sent": sent_g})
+    mismatch_cond, _ = head([mismatched(coupled[f"real_feat{i}"]) for i in range(len(real_feats))],
+                            coupled["sent"])
+    fakes, mu, logvar = G(z, sent_g.detach(), words_g, mask_g, return_stages=True)
+    fake_cond, fake_uncond = (x.float() for x in head(D([f.detach() for f in fakes]), sent_g))
+    loss = discriminator_bce_loss(real_cond, real_uncond, fake_cond, fake_uncond, mismatch_cond.float())
+    return loss, real_feats[-1], fakes[-1], (fakes, mu, logvar), real_cond, fake_cond
+
+
 def _generator_loss(models: GANModels, batch: Mapping[str, Tensor], cfg: ExperimentConfig, fake: Tensor,
                     sent: Tensor, z: Tensor, real: Tensor, out: dict[str, float],
-                    gather: BatchGather = NO_GATHER) -> Tensor:
+                    gather: BatchGather = NO_GATHER, stages=None) -> Tensor:
     """L_G = -E[D(G(z,e),e)] + l1 L_DAMSM + l2 L_F2R + l3 L_F2F + l4 L_recap [+ a_w L_align(fake)], D frozen.
     Features go to float32 before every loss (they may come out of bf16 autocast). The per-sample
-    inputs of the batch-coupled terms are computed first and gathered once."""
+    inputs of the batch-coupled terms are computed first and gathered once. `stages` (multi-stage
+    G): (stage images, mu, logvar), whose adversarial part is AttnGAN's BCE over the stages + KL."""
     lw, align_w = cfg.loss, cfg.model.align_weight
     ids, lens = batch["caption"], batch["caption_len"]
     d_plain, head_plain = unwrap(models.discriminator), unwrap(models.head)
-    fake_feat = d_plain(fake)
-    loss_adv_g = generator_hinge_loss(head_plain(fake_feat, sent).float())
-    loss_g = loss_adv_g
+    if stages is None:
+        fake_feat = d_plain(fake)
+        loss_adv_g = generator_hinge_loss(head_plain(fake_feat, sent).float())
+        loss_g = loss_adv_g
+    else:
+        fakes, mu, logvar = stages
+        fake_feats = d_plain(fakes)
+        fake_cond, fake_uncond = head_plain(fake_feats, sent)
+        loss_adv_g = generator_bce_loss(fake_cond.float(), fake_uncond.float())
+        loss_kl = kl_loss(mu.float(), logvar.float())
+        loss_g = loss_adv_g + loss_kl
+        out["loss_kl"] = loss_kl.item()
+        fake_feat = fake_feats[-1]  # the alignment projection reads the last stage's features
     out["loss_g_adv"] = loss_adv_g.item()
     use_align = models.text_trainable and align_w > 0
     local: dict[str, Tensor] = {}
