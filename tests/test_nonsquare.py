@@ -231,6 +231,6 @@ def test_paper_dry_run_lists_trials_and_networks_per_dataset(tmp_path, capsys):
     finally:
         del os.environ["T2I_INCEPTION_WEIGHTS"]
     text = capsys.readouterr().out
-    assert "128x128 (height x width)" in text and "data.caption_subset=50" in text
+    assert "128x128, " in text and "data.caption_subset=50" in text
     assert "a face parser from a local weights file -- not built yet" in text
     assert len([line for line in text.splitlines() if " seed " in line and "{" in line]) == 6

@@ -322,7 +322,7 @@ def print_dry_run(spec: "SweepSpec", cpus: int | None = None) -> None:
     h, w = image_size(b.data)
     print(f"[dry-run] experiment {spec.name}")
     print(f"  dataset {b.data.dataset}" + (f" ({b.data.data_root})" if b.data.data_root else "")
-          + f", {h}x{w} (height x width), {b.train.steps} steps, batch {b.train.batch_size} x "
+          + f", {h}x{w}{'' if h == w else ' (height x width)'}, {b.train.steps} steps, batch {b.train.batch_size} x "
           f"{b.train.num_workers} worker(s), {'GPU' if b.train.use_gpu else 'CPU'}, "
           f"output {Path(b.output_dir).resolve()}")
     defaults = ExperimentConfig().flat()
