@@ -42,7 +42,7 @@ PRESET_DEFAULTS: dict[str, dict[str, object]] = {
 }
 
 # Per dataset, on top of the preset's sizes (and below the user's --config/--set): the data as GCDP
-# uses it (arXiv:2308.08157 Sec. 4.1; README "Gaussian-categorical diffusion on the real datasets").
+# uses it (arXiv:2308.08157; README "Diffusion on Cityscapes and MM CelebA-HQ").
 # Cityscapes: the whole 1:2 frame (128 x 256 at the paper preset's resolution 128) and train + val
 # (3,475 images). MM CelebA-HQ: square, all captions (data.caption_subset=25/50 for -25/-50).
 DATASET_DEFAULTS: dict[str, dict[str, object]] = {

@@ -21,7 +21,7 @@ ARCHITECTURES = ("dfgan", "ssagan", "attngan_style")
 METHODS = ("gan", "diffusion")  # model.method: what the training loop trains (t2i_ray/train/method.py)
 LAYOUT_DATASETS = ("shapes", "mmceleba", "cityscapes")  # the ones with semantic layouts
 # data.aspect != 1 (non-square images): the diffusion U-Net only, on these readers (GCDP trains
-# Cityscapes at 1:2, arXiv:2308.08157 Sec. 4.1); `shapes` renders squares and the GANs are square.
+# Cityscapes at 1:2, arXiv:2308.08157); `shapes` renders squares and the GANs are square.
 ASPECT_DATASETS = ("mmceleba", "cityscapes")
 CAPTION_SUBSETS = (25, 50, 100)  # MM CelebA-HQ-25/50/100: % of the train images kept (GCDP Fig. 7)
 # Data fields added after caches were first keyed: left out of the DAMSM / captioner cache keys while

@@ -1,4 +1,4 @@
-"""Non-square images (data.aspect) and the real datasets as GCDP uses them (arXiv:2308.08157 Sec. 4.1):
+"""Non-square images (data.aspect) and the real datasets as GCDP uses them (arXiv:2308.08157):
 Cityscapes at 1:2 on train + val, MM CelebA-HQ's caption subsets; the diffusion, its sample grids and
 its metrics at a non-square size; the paper-preset dry run per dataset. Fixtures: the writers of
 tests/test_datasets.py (Cityscapes frames there are 20 x 40, the paper's 1:2)."""
@@ -176,8 +176,9 @@ def test_diffusion_trains_samples_and_evaluates_on_cityscapes_at_1_to_2(tmp_path
     write_cityscapes(root, n_val=2)  # train + val: 4 images, test: 2
     weights = tmp_path / "inception.pth"
     torch.save(random_inception_state_dict(seed=0), weights)
-    cfg = build_config("ci", {**ablate_diffusion.PRESET_DEFAULTS["ci"], **ablate_diffusion.DATASET_DEFAULTS["cityscapes"],
-                              "model.method": "diffusion", "data.dataset": "cityscapes", "data.data_root": str(root),
+    paper_data = ablate_diffusion.DATASET_DEFAULTS["cityscapes"]  # 1:2, train + val
+    cfg = build_config("ci", {**ablate_diffusion.PRESET_DEFAULTS["ci"], **paper_data, "model.method": "diffusion",
+                              "data.dataset": "cityscapes", "data.data_root": str(root),
                               "output_dir": str(tmp_path / "out"), "train.batch_size": 2, "train.steps": 2,
                               "train.report_every": 1, "train.checkpoint_every": 2, "damsm.batch_size": 2,
                               "eval.inception_weights": str(weights), "eval.num_images": 4, "eval.batch_size": 4,

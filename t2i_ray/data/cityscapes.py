@@ -1,11 +1,12 @@
 """Cityscapes fine annotations: street images, 20-class layouts, captions (diffusion_metrics A.10).
 
 train = `leftImg8bit/train`, test = `leftImg8bit/val` (the official test split has no public
-labels). With data.trainval the train split is train + val, 2,975 + 500 = 3,475 images, as GCDP trains
-("3475 image-layout pairs", arXiv:2308.08157 Sec. 4.1); the test split is then part of the training
-set, and every item's meta names its folder ("folder": "train" | "val"). `gtFine/*_gtFine_labelIds.png` holds Cityscapes label ids; they are mapped to the 19
-training ids of cityscapesscripts' labels.py, and every ignored id (255 / -1: void, ego vehicle,
-parking, guard rail, ...) to class 19 "unlabeled", so K = 20 (as GCDP).
+labels). With data.trainval the train split is train + val, 2,975 + 500 = 3,475 images, as GCDP
+trains ("3475 image-layout pairs", arXiv:2308.08157); the test split is then part of the training
+set, and every item's meta names its folder ("folder": "train" | "val").
+`gtFine/*_gtFine_labelIds.png` holds Cityscapes label ids; they are mapped to the 19 training ids
+of cityscapesscripts' labels.py, and every ignored id (255 / -1: void, ego vehicle, parking, guard
+rail, ...) to class 19 "unlabeled", so K = 20 (as GCDP).
 
 Captions: GCDP's JSONL (`{"file_name": "<stem>_leftImg8bit.png", "text": [...]}`) when present;
 otherwise the paper's template "An image of an urban scene with {classes}." over the classes

@@ -152,5 +152,5 @@ def prepare_data(cfg: ExperimentConfig, log: Callable[[str], None] = console) ->
     return sizes
 
 
-__all__ = ["READERS", "build_source", "cache_split", "split_description", "build_vocabulary", "check_dataset", "data_cache_root", "layout_classes",
-           "prepare_data", "source", "vocabulary", "CachedSource", "DatasetSpec"]
+__all__ = ["READERS", "build_source", "build_vocabulary", "cache_split", "check_dataset", "data_cache_root",
+           "layout_classes", "prepare_data", "source", "split_description", "vocabulary", "CachedSource", "DatasetSpec"]

@@ -313,10 +313,8 @@ def print_dry_run(spec: "SweepSpec", cpus: int | None = None) -> None:
     """The settings that differ from the defaults, the trials, and an estimated wall time."""
     import os
 
-    from t2i_ray.sweep.estimate import estimate_sweep
-
     from t2i_ray.config import image_size
-    from t2i_ray.sweep.estimate import trial_configs
+    from t2i_ray.sweep.estimate import estimate_sweep, trial_configs
 
     b = spec.base
     h, w = image_size(b.data)
@@ -360,8 +358,8 @@ def networks_needed(configs: Sequence[ExperimentConfig]) -> list[str]:
     if damsm:
         diffusion = any(cfg.model.method == "diffusion" for cfg in configs)
         lines[f"DAMSM text + image encoders ({'conditioning text encoder and ' if diffusion else ''}R-precision): "
-              f"pre-trained by the project on {configs[0].data.dataset}, {len(damsm)} set(s) (one per seed and data setting), "
-              f"cached under {Path(damsm[0]).parent}"] = None
+              f"pre-trained by the project on {configs[0].data.dataset}, {len(damsm)} set(s) (one per seed and "
+              f"data setting), cached under {Path(damsm[0]).parent}"] = None
     for cfg in configs:
         ds, diffusion = cfg.data.dataset, cfg.model.method == "diffusion"
         if resolved_eval_backbone(cfg) == "inception":
@@ -418,5 +416,6 @@ def run_and_report(spec: "SweepSpec", args: argparse.Namespace, order: Sequence[
 
 
 __all__ = ["base_parser", "config_from_args", "fail", "report_locations", "seeds_for", "grid_trials",
-           "expand_grid", "apply_search_options", "print_dry_run", "networks_needed", "run_and_report", "add_weight_args",
+           "expand_grid", "apply_search_options", "print_dry_run", "networks_needed", "run_and_report",
+           "add_weight_args",
            "weights_from_args", "sweep_main", "ConfigError"]
