@@ -887,7 +887,7 @@ __all__ = [
     "ConfigError", "DataConfig", "ModelConfig", "LossWeights", "TrainConfig", "EvalConfig",
     "DamsmConfig", "CaptionerConfig", "DiffusionConfig", "ExperimentConfig", "PRESETS", "EVAL_PROTOCOLS", "build_config",
     "apply_overrides", "coerce_value", "parse_override", "protocol_overrides", "resolved_eval_backbone",
-    "resolved_damsm_class_mask", "validate", "replace",
+    "resolved_damsm_class_mask", "validate", "replace", "image_size", "legacy_data_key",
     "check_batches_fit",
     "read_config_file", "build_config_with_file",
 ]

@@ -109,6 +109,7 @@ def test_cityscapes_at_1_to_2_on_train_plus_val(tmp_path):
     assert len(test) == 1 and test.folder.name.startswith("cityscapes-test-32x64px-")
     square = _source("cityscapes", root, "train", tmp_path / "c")
     assert len(square) == 2 and square.size == (32, 32) and square.folder.name.startswith("cityscapes-train-32px-")
+    assert "width" not in json.loads((square.folder / "manifest.json").read_text())  # square manifests as before
     logs.clear()
     again = _source("cityscapes", root, "train", tmp_path / "c", logs.append, aspect=2.0, trainval=True)
     assert again.folder == train.folder and not any("decoding" in s for s in logs)  # reused, not rebuilt
