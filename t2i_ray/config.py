@@ -421,7 +421,8 @@ def check_batches_fit(cfg: ExperimentConfig, num_train: int, images: str, fix: s
     per_gan_step = (f"train.batch_size x train.num_workers = {t.batch_size} x {t.num_workers} = "
                     f"{t.batch_size * t.num_workers}" if workers else str(t.batch_size))
     for stage, where, need, shown, what, most in (
-            ("train", "train.batch_size", t.batch_size * t.num_workers, per_gan_step, "GAN training",
+            ("train", "train.batch_size", t.batch_size * t.num_workers, per_gan_step,
+             "diffusion training" if cfg.model.method == "diffusion" else "GAN training",
              f"{num_train // t.num_workers}" + (" (or lower train.num_workers)" if workers else "")),
             ("damsm", "damsm.batch_size", p.batch_size, str(p.batch_size), "DAMSM pre-training", num_train),
             ("captioner", "captioner.batch_size", c.batch_size, str(c.batch_size), "captioner pre-training",
