@@ -4,6 +4,7 @@
     python sweeps/ablate_diffusion.py --preset smoke
     python sweeps/ablate_diffusion.py --lambdas 0.5 1 2      # the joint model at several layout weights
     python sweeps/ablate_diffusion.py --guidance 1 3 5       # evaluation guidance scales (no retraining)
+    python sweeps/ablate_diffusion.py --dataset cityscapes --data-root DIR --preset paper --dry-run
 Both models share the U-Net, the text conditioning and the budget; image-only has no layout branch.
 The first --guidance scale gives the row's main columns (fid, r_precision, ...), every other one
 adds `<metric>@g<scale>` columns from the same weights. Rows go to the same results table as the
@@ -40,6 +41,14 @@ PRESET_DEFAULTS: dict[str, dict[str, object]] = {
               "diffusion.sample_steps": 100, "diffusion.ema_decay": 0.9999},
 }
 
+# Per dataset, on top of the preset's sizes (and below the user's --config/--set): the data as GCDP
+# uses it (arXiv:2308.08157; README "Diffusion on Cityscapes and MM CelebA-HQ").
+# Cityscapes: the whole 1:2 frame (128 x 256 at the paper preset's resolution 128) and train + val
+# (3,475 images). MM CelebA-HQ: square, all captions (data.caption_subset=25/50 for -25/-50).
+DATASET_DEFAULTS: dict[str, dict[str, object]] = {
+    "cityscapes": {"data.aspect": 2.0, "data.trainval": True},
+}
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = base_parser(__doc__.splitlines()[0])
@@ -61,7 +70,9 @@ def build_spec(args: argparse.Namespace) -> SweepSpec:
             raise ConfigError(f"--guidance: scales must be >= 0, got {args.guidance}")
         extra["diffusion.guidance_scale"] = args.guidance[0]
         extra["diffusion.extra_guidance_scales"] = ",".join(f"{g:g}" for g in args.guidance[1:])
-    base = config_from_args(args, extra, defaults=PRESET_DEFAULTS[args.preset])
+    # No captioner stage: it serves the GANs' re-captioning loss only (loss.recap is 0 here).
+    base = config_from_args(args, extra, stages=("train", "damsm"), defaults=PRESET_DEFAULTS[args.preset],
+                            dataset_defaults=DATASET_DEFAULTS)
     lambdas = args.lambdas or [base.diffusion.layout_weight]
     if any(not w >= 0 for w in lambdas):
         raise ConfigError(f"--lambdas: layout weights must be >= 0, got {lambdas}")

@@ -20,6 +20,13 @@ CAPTION_FILE_DATASETS = ("mmceleba", "cityscapes")  # the ones with a captions J
 ARCHITECTURES = ("dfgan", "ssagan", "attngan_style", "style1attngan", "attngan")
 METHODS = ("gan", "diffusion")  # model.method: what the training loop trains (t2i_ray/train/method.py)
 LAYOUT_DATASETS = ("shapes", "mmceleba", "cityscapes")  # the ones with semantic layouts
+# data.aspect != 1 (non-square images): the diffusion U-Net only, on these readers (GCDP trains
+# Cityscapes at 1:2, arXiv:2308.08157); `shapes` renders squares and the GANs are square.
+ASPECT_DATASETS = ("mmceleba", "cityscapes")
+CAPTION_SUBSETS = (25, 50, 100)  # MM CelebA-HQ-25/50/100: % of the train images kept (GCDP Fig. 7)
+# Data fields added after caches were first keyed: left out of the DAMSM / captioner cache keys while
+# at these defaults, so the caches of earlier configs stay valid (`legacy_data_key`).
+LATER_DATA_DEFAULTS: dict[str, Any] = {"aspect": 1.0, "trainval": False, "caption_subset": 100}
 # The ones whose items carry class ids (the "<class>/<image>" keys of t2i_ray/data/cub.py): DAMSM's
 # same-class masking (damsm.class_mask) and R-precision's other-class mismatches use them.
 CLASS_DATASETS = ("cub", "oxford102")
@@ -52,7 +59,12 @@ class ConfigError(ValueError):
 class DataConfig:
     dataset: str = "shapes"
     data_root: str | None = None  # real datasets only; `shapes` is generated
-    resolution: int = 32  # power of two in 32..256
+    resolution: int = 32  # power of two in 32..256: the side of square images, the short side otherwise
+    # Width / height. 1: square (every method). Otherwise (model.method=diffusion on mmceleba or
+    # cityscapes) the short side is data.resolution and the long side resolution x aspect (or
+    # resolution / aspect for aspect < 1, portrait): cityscapes at aspect 2 and resolution 128 is
+    # 128 x 256 (height x width), GCDP's base stage. `image_size(data_cfg)` gives (H, W).
+    aspect: float = 1.0
     num_train: int = 4096  # `shapes`: images in the train split
     num_test: int = 1024  # `shapes`: images in the test split
     data_seed: int = 0  # `shapes`: the dataset is a pure function of (data_seed, n, resolution)
@@ -64,6 +76,12 @@ class DataConfig:
     cache_dir: str | None = None
     max_bad_images: int = 10
     captions_file: str | None = None
+    # cityscapes: the train split is leftImg8bit/train + leftImg8bit/val (2,975 + 500 = 3,475 images,
+    # as GCDP trains); the test split stays val, so it is then also in the training set.
+    trainval: bool = False
+    # mmceleba: the share of the train split kept, in percent (25, 50 or 100: MM CelebA-HQ-25/50/100);
+    # the images with the lowest sha1(key) (data/celeba.py `caption_subset`): nested, order-free.
+    caption_subset: int = 100
 
 
 @dataclass(frozen=True)
@@ -404,7 +422,8 @@ def check_batches_fit(cfg: ExperimentConfig, num_train: int, images: str, fix: s
     per_gan_step = (f"train.batch_size x train.num_workers = {t.batch_size} x {t.num_workers} = "
                     f"{t.batch_size * t.num_workers}" if workers else str(t.batch_size))
     for stage, where, need, shown, what, most in (
-            ("train", "train.batch_size", t.batch_size * t.num_workers, per_gan_step, "GAN training",
+            ("train", "train.batch_size", t.batch_size * t.num_workers, per_gan_step,
+             "diffusion training" if cfg.model.method == "diffusion" else "GAN training",
              f"{num_train // t.num_workers}" + (" (or lower train.num_workers)" if workers else "")),
             ("damsm", "damsm.batch_size", p.batch_size, str(p.batch_size), "DAMSM pre-training", num_train),
             ("captioner", "captioner.batch_size", c.batch_size, str(c.batch_size), "captioner pre-training",
@@ -414,6 +433,20 @@ def check_batches_fit(cfg: ExperimentConfig, num_train: int, images: str, fix: s
         _check(need <= num_train, where,
                f"{shown} is more than the {images}, so {what} would get no full batch and run no step; "
                f"lower {where} to at most {most}{fix}")
+
+
+def image_size(data_cfg: DataConfig) -> tuple[int, int]:
+    """(height, width) of the images: data.resolution is the short side, data.aspect = width / height."""
+    r, a = data_cfg.resolution, data_cfg.aspect
+    if a == 1:
+        return r, r
+    return (r, int(round(r * a))) if a > 1 else (int(round(r / a)), r)
+
+
+def legacy_data_key(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A data section's dict without the later fields that are at their defaults (LATER_DATA_DEFAULTS),
+    for cache keys that must not change for configs from before those fields."""
+    return {k: v for k, v in data.items() if not (k in LATER_DATA_DEFAULTS and v == LATER_DATA_DEFAULTS[k])}
 
 
 def validate(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -434,6 +467,26 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     r = d.resolution
     _check(32 <= r <= 256 and r & (r - 1) == 0, "data.resolution",
            f"must be a power of two in 32..256 (32, 64, 128, 256), got {r}")
+    _check(0.25 <= d.aspect <= 4, "data.aspect",
+           f"must be width / height in 0.25..4 (1: square; cityscapes as GCDP: 2), got {d.aspect}")
+    long_side = r * max(d.aspect, 1 / d.aspect) if d.aspect > 0 else 0
+    _check(abs(long_side - round(long_side)) < 1e-6, "data.aspect",
+           f"data.resolution x data.aspect (or / data.aspect below 1) must be a whole number of pixels, got "
+           f"{r} -> {long_side:g}; e.g. aspect 2 or 0.5")
+    if d.aspect != 1:
+        _check(d.dataset in ASPECT_DATASETS, "data.aspect",
+               f"non-square images are read for {', '.join(ASPECT_DATASETS)} only, not {d.dataset!r} "
+               f"(shapes renders squares); set data.aspect=1")
+        _check(m.method == "diffusion", "data.aspect",
+               f"only model.method=diffusion takes non-square images (the GANs are square); set data.aspect=1 "
+               f"for model.method={m.method!r}")
+    _check(not d.trainval or d.dataset == "cityscapes", "data.trainval",
+           f"train + val is a cityscapes option (GCDP's 3,475 images), not for {d.dataset!r}; set it to false")
+    _check(d.caption_subset in CAPTION_SUBSETS, "data.caption_subset",
+           f"must be one of {', '.join(map(str, CAPTION_SUBSETS))} (percent of the train images), got "
+           f"{d.caption_subset}")
+    _check(d.caption_subset == 100 or d.dataset == "mmceleba", "data.caption_subset",
+           f"the 25/50 % subsets are MM CelebA-HQ's (data.dataset=mmceleba), not {d.dataset!r}; set it to 100")
     _check(d.num_train >= 64, "data.num_train", f"must be >= 64, got {d.num_train}")
     _check(d.num_test >= 2, "data.num_test", f"must be >= 2, got {d.num_test}")
     _check(d.data_seed >= 0, "data.data_seed", f"must be >= 0 (numpy refuses negative seeds), got {d.data_seed}")
@@ -586,9 +639,10 @@ def _check_diffusion(cfg: ExperimentConfig) -> None:
            f"needs one count >= 1 per level ({len(mults)} levels in diffusion.dim_mults), got {f.blocks!r}")
     _check(len(attn) == len(mults) and set(attn) <= {0, 1}, "diffusion.attention_levels",
            f"needs one 0/1 per level ({len(mults)} levels in diffusion.dim_mults), got {f.attention_levels!r}")
-    _check(cfg.data.resolution % 2 ** (len(mults) - 1) == 0, "diffusion.dim_mults",
-           f"{len(mults)} levels halve the image {len(mults) - 1} times: data.resolution={cfg.data.resolution} "
-           f"is not divisible by {2 ** (len(mults) - 1)}")
+    h, w = image_size(cfg.data)
+    _check(h % 2 ** (len(mults) - 1) == 0 and w % 2 ** (len(mults) - 1) == 0, "diffusion.dim_mults",
+           f"{len(mults)} levels halve the image {len(mults) - 1} times: the image size {h}x{w} (data.resolution="
+           f"{cfg.data.resolution}, data.aspect={cfg.data.aspect:g}) is not divisible by {2 ** (len(mults) - 1)}")
     _check(f.dim >= 8 and f.dim % 8 == 0, "diffusion.dim", f"must be a multiple of 8 (GroupNorm groups), got {f.dim}")
     _check(f.heads >= 1 and (f.dim * min(mults)) % f.heads == 0, "diffusion.heads",
            f"must divide every level's width (diffusion.dim x multiplier), got {f.heads}")
@@ -835,7 +889,7 @@ __all__ = [
     "ConfigError", "DataConfig", "ModelConfig", "LossWeights", "TrainConfig", "EvalConfig",
     "DamsmConfig", "CaptionerConfig", "DiffusionConfig", "ExperimentConfig", "PRESETS", "EVAL_PROTOCOLS", "build_config",
     "apply_overrides", "coerce_value", "parse_override", "protocol_overrides", "resolved_eval_backbone",
-    "resolved_damsm_class_mask", "validate", "replace",
+    "resolved_damsm_class_mask", "validate", "replace", "image_size", "legacy_data_key",
     "check_batches_fit",
     "read_config_file", "build_config_with_file",
 ]

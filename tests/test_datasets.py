@@ -287,8 +287,9 @@ def test_mmceleba_masks_and_jsonl_captions(tmp_path):
         _source("mmceleba", root, "train", tmp_path / "c", max_bad_images=0)
 
 
-def write_cityscapes(root: Path) -> None:
-    for split, city, n in (("train", "aachen", 2), ("val", "lindau", 1)):
+def write_cityscapes(root: Path, n_val: int = 1) -> None:
+    """Frames 20 x 40 (Cityscapes' 1:2): train aachen x 2, val lindau x n_val."""
+    for split, city, n in (("train", "aachen", 2), ("val", "lindau", n_val)):
         for j in range(n):
             stem = f"{city}_{j:06d}_000019"
             _png(root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png", _noise(j, 20, 40))

@@ -1,12 +1,14 @@
 """The decoded-image cache: every real dataset split decoded once into uint8 arrays on disk.
 
-One folder per (dataset, split, resolution, data_root) under the cache root
-(`<output_dir>/cache/data/` or `data.cache_dir`):
+One folder per (dataset, split, size, data_root) under the cache root
+(`<output_dir>/cache/data/` or `data.cache_dir`); the size is R (square, `<R>px`) or H x W
+(non-square diffusion data, `<H>x<W>px`, config.image_size):
 
-    images.npy    (N, R, R, 3) uint8, opened memory-mapped (DataLoader workers share the pages)
-    layouts.npy   (N, R, R) uint8 class indices, datasets with layouts only
+    images.npy    (N, H, W, 3) uint8, opened memory-mapped (DataLoader workers share the pages)
+    layouts.npy   (N, H, W) uint8 class indices, datasets with layouts only
     records.json  keys, captions and meta per item, and the skipped (unreadable) files
-    manifest.json written last: format version, dataset, split, resolution, crop rule, and a
+    manifest.json written last: format version, dataset, split, resolution (H; "width" W when it
+                  differs), crop rule, and a
                   fingerprint of the source (every file's relative path and size, every caption)
 
 It is built in a temporary sibling folder and renamed into place, so a killed build never leaves
@@ -30,7 +32,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from t2i_ray.console import console
-from t2i_ray.data.reading import DatasetError, DatasetSpec, Decoded, Item
+from t2i_ray.data.reading import DatasetError, DatasetSpec, Decoded, Item, hw
 from t2i_ray.data.records import Sample
 
 CACHE_FORMAT = "t2i_ray.data_cache"
@@ -45,6 +47,7 @@ class CachedSource:
                  records: dict[str, Any], layout_classes: tuple[str, ...] | None):
         self.folder, self.manifest = folder, manifest
         self.dataset, self.split, self.resolution = manifest["dataset"], manifest["split"], manifest["resolution"]
+        self.size: tuple[int, int] = (self.resolution, manifest.get("width", self.resolution))  # (H, W)
         self._images, self._layouts = images, layouts
         self.keys: list[str] = records["keys"]
         self._captions: list[list[str]] = records["captions"]
@@ -56,7 +59,9 @@ class CachedSource:
         return len(self.keys)
 
     def __repr__(self) -> str:
-        return f"CachedSource({self.dataset}/{self.split}, {len(self)} images at {self.resolution}px, {self.folder})"
+        h, w = self.size
+        at = f"{h}px" if h == w else f"{h}x{w}px"
+        return f"CachedSource({self.dataset}/{self.split}, {len(self)} images at {at}, {self.folder})"
 
     def _check(self, i: int) -> int:
         i = int(i)
@@ -84,11 +89,11 @@ class CachedSource:
         return None if self._layouts is None else np.array(self._layouts[self._check(i)])
 
     def images(self) -> np.ndarray:
-        """(N, R, R, 3) uint8, read-only memory map (not loaded into RAM)."""
+        """(N, H, W, 3) uint8, read-only memory map (not loaded into RAM)."""
         return self._images
 
     def layouts(self) -> np.ndarray | None:
-        """(N, R, R) uint8 read-only memory map, or None."""
+        """(N, H, W) uint8 read-only memory map, or None."""
         return self._layouts
 
     def all_captions(self) -> list[str]:
@@ -99,10 +104,22 @@ class CachedSource:
         return None
 
 
-def cache_folder(cache_root: str | Path, dataset: str, split: str, resolution: int, data_root: str | Path) -> Path:
-    """`<cache_root>/<dataset>-<split>-<R>px-<hash of the absolute data_root>`."""
+def cache_folder(cache_root: str | Path, dataset: str, split: str, size: int | tuple[int, int],
+                 data_root: str | Path) -> Path:
+    """`<cache_root>/<dataset>-<split>-<R>px-<hash of the absolute data_root>` (`<H>x<W>px` when not square)."""
     root_hash = hashlib.sha1(str(Path(data_root).expanduser().resolve()).encode()).hexdigest()[:8]
-    return Path(cache_root) / f"{dataset}-{split}-{resolution}px-{root_hash}"
+    return Path(cache_root) / f"{dataset}-{split}-{_size_name(size)}-{root_hash}"
+
+
+def _size_name(size: int | tuple[int, int]) -> str:
+    h, w = hw(size)
+    return f"{h}px" if h == w else f"{h}x{w}px"
+
+
+def _size_fields(size: int | tuple[int, int]) -> dict[str, int]:
+    """The manifest's size: {"resolution": H}, and "width" only when W != H (square manifests as before)."""
+    h, w = hw(size)
+    return {"resolution": h} if h == w else {"resolution": h, "width": w}
 
 
 def source_fingerprint(items: Sequence[Item], data_root: Path) -> str:
@@ -121,11 +138,11 @@ def source_fingerprint(items: Sequence[Item], data_root: Path) -> str:
     return h.hexdigest()
 
 
-def expected_manifest(spec: DatasetSpec, items: Sequence[Item], split: str, resolution: int,
+def expected_manifest(spec: DatasetSpec, items: Sequence[Item], split: str, size: int | tuple[int, int],
                       data_root: Path) -> dict[str, Any]:
     return {
         "format": CACHE_FORMAT, "version": CACHE_VERSION, "dataset": spec.name, "split": split,
-        "resolution": resolution, "crop_rule": spec.crop_rule,
+        **_size_fields(size), "crop_rule": spec.crop_rule,
         "num_layout_classes": len(spec.layout_classes) if spec.layout_classes else 0,
         "num_source_items": len(items), "source_fingerprint": source_fingerprint(items, data_root),
         "data_root": str(data_root.expanduser().resolve()),
@@ -153,28 +170,32 @@ def open_cache(folder: Path, expected: dict[str, Any], layout_classes: tuple[str
             what = "source files or captions changed" if k == "source_fingerprint" else \
                 f"{k} {manifest.get(k)!r} -> {v!r}"
             return f"stale: {what}"
-    n, r = manifest.get("num_items"), expected["resolution"]
+    n = manifest.get("num_items")
+    h, w = expected["resolution"], expected.get("width", expected["resolution"])
+    if manifest.get("width", h) != w:
+        return f"stale: width {manifest.get('width', h)!r} -> {w!r}"
     try:
         records = json.loads((folder / RECORDS).read_text())
         images = np.load(folder / IMAGES, mmap_mode="r")
         layouts = np.load(folder / LAYOUTS, mmap_mode="r") if layout_classes else None
     except (OSError, ValueError, json.JSONDecodeError) as err:  # truncated .npy: ValueError from mmap
         return f"unreadable or truncated file ({type(err).__name__}: {err})"
-    if images.shape != (n, r, r, 3) or images.dtype != np.uint8:
-        return f"{IMAGES} is {images.shape} {images.dtype}, expected ({n}, {r}, {r}, 3) uint8"
-    if layouts is not None and (layouts.shape != (n, r, r) or layouts.dtype != np.uint8):
-        return f"{LAYOUTS} is {layouts.shape} {layouts.dtype}, expected ({n}, {r}, {r}) uint8"
+    if images.shape != (n, h, w, 3) or images.dtype != np.uint8:
+        return f"{IMAGES} is {images.shape} {images.dtype}, expected ({n}, {h}, {w}, 3) uint8"
+    if layouts is not None and (layouts.shape != (n, h, w) or layouts.dtype != np.uint8):
+        return f"{LAYOUTS} is {layouts.shape} {layouts.dtype}, expected ({n}, {h}, {w}) uint8"
     if not all(len(records.get(k, ())) == n for k in ("keys", "captions", "meta")):
         return f"{RECORDS} does not hold {n} items"
     return CachedSource(folder, manifest, images, layouts, records, layout_classes)
 
 
-def _decode(spec: DatasetSpec, item: Item, resolution: int) -> Decoded | Exception:
+def _decode(spec: DatasetSpec, item: Item, size: int | tuple[int, int]) -> Decoded | Exception:
+    h, w = hw(size)
     try:
-        out = spec.load(item, resolution)
+        out = spec.load(item, size if h != w else h)  # square: R, as every reader takes
     except Exception as err:  # any decoder failure is a bad file; counted, never swallowed silently
         return err
-    if out.image.shape != (resolution, resolution, 3) or out.image.dtype != np.uint8:
+    if out.image.shape != (h, w, 3) or out.image.dtype != np.uint8:
         return ValueError(f"decoded to {out.image.shape} {out.image.dtype}")
     return out
 
@@ -196,24 +217,25 @@ def build_cache(spec: DatasetSpec, items: Sequence[Item], folder: Path, expected
     """Decode `items` into `folder` (atomically: a temporary sibling renamed at the end)."""
     from tqdm import tqdm
 
-    split, r, n = expected["split"], expected["resolution"], len(items)
+    split, n = expected["split"], len(items)
+    h, w = expected["resolution"], expected.get("width", expected["resolution"])
     folder.parent.mkdir(parents=True, exist_ok=True)
     _remove_dead_tmp(folder.parent, folder.name)
     tmp = folder.parent / f".{folder.name}.tmp-{socket.gethostname()}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        images = np.lib.format.open_memmap(tmp / IMAGES, mode="w+", dtype=np.uint8, shape=(n, r, r, 3))
-        layouts = (np.lib.format.open_memmap(tmp / LAYOUTS, mode="w+", dtype=np.uint8, shape=(n, r, r))
+        images = np.lib.format.open_memmap(tmp / IMAGES, mode="w+", dtype=np.uint8, shape=(n, h, w, 3))
+        layouts = (np.lib.format.open_memmap(tmp / LAYOUTS, mode="w+", dtype=np.uint8, shape=(n, h, w))
                    if spec.layout_classes else None)
         records: dict[str, Any] = {"keys": [], "captions": [], "meta": [], "skipped": []}
         bad = records["skipped"]
         # Threads, not processes: PIL releases the GIL while decoding and resizing.
         pool = ThreadPoolExecutor(num_threads or min(8, os.cpu_count() or 1))
         try:
-            with tqdm(total=n, desc=f"[data] caching {spec.name}/{split} at {r}px", unit="img",
+            with tqdm(total=n, desc=f"[data] caching {spec.name}/{split} at {_size_name((h, w))}", unit="img",
                       mininterval=1.0) as bar:
-                for item, out in zip(items, pool.map(lambda it: _decode(spec, it, r), items)):
+                for item, out in zip(items, pool.map(lambda it: _decode(spec, it, (h, w)), items)):
                     bar.update(1)
                     if isinstance(out, Exception):
                         bad.append({"key": item.key, "path": str(item.image_path),
@@ -228,8 +250,8 @@ def build_cache(spec: DatasetSpec, items: Sequence[Item], folder: Path, expected
                     k = len(records["keys"])
                     images[k] = out.image
                     if layouts is not None:
-                        if out.layout is None or out.layout.shape != (r, r):
-                            raise DatasetError(f"{spec.name}: reader gave no ({r}, {r}) layout for {item.key}")
+                        if out.layout is None or out.layout.shape != (h, w):
+                            raise DatasetError(f"{spec.name}: reader gave no ({h}, {w}) layout for {item.key}")
                         layouts[k] = out.layout
                     records["keys"].append(item.key)
                     records["captions"].append(captions)
@@ -275,27 +297,27 @@ def _truncate_rows(path: Path, rows: int) -> None:
     os.replace(part, path)
 
 
-def open_prebuilt(spec: DatasetSpec, data_root: Path, split: str, resolution: int,
+def open_prebuilt(spec: DatasetSpec, data_root: Path, split: str, size: int | tuple[int, int],
                   cache_root: str | Path) -> CachedSource | str:
     """A complete cache of this split, without reading the dataset (which may not be on this machine).
 
     Checks everything but the source fingerprint: for Ray workers on nodes that see the shared
     cache but not `data_root`; the driver verified the fingerprint when it prepared the cache.
     """
-    folder = cache_folder(cache_root, spec.name, split, resolution, data_root)
+    folder = cache_folder(cache_root, spec.name, split, size, data_root)
     expected = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "dataset": spec.name, "split": split,
-                "resolution": resolution, "crop_rule": spec.crop_rule,
+                **_size_fields(size), "crop_rule": spec.crop_rule,
                 "num_layout_classes": len(spec.layout_classes) if spec.layout_classes else 0,
                 "data_root": str(data_root.expanduser().resolve())}
     return open_cache(folder, expected, spec.layout_classes)
 
 
-def load_or_build(spec: DatasetSpec, items: Sequence[Item], data_root: Path, split: str, resolution: int,
+def load_or_build(spec: DatasetSpec, items: Sequence[Item], data_root: Path, split: str, size: int | tuple[int, int],
                   cache_root: str | Path, max_bad_images: int,
                   log: Callable[[str], None] = console, num_threads: int | None = None) -> CachedSource:
     """The cached split, built first if it is missing, stale or damaged."""
-    folder = cache_folder(cache_root, spec.name, split, resolution, data_root)
-    expected = expected_manifest(spec, items, split, resolution, data_root)
+    folder = cache_folder(cache_root, spec.name, split, size, data_root)
+    expected = expected_manifest(spec, items, split, size, data_root)
     cached = open_cache(folder, expected, spec.layout_classes)
     if isinstance(cached, str):
         log(f"[data] {spec.name}/{split} cache at {folder}: {cached}; decoding {len(items)} images once")

@@ -1,7 +1,8 @@
 """What every real-dataset reader shares: the item record, tree checks, split lists, decoding.
 
 A reader turns a dataset folder into a list of `Item`s (cheap: paths, captions, crop boxes; no
-pixels) and decodes one item into `(image uint8 (R, R, 3), layout uint8 (R, R) or None)`. The
+pixels) and decodes one item into `(image uint8 (H, W, 3), layout uint8 (H, W) or None)` (H = W = R
+but for the non-square diffusion data, config.image_size). The
 decoded arrays go into the cache (cache.py) once; training reads only the cache.
 
 Split lists (`train/filenames.pickle` as the AttnGAN-family repos ship them) are read with an
@@ -169,32 +170,50 @@ def read_index_png(path: Path) -> np.ndarray:
     return labels
 
 
-def resize_rgb(img, resolution: int) -> np.ndarray:
-    """(R, R, 3) uint8; bicubic with PIL's built-in antialiasing when shrinking."""
+def hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    """(height, width) of a size given as R (square) or (H, W)."""
+    if isinstance(size, int):
+        return size, size
+    h, w = size
+    return int(h), int(w)
+
+
+def resize_rgb(img, size: int | tuple[int, int]) -> np.ndarray:
+    """(H, W, 3) uint8 (size R: R x R); bicubic with PIL's built-in antialiasing when shrinking."""
     from PIL import Image
 
-    return np.asarray(img.resize((resolution, resolution), Image.Resampling.BICUBIC), dtype=np.uint8)
+    h, w = hw(size)
+    return np.asarray(img.resize((w, h), Image.Resampling.BICUBIC), dtype=np.uint8)
 
 
-def resize_labels(labels: np.ndarray, resolution: int) -> np.ndarray:
-    """(R, R) uint8 label map, nearest neighbour (a class index must never be interpolated)."""
+def resize_labels(labels: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """(H, W) uint8 label map, nearest neighbour (a class index must never be interpolated)."""
     from PIL import Image
 
+    h, w = hw(size)
     img = Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8), mode="L")
-    return np.asarray(img.resize((resolution, resolution), Image.Resampling.NEAREST), dtype=np.uint8)
+    return np.asarray(img.resize((w, h), Image.Resampling.NEAREST), dtype=np.uint8)
 
 
 def center_square(width: int, height: int) -> tuple[int, int, int, int]:
     """(x1, y1, x2, y2) of the largest centred square."""
-    side = min(width, height)
-    x1, y1 = (width - side) // 2, (height - side) // 2
-    return x1, y1, x1 + side, y1 + side
+    return center_box(width, height, 1.0)
+
+
+def center_box(width: int, height: int, aspect: float) -> tuple[int, int, int, int]:
+    """(x1, y1, x2, y2) of the largest centred box of width / height = `aspect`."""
+    if width >= height * aspect:
+        bw, bh = round(height * aspect), height
+    else:
+        bw, bh = width, round(width / aspect)
+    x1, y1 = (width - bw) // 2, (height - bh) // 2
+    return x1, y1, x1 + bw, y1 + bh
 
 
 @dataclass(frozen=True)
 class Decoded:
-    image: np.ndarray  # (R, R, 3) uint8
-    layout: np.ndarray | None = None  # (R, R) uint8 class indices
+    image: np.ndarray  # (H, W, 3) uint8
+    layout: np.ndarray | None = None  # (H, W) uint8 class indices
     captions: tuple[str, ...] | None = None  # only readers that derive captions from pixels
 
 
@@ -207,4 +226,6 @@ class DatasetSpec:
     layout_classes: tuple[str, ...] | None  # class names by index; None: no layouts
     crop_rule: str  # recorded in the cache manifest: a change of rule must rebuild the cache
     index: Callable[[Path, str, Any], list[Item]]  # (data_root, split, DataConfig) -> items
-    load: Callable[[Item, int], Decoded]  # (item, resolution) -> pixels; raises on a bad file
+    # (item, size) -> pixels; size is R (square) or (H, W); raises on a bad file. Readers of
+    # non-square images (config.ASPECT_DATASETS) take (H, W), the others R only.
+    load: Callable[[Item, Any], Decoded]

@@ -18,7 +18,7 @@ from typing import Callable, Literal
 
 from t2i_ray.paths import RunPaths
 from t2i_ray.console import console
-from t2i_ray.config import ConfigError, DataConfig, ExperimentConfig
+from t2i_ray.config import ConfigError, DataConfig, ExperimentConfig, image_size
 from t2i_ray.data import shapes
 from t2i_ray.data.cache import CachedSource, load_or_build, open_prebuilt
 from t2i_ray.data.celeba import MMCELEBA
@@ -68,13 +68,47 @@ def build_source(data_cfg: DataConfig, split: Literal["train", "test"], cache_ro
     if where is None:
         raise ConfigError(f"data.cache_dir: data.dataset={data_cfg.dataset!r} is read through a decoded-image "
                           f"cache; set data.cache_dir or pass cache_root (data_cache_root(cfg))")
+    size, label = image_size(data_cfg), cache_split(data_cfg, split)
     if not root.exists():  # e.g. a Ray worker on a node that sees the shared cache only
-        cached = open_prebuilt(spec, root, split, data_cfg.resolution, where)
+        cached = open_prebuilt(spec, root, label, size, where)
         if isinstance(cached, CachedSource):
             log(f"[data] {root} is not on this machine; using the cache the driver built ({cached.folder})")
             return cached
     items = spec.index(root, split, data_cfg)
-    return load_or_build(spec, items, root, split, data_cfg.resolution, where, data_cfg.max_bad_images, log)
+    describe = split_description(data_cfg, split, items)
+    if describe:
+        log(f"[data] {describe}")
+    return load_or_build(spec, items, root, label, size, where, data_cfg.max_bad_images, log)
+
+
+def cache_split(data_cfg: DataConfig, split: str) -> str:
+    """The split's name in its cache folder and manifest: the split, or what it holds when data.trainval
+    or data.caption_subset change the train split ("train+val", "train-25pct"), so that each has its
+    own cache and switching never rebuilds another's."""
+    if split != "train":
+        return split
+    if data_cfg.trainval:
+        return "train+val"
+    if data_cfg.caption_subset != 100:
+        return f"train-{data_cfg.caption_subset}pct"
+    return split
+
+
+def split_description(data_cfg: DataConfig, split: str, items: list) -> str:
+    """What a split is made of, for the log (empty when it is just the split's own folder or list)."""
+    if data_cfg.dataset == "cityscapes":
+        counts: dict[str, int] = {}
+        for it in items:
+            counts[it.meta.get("folder", "?")] = counts.get(it.meta.get("folder", "?"), 0) + 1
+        parts = " + ".join(f"{n} from leftImg8bit/{f}" for f, n in counts.items())
+        note = (" (data.trainval: GCDP's train + val; the test split, val, is inside it)"
+                if split == "train" and data_cfg.trainval else "")
+        return f"cityscapes/{split}: {len(items)} images = {parts}{note}"
+    if data_cfg.dataset == "mmceleba" and split == "train" and data_cfg.caption_subset != 100:
+        return (f"mmceleba/train: data.caption_subset={data_cfg.caption_subset}: {len(items)} images, the "
+                f"{data_cfg.caption_subset} % of the train list with the smallest sha1(key) (MM CelebA-HQ-"
+                f"{data_cfg.caption_subset})")
+    return ""
 
 
 def build_vocabulary(data_cfg: DataConfig, cache_root: str | Path | None = None,
@@ -112,10 +146,11 @@ def prepare_data(cfg: ExperimentConfig, log: Callable[[str], None] = console) ->
         return {"train": cfg.data.num_train, "test": cfg.data.num_test}
     root = data_cache_root(cfg)
     sizes = {s: len(build_source(cfg.data, s, root, log)) for s in ("train", "test")}
+    h, w = image_size(cfg.data)
     log(f"[data] {cfg.data.dataset}: {sizes['train']} train / {sizes['test']} test images at "
-        f"{cfg.data.resolution}px, cached under {root}")
+        f"{f'{h}px' if h == w else f'{h}x{w}px (height x width)'}, cached under {root}")
     return sizes
 
 
-__all__ = ["READERS", "build_source", "build_vocabulary", "check_dataset", "data_cache_root", "layout_classes",
-           "prepare_data", "source", "vocabulary", "CachedSource", "DatasetSpec"]
+__all__ = ["READERS", "build_source", "build_vocabulary", "cache_split", "check_dataset", "data_cache_root",
+           "layout_classes", "prepare_data", "source", "split_description", "vocabulary", "CachedSource", "DatasetSpec"]

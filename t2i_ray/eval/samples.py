@@ -202,12 +202,14 @@ def caption_grid(images: np.ndarray, layouts: np.ndarray | None, captions: list[
                  cell: int = 128, label_width: int = 280) -> np.ndarray:
     """A labelled grid: one row per caption, its text on the left (and its note below it in red,
     e.g. the words the run dropped), then its K images (each followed by its colourised layout
-    when `layouts` is given), upscaled to `cell` pixels (nearest); `title` above and a colour
+    when `layouts` is given), upscaled to `cell` pixels high (nearest; width by the images' aspect,
+    e.g. 2 x cell for Cityscapes' 1:2); `title` above and a colour
     legend of the layout classes below. images (C, K, H, W, 3) uint8, layouts (C, K, H, W, 3)
     uint8. Returns (height, width, 3) uint8."""
     from PIL import Image, ImageDraw
 
     n_caps, k = images.shape[:2]
+    cell_w = max(1, round(cell * images.shape[3] / images.shape[2]))  # keep the aspect
     per_sample = 2 if layouts is not None else 1
     pad, font, small = 6, _font(15), _font(13)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
@@ -217,7 +219,7 @@ def caption_grid(images: np.ndarray, layouts: np.ndarray | None, captions: list[
     row_h = [max(cell, (len(w) + len(n)) * line_h + 2 * pad) + pad for w, n in zip(wrapped, noted)]
     title_h = 2 * line_h
     legend_h = (line_h + pad) * (-(-len(legend) // 4)) + pad if legend else 0
-    width = label_width + k * per_sample * (cell + pad) + pad
+    width = label_width + k * per_sample * (cell_w + pad) + pad
     canvas = Image.new("RGB", (width, title_h + sum(row_h) + legend_h), "white")
     draw = ImageDraw.Draw(canvas)
     draw.text((pad, pad), title, fill="black", font=small)
@@ -231,8 +233,8 @@ def caption_grid(images: np.ndarray, layouts: np.ndarray | None, captions: list[
         for s in range(k):
             tiles = [images[c, s]] + ([layouts[c, s]] if layouts is not None else [])
             for t in tiles:
-                canvas.paste(Image.fromarray(t).resize((cell, cell), Image.NEAREST), (x, y))
-                x += cell + pad
+                canvas.paste(Image.fromarray(t).resize((cell_w, cell), Image.NEAREST), (x, y))
+                x += cell_w + pad
         y += row_h[c]
     for i, (name, colour) in enumerate(legend or []):
         lx, ly = pad + (i % 4) * 160, y + pad + (i // 4) * (line_h + pad)

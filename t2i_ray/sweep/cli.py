@@ -90,11 +90,14 @@ def base_parser(description: str, search: bool = True) -> argparse.ArgumentParse
 def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = None,
                      check_eval_weights: bool = True,
                      stages: tuple[str, ...] = ("train", "damsm", "captioner"),
-                     defaults: dict[str, Any] | None = None) -> ExperimentConfig:
+                     defaults: dict[str, Any] | None = None,
+                     dataset_defaults: Mapping[str, dict[str, Any]] | None = None) -> ExperimentConfig:
     """The validated config of the command line; with eval.backbone=inception (and
     `check_eval_weights`, off for scripts that never evaluate), the Inception weights are resolved
     here (flag, config field or $T2I_INCEPTION_WEIGHTS) and pinned into the config as an absolute
-    path, so a missing file refuses before Ray or any training starts (also on --dry-run)."""
+    path, so a missing file refuses before Ray or any training starts (also on --dry-run).
+    `dataset_defaults`: dataset -> more defaults (above `defaults`, below the user's settings) for the
+    dataset the command line names (ablate_diffusion.DATASET_DEFAULTS)."""
     overrides: dict[str, Any] = {}
     if getattr(args, "eval_protocol", None):
         overrides.update(protocol_overrides(args.eval_protocol))
@@ -112,6 +115,12 @@ def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = No
             overrides[key] = str(Path(str(overrides[key])).expanduser().resolve())
     overrides.update(extra or {})
     cfg = build_config_with_file(args.preset, args.config, overrides, defaults)
+    if dataset_defaults and cfg.data.dataset in dataset_defaults:
+        # Applied with the overrides (they need the dataset to validate), but only where neither the
+        # config file nor the command line sets the field.
+        in_file = read_config_file(args.config) if args.config else {}
+        more = {k: v for k, v in dataset_defaults[cfg.data.dataset].items() if k not in in_file and k not in overrides}
+        cfg = build_config_with_file(args.preset, args.config, {**more, **overrides}, defaults)
     from t2i_ray.data.registry import check_dataset
 
     sizes = check_dataset(cfg.data)  # a missing or malformed real dataset fails here, before Ray (DatasetError)
@@ -304,12 +313,14 @@ def print_dry_run(spec: "SweepSpec", cpus: int | None = None) -> None:
     """The settings that differ from the defaults, the trials, and an estimated wall time."""
     import os
 
-    from t2i_ray.sweep.estimate import estimate_sweep
+    from t2i_ray.config import image_size
+    from t2i_ray.sweep.estimate import estimate_sweep, trial_configs
 
     b = spec.base
+    h, w = image_size(b.data)
     print(f"[dry-run] experiment {spec.name}")
     print(f"  dataset {b.data.dataset}" + (f" ({b.data.data_root})" if b.data.data_root else "")
-          + f", {b.data.resolution}x{b.data.resolution}, {b.train.steps} steps, batch {b.train.batch_size} x "
+          + f", {h}x{w}{'' if h == w else ' (height x width)'}, {b.train.steps} steps, batch {b.train.batch_size} x "
           f"{b.train.num_workers} worker(s), {'GPU' if b.train.use_gpu else 'CPU'}, "
           f"output {Path(b.output_dir).resolve()}")
     defaults = ExperimentConfig().flat()
@@ -328,7 +339,49 @@ def print_dry_run(spec: "SweepSpec", cpus: int | None = None) -> None:
         s = spec.scheduler
         print(f"  ASHA on {s['metric']} ({s['mode']}), after at least {s['grace']} of {s['max_t']} steps, "
               f"keeping 1 in {s['reduction']} at each rung")
+    print("  networks the trials need:")
+    for line in networks_needed(trial_configs(spec)):
+        print(f"    {line}")
     print("  " + estimate_sweep(spec, cpus or os.cpu_count() or 1).describe())
+
+
+def networks_needed(configs: Sequence[ExperimentConfig]) -> list[str]:
+    """One line per network that the trials `configs` read or pre-train, with where it comes from
+    (a local weights file, a project cache) or "not built yet" for what the protocol names but this
+    repository does not have (GCDP arXiv:2308.08157 Sec. 4: CLIP score, HRNet-W48, the
+    super-resolution stage). Nothing is loaded or downloaded."""
+    from t2i_ray.config import image_size, resolved_eval_backbone
+    from t2i_ray.train.damsm import damsm_dir
+
+    lines: dict[str, None] = {}
+    damsm = sorted({str(damsm_dir(cfg)) for cfg in configs})
+    if damsm:
+        diffusion = any(cfg.model.method == "diffusion" for cfg in configs)
+        lines[f"DAMSM text + image encoders ({'conditioning text encoder and ' if diffusion else ''}R-precision): "
+              f"pre-trained by the project on {configs[0].data.dataset}, {len(damsm)} set(s) (one per seed and "
+              f"data setting), cached under {Path(damsm[0]).parent}"] = None
+    for cfg in configs:
+        ds, diffusion = cfg.data.dataset, cfg.model.method == "diffusion"
+        if resolved_eval_backbone(cfg) == "inception":
+            lines[f"FID/KID/IS: TF-ported Inception (pt_inception-2015-12-05) from the local file "
+                  f"{cfg.eval.inception_weights or '$T2I_INCEPTION_WEIGHTS'}"] = None
+        else:
+            lines[f"FID/KID: the `domain` evaluator, trained by the project on {ds} "
+                  f"({cfg.eval.evaluator_steps} steps), cached under {RunPaths.of(cfg).cache}/evaluators"] = None
+        if not diffusion:
+            continue
+        if ds == "shapes":
+            lines[f"layout mIoU / semantic recall: the project's `segmenter`, trained on {ds} "
+                  f"({cfg.eval.segmenter_steps} steps), cached under {RunPaths.of(cfg).cache}/evaluators"] = None
+        else:
+            net = {"cityscapes": "HRNet-W48 (Cityscapes)", "mmceleba": "a face parser"}.get(ds, "a segmenter")
+            lines[f"layout mIoU / semantic recall on {ds}: {net} from a local weights file -- not built yet "
+                  f"(these columns stay empty; FSD and image->layout outpainting mIoU need no network)"] = None
+            lines["CLIP score: CLIP ViT-L/14-336 from a local weights file -- not built yet"] = None
+            h, w = image_size(cfg.data)
+            lines[f"super-resolution stage (GCDP's cascade, {h}x{w} -> {2 * h}x{2 * w}) -- not built yet: "
+                  f"one stage is trained at {h}x{w}"] = None
+    return list(lines)
 
 
 def run_and_report(spec: "SweepSpec", args: argparse.Namespace, order: Sequence[str], title: str) -> None:
@@ -363,5 +416,6 @@ def run_and_report(spec: "SweepSpec", args: argparse.Namespace, order: Sequence[
 
 
 __all__ = ["base_parser", "config_from_args", "fail", "report_locations", "seeds_for", "grid_trials",
-           "expand_grid", "apply_search_options", "print_dry_run", "run_and_report", "add_weight_args",
+           "expand_grid", "apply_search_options", "print_dry_run", "networks_needed", "run_and_report",
+           "add_weight_args",
            "weights_from_args", "sweep_main", "ConfigError"]

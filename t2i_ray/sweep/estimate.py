@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from t2i_ray.config import ExperimentConfig, apply_overrides
+from t2i_ray.config import ExperimentConfig, apply_overrides, image_size
 
 if TYPE_CHECKING:
     from t2i_ray.sweep.run import SweepSpec
@@ -61,7 +61,8 @@ class TrialEstimate:
 def train_images_per_s(cfg: ExperimentConfig) -> float:
     """Estimated training images/s of one Train worker of `cfg` on a CPU."""
     threads = 2 if cfg.train.torch_threads >= 2 else 1
-    pixels = (cfg.data.resolution / GAN_REFERENCE["resolution"]) ** 2
+    h, w = image_size(cfg.data)
+    pixels = h * w / GAN_REFERENCE["resolution"] ** 2
     if cfg.model.method == "diffusion":
         width = (cfg.diffusion.dim / DIFFUSION_REFERENCE["dim"]) ** 2
         return DIFFUSION_IMAGES_PER_S / (pixels * width)

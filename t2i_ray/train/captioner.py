@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from t2i_ray.paths import RunPaths
 from t2i_ray.console import console
-from t2i_ray.config import ConfigError, ExperimentConfig
+from t2i_ray.config import ConfigError, ExperimentConfig, legacy_data_key
 from t2i_ray.data.dataset import TextImageDataset
 from t2i_ray.data import registry
 from t2i_ray.data.text import Vocabulary
@@ -46,7 +46,7 @@ class CachedCaptioner:
 
 def captioner_key(cfg: ExperimentConfig) -> str:
     d = cfg.to_dict()
-    data = {k: v for k, v in d["data"].items() if k not in ("loader_workers",)}
+    data = {k: v for k, v in legacy_data_key(d["data"]).items() if k not in ("loader_workers",)}
     blob = json.dumps({"v": CAPTIONER_VERSION, "data": data, "captioner": d["captioner"], "seed": cfg.seed},
                       sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from t2i_ray.paths import RunPaths
 from t2i_ray.console import console
-from t2i_ray.config import ConfigError, ExperimentConfig, resolved_damsm_class_mask
+from t2i_ray.config import ConfigError, ExperimentConfig, legacy_data_key, resolved_damsm_class_mask
 from t2i_ray.data.dataset import TextImageDataset
 from t2i_ray.data import registry
 from t2i_ray.data.text import Vocabulary
@@ -75,7 +75,7 @@ def damsm_key(cfg: ExperimentConfig) -> str:
     d = cfg.to_dict()
     # An unset captions_file (the default file) is left out so that keys, and caches, from before
     # that field stay valid; likewise the objective when it is the one all earlier caches had.
-    data = {k: v for k, v in d["data"].items()
+    data = {k: v for k, v in legacy_data_key(d["data"]).items()
             if k not in ("loader_workers", "cache_dir", "max_bad_images") and not (k == "captions_file" and v is None)}
     damsm = {k: v for k, v in d["damsm"].items() if k not in OBJECTIVE_FIELDS}
     blob = {"v": DAMSM_VERSION, "data": data, "damsm": damsm, "embed_dim": cfg.model.embed_dim, "seed": cfg.seed}

@@ -17,7 +17,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from t2i_ray.config import ExperimentConfig, float_list, int_list
+from t2i_ray.config import ExperimentConfig, float_list, image_size, int_list
 from t2i_ray.data.registry import layout_classes
 from t2i_ray.models.diffusion.gaussian_categorical import (GaussianCategoricalDiffusion, outpaint, sample,
                                                            text_drop_mask)
@@ -105,10 +105,10 @@ class DiffusionMethod(Method):
     def sample_pairs(self, ids: Tensor, lens: Tensor, rng: torch.Generator,
                      guidance_scale: float | None = None) -> tuple[Tensor, Tensor | None]:
         """(images (B, 3, H, W) in [-1, 1], layouts (B, H, W) long or None) from the EMA U-Net."""
-        f, res = self.cfg.diffusion, self.cfg.data.resolution
+        f, (h, w) = self.cfg.diffusion, image_size(self.cfg.data)
         device = next(self.ema.parameters()).device
         words, mask, sentence = self._text(ids.to(device), lens.to(device))
-        return sample(self.ema, self.process, len(ids), res, res, words, mask, sentence, rng,
+        return sample(self.ema, self.process, len(ids), h, w, words, mask, sentence, rng,
                       sample_steps=f.sample_steps,
                       guidance_scale=f.guidance_scale if guidance_scale is None else guidance_scale,
                       with_layout=f.joint, device=device)
