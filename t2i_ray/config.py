@@ -42,6 +42,10 @@ IMAGE_ENCODER_BACKBONES = ("cnn", "inception")
 # the standard TF-ported FID Inception (needs its weights file locally); "auto" = domain on shapes,
 # inception on every real dataset.
 EVAL_BACKBONES = ("auto", "domain", "inception")
+CLIP_SCORE_MODES = ("auto", "on", "off")
+# Eval fields that say where a file lives, not what is measured (its digest is in every row):
+# left out of sweep identities and re-evaluation tags.
+EVAL_PATH_FIELDS = ("inception_weights", "clip_weights", "clip_vocab")
 # How images reach Inception's 299x299 input (recorded with every number, reference
 # diffusion_metrics.md B.5 item 3 / Part C item 5): tf1_bilinear = torch-fidelity's TF1-exact
 # bilinear (TTUR-comparable), pil_bicubic = PIL bicubic to 299 then uint8 (clean-fid's filter).
@@ -162,6 +166,15 @@ class EvalConfig:
     inception_weights: str | None = None
     inception_resize: str = "tf1_bilinear"  # INCEPTION_RESIZE_MODES
     is_splits: int = 10  # Inception Score: mean and std over this many splits
+    # CLIP score (Hessel et al. arXiv:2104.08718; t2i_ray/eval/clip.py): auto = on for diffusion runs
+    # on a real dataset when a CLIP weights file is configured (clip_weights or $T2I_CLIP_WEIGHTS),
+    # off otherwise (and on `shapes`); on = required (refused before training without the files).
+    clip_score: str = "auto"  # CLIP_SCORE_MODES
+    # Local CLIP ViT state dict (GCDP: ViT-L/14@336px) and CLIP's BPE merges file
+    # (bpe_simple_vocab_16e6.txt.gz); None: $T2I_CLIP_WEIGHTS / $T2I_CLIP_VOCAB. Never downloaded.
+    clip_weights: str | None = None
+    clip_vocab: str | None = None
+    clip_prefix: str = "A photo depicts "  # prepended to every caption (Hessel et al.'s clipscore.py)
     # A named paper protocol (EVAL_PROTOCOLS) the eval fields must match; None: free settings.
     protocol: str | None = None
     # Evaluation during training, to keep the best checkpoint beside the last (the papers report
@@ -548,6 +561,13 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
            f"must be one of {', '.join(INCEPTION_RESIZE_MODES)}, got {e.inception_resize!r}")
     _check(e.inception_weights is None or bool(e.inception_weights.strip()), "eval.inception_weights",
            "must be a file path or None (then T2I_INCEPTION_WEIGHTS is used)")
+    _check(e.clip_score in CLIP_SCORE_MODES, "eval.clip_score",
+           f"must be one of {', '.join(CLIP_SCORE_MODES)}, got {e.clip_score!r}")
+    for key in ("clip_weights", "clip_vocab"):
+        value = getattr(e, key)
+        _check(value is None or bool(value.strip()), f"eval.{key}",
+               f"must be a file path or None (then ${'T2I_CLIP_WEIGHTS' if key == 'clip_weights' else 'T2I_CLIP_VOCAB'} "
+               f"is used), got {value!r}")
     _check(e.every >= 0, "eval.every", f"must be >= 0 (steps between evaluations during training; 0: off), "
            f"got {e.every}")
     _check(e.every == 0 or e.every_num_images >= max(2, e.r_precision_folds), "eval.every_num_images",

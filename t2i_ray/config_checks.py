@@ -52,6 +52,13 @@ def check_paths(cfg: ExperimentConfig) -> None:
             raise ConfigError(not_inception_weights_message(p.inception_weights, str(err))) from None
     elif p.image_backbone == "inception":  # would fail in DAMSM pre-training, after the data is decoded
         raise ConfigError(f"damsm.inception_weights: {missing_inception_weights_message(p.inception_weights)}")
+    if e.clip_weights and os.path.isfile(e.clip_weights):
+        from t2i_ray.eval.clip import ClipArchitecture, read_clip_state_dict
+
+        try:  # a TorchScript .pt (OpenAI's download) refuses with the conversion command
+            ClipArchitecture.of(read_clip_state_dict(e.clip_weights))
+        except WeightsFileError as err:
+            raise ConfigError(f"eval.clip_weights: {e.clip_weights} {err}") from None
 
 
 def check_split_sizes(cfg: ExperimentConfig, sizes: Mapping[str, int],

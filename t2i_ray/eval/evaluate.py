@@ -11,8 +11,11 @@ datasets; `config.resolved_eval_backbone`):
   `inception_convert` writes); the real test split's statistics are computed once and cached
   under (dataset hash, split, resolution, detector) (`eval/reference_stats.py`).
 Both: R-precision with the frozen DAMSM encoders, 1 true + (candidates-1) captions of other test
-images, top-1, mean and std over folds. Every number carries N, the real set, the resize, the
-backbone and the library versions in its row (`fid_*`, `is_*`, `r_precision_*` columns).
+images, top-1, mean and std over folds. With eval.clip_score on (`clip.clip_score_enabled`: by
+default diffusion runs on real datasets whose CLIP weights are configured), the CLIP score of each
+fake with its caption (`eval/clip.py`, Hessel et al.'s definition). Every number carries N, the
+real set, the resize, the backbone and the library versions in its row (`fid_*`, `is_*`,
+`r_precision_*`, `clip_score_*` columns).
 """
 from __future__ import annotations
 
@@ -31,6 +34,8 @@ from t2i_ray.paths import RunPaths
 from t2i_ray.config import BEST_METRICS, ExperimentConfig, apply_overrides, resolved_eval_backbone
 from t2i_ray.data.dataset import TextImageDataset
 from t2i_ray.data import registry
+from t2i_ray.eval.clip import (CLIP_SCORE_DEFINITION, ClipScorer, clip_score, clip_score_enabled, load_clip,
+                               resolve_clip_files)
 from t2i_ray.eval.features import attribute_scores, load_or_train_domain_evaluator
 from t2i_ray.eval.fid import feature_stats, frechet_distance, kernel_inception_distance
 from t2i_ray.eval.inception import (InceptionBackbone, extract_inception, load_inception, metric_library_versions,
@@ -59,6 +64,7 @@ class EvalContext:
     real_sigma: np.ndarray
     caption_feats: np.ndarray  # (N_real, E) DAMSM sentence features of each test image's caption 0
     reference: dict = field(default_factory=dict)  # real-set provenance: name, N, cache hit, dataset hash
+    clip: ClipScorer | None = None  # the CLIP score's model (eval.clip_score on), else None
 
 
 def _eval_device(cfg: ExperimentConfig) -> torch.device:
@@ -66,11 +72,27 @@ def _eval_device(cfg: ExperimentConfig) -> torch.device:
 
 
 def check_eval_assets(cfg: ExperimentConfig) -> str | None:
-    """Fail before any training when the configured backbone cannot run; returns the resolved
-    Inception weights path (absolute) for eval.backbone=inception, else None."""
+    """Fail before any training when the configured backbone or the CLIP score cannot run (a
+    missing file refuses naming it and the fix); returns the resolved Inception weights path
+    (absolute) for eval.backbone=inception, else None."""
+    if clip_score_enabled(cfg):
+        resolve_clip_files(cfg)
     if resolved_eval_backbone(cfg) == "inception":
         return resolve_inception_weights(cfg.eval.inception_weights)
     return None
+
+
+def eval_asset_overrides(cfg: ExperimentConfig) -> dict[str, str]:
+    """`check_eval_assets`, and the resolved absolute paths as config overrides (eval.inception_weights,
+    eval.clip_weights, eval.clip_vocab), so that files named by environment variables reach Ray
+    workers on other nodes with the config."""
+    out = {}
+    inception = check_eval_assets(cfg)
+    if inception is not None:
+        out["eval.inception_weights"] = inception
+    if clip_score_enabled(cfg):
+        out["eval.clip_weights"], out["eval.clip_vocab"] = resolve_clip_files(cfg)
+    return out
 
 
 def build_eval_context(cfg: ExperimentConfig, damsm: Damsm, layouts: bool = False) -> EvalContext:
@@ -124,20 +146,26 @@ def build_eval_context(cfg: ExperimentConfig, damsm: Damsm, layouts: bool = Fals
         real, mu, sigma = stats.features.astype(np.float64), stats.mu, stats.sigma
         reference = {"real_set": real_set, "num_images": len(real), "cache_hit": stats.cache_hit,
                      "dataset_hash": dataset_hash}
+    clip = None
+    if clip_score_enabled(cfg):
+        clip = load_clip(*resolve_clip_files(cfg), device=_eval_device(cfg), prefix=cfg.eval.clip_prefix)
     return EvalContext(backbone, extract, backbone_info, damsm, test_set, real, mu, sigma,
-                       torch.cat(caps).numpy(), reference)
+                       torch.cat(caps).numpy(), reference, clip)
 
 
 @torch.no_grad()
 def evaluate_generator(sample: SampleFn, ctx: EvalContext, cfg: ExperimentConfig,
-                       seed: int = 0, warn: bool = True) -> dict[str, float | int | str | bool]:
+                       seed: int = 0, warn: bool = True, clip: bool = True) -> dict[str, float | int | str | bool]:
     """Sample eval.num_images fakes for test captions (cycling over the test split) and score them.
     Every batch draws from one generator seeded with `seed`. `warn`: print the small-N FID warning
-    (the `fid_below_feature_dim` column records it either way)."""
+    (the `fid_below_feature_dim` column records it either way). `clip`: the CLIP score too when
+    the context has a CLIP model (each fake with the full text of the caption it was drawn for,
+    caption 0 of its test item)."""
     e = cfg.eval
     n_test = len(ctx.test_set)
     noise = torch.Generator().manual_seed(seed)
-    fake_feats, fake_logits, targets, fake_img_global, image_ids = [], [], [], [], []
+    fake_feats, fake_logits, targets, fake_img_global, image_ids, clip_images = [], [], [], [], [], []
+    scorer = ctx.clip if clip else None
     done = 0
     while done < e.num_images:
         idx = [(done + k) % n_test for k in range(min(e.batch_size, e.num_images - done))]
@@ -151,6 +179,8 @@ def evaluate_generator(sample: SampleFn, ctx: EvalContext, cfg: ExperimentConfig
         if ctx.backbone == "domain":
             targets.append(torch.stack([it["attributes"] for it in items]))
         fake_img_global.append(ctx.damsm.image_encoder(fake)[1])
+        if scorer is not None:
+            clip_images.append(scorer.image_embeddings(fake))
         image_ids.extend(idx)
         done += len(idx)
     fake_np = np.concatenate(fake_feats)
@@ -190,6 +220,15 @@ def evaluate_generator(sample: SampleFn, ctx: EvalContext, cfg: ExperimentConfig
         "r_precision_mismatch_from": "other images" if class_ids is None else "other classes",
         "r_precision_backbone": f"damsm-{ctx.damsm.meta['key']}",
     }
+    if scorer is not None:
+        texts = scorer.text_embeddings([ctx.test_set.captions[i][0] for i in image_ids])
+        score, cosine = clip_score(np.concatenate(clip_images), texts)
+        out.update({"clip_score": score, "clip_score_cosine": cosine, "clip_score_n": len(ids_np),
+                    "clip_score_backbone": scorer.info["backbone"],
+                    "clip_score_weights_sha256": scorer.info["weights_sha256"],
+                    "clip_score_vocab_sha256": scorer.info["vocab_sha256"],
+                    "clip_score_definition": CLIP_SCORE_DEFINITION, "clip_score_prefix": scorer.prefix,
+                    "clip_score_resize": scorer.info["resize"]})
     if ctx.backbone == "domain":
         attrs = attribute_scores(np.concatenate(fake_logits), torch.cat(targets).numpy())
         out.update({"attr_backbone": backbone, "attr_num_images": len(ids_np)})
@@ -202,7 +241,7 @@ def evaluate_generator(sample: SampleFn, ctx: EvalContext, cfg: ExperimentConfig
 
 
 # The headline numbers repeated per extra sampler variant (Method.eval_variants), e.g. `fid@g1.5`.
-VARIANT_METRICS = ("fid", "kid", "r_precision", "attr_pair_recall", "is")
+VARIANT_METRICS = ("fid", "kid", "r_precision", "attr_pair_recall", "is", "clip_score")
 
 
 def evaluate_method(cfg: ExperimentConfig, method, damsm: Damsm, run_name: str,
@@ -291,7 +330,8 @@ class PeriodicEval:
             if self.ctx is None:  # the test set's features, once per run (the final evaluation reuses it)
                 self.ctx = build_eval_context(self.cfg, self.damsm, layouts=self.method.layout_sampler() is not None)
             torch.manual_seed(self.cfg.seed)
-            scores = evaluate_generator(self.method.sampler(), self.ctx, self.cfg, seed=self.cfg.seed, warn=False)
+            scores = evaluate_generator(self.method.sampler(), self.ctx, self.cfg, seed=self.cfg.seed, warn=False,
+                                        clip=False)
         value = scores[self.metric]
         better = np.isfinite(value) and (not self.best or (value < self.best[self.metric] if self.mode == "min"
                                                             else value > self.best[self.metric]))

@@ -128,6 +128,12 @@ def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = No
         from t2i_ray.eval.inception import resolve_inception_weights
 
         cfg = apply_overrides(cfg, {"eval.inception_weights": resolve_inception_weights(cfg.eval.inception_weights)})
+    if check_eval_weights:
+        from t2i_ray.eval.clip import clip_score_enabled, resolve_clip_files
+
+        if clip_score_enabled(cfg):  # a missing CLIP file refuses here too (eval.clip_score)
+            weights, vocab = resolve_clip_files(cfg)
+            cfg = apply_overrides(cfg, {"eval.clip_weights": weights, "eval.clip_vocab": vocab})
     from t2i_ray.config_checks import check_inputs
 
     check_inputs(cfg, sizes, stages)  # paths that exist but are wrong, a real train split smaller than a batch

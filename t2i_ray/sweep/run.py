@@ -24,7 +24,7 @@ import pandas as pd
 
 from t2i_ray.paths import RunPaths
 from t2i_ray.console import console
-from t2i_ray.config import ConfigError, ExperimentConfig, apply_overrides
+from t2i_ray.config import EVAL_PATH_FIELDS, ConfigError, ExperimentConfig, apply_overrides
 from t2i_ray.sweep import store
 
 DRIVER_CPUS = 0.01  # the Tune trial itself only waits on its TorchTrainer
@@ -55,9 +55,9 @@ class SweepSpec:
 
     def spec_hash(self) -> str:
         base = self.base.to_dict()
-        # Where the Inception weights file lives is not what the sweep is (its digest is in every
-        # row): moving the file, or naming it by flag instead of $T2I_INCEPTION_WEIGHTS, must resume.
-        base["eval"] = {k: v for k, v in base["eval"].items() if k != "inception_weights"}
+        # Where the Inception/CLIP files live is not what the sweep is (their digests are in every
+        # row): moving a file, or naming it by flag instead of its environment variable, must resume.
+        base["eval"] = {k: v for k, v in base["eval"].items() if k not in EVAL_PATH_FIELDS}
         what = {"sweep": self.sweep, "base": base, "search": self.search, "grid": self.grid,
                 "space": repr(self.optuna_space), "n": self.num_trials, "objective": self.objective}
         if self.scheduler:  # only when set, so that the names of sweeps without one stay as they were
@@ -244,6 +244,7 @@ def prepare_assets(cfg: ExperimentConfig, log: Callable[[str], None] = console,
     """
     from t2i_ray.config import resolved_eval_backbone
     from t2i_ray.data.registry import prepare_data
+    from t2i_ray.eval.clip import clip_score_enabled, load_clip, resolve_clip_files
     from t2i_ray.eval.evaluate import check_eval_assets
     from t2i_ray.eval.features import load_or_train_domain_evaluator
     from t2i_ray.eval.inception import load_inception
@@ -255,6 +256,10 @@ def prepare_assets(cfg: ExperimentConfig, log: Callable[[str], None] = console,
         inc = load_inception(weights_path, cfg.eval.inception_resize)
         no_is = "" if inc.info["is_logits"] else "; pool3 only (no 1008-way classifier): FID/KID, no IS"
         log(f"[eval] Inception {inc.name} ready ({weights_path}){no_is}")
+    if clip_score_enabled(cfg):  # an unreadable CLIP file fails here, once, rather than in every trial
+        clip = load_clip(*resolve_clip_files(cfg))
+        log(f"[eval] CLIP score with {clip.info['backbone']} ready ({clip.info['weights_path']})")
+        del clip
     prepare_data(cfg, log)  # a real dataset is checked and decoded into its cache here, once
     damsm_path = ensure_damsm(cfg, log)
     e = cfg.eval
@@ -600,11 +605,11 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, max_concurrent: in
         if getattr(base.data, key):
             paths[f"data.{key}"] = str(Path(getattr(base.data, key)).expanduser().resolve())
     base = apply_overrides(base, paths)
-    from t2i_ray.eval.evaluate import check_eval_assets
+    from t2i_ray.eval.evaluate import eval_asset_overrides
 
-    weights_path = check_eval_assets(base)  # refuse before any training; pin $T2I_INCEPTION_WEIGHTS
-    if weights_path is not None:  # into the config, which workers on other nodes receive
-        base = apply_overrides(base, {"eval.inception_weights": weights_path})
+    # Refuse before any training; pin $T2I_INCEPTION_WEIGHTS / $T2I_CLIP_* into the config, which
+    # workers on other nodes receive.
+    base = apply_overrides(base, eval_asset_overrides(base))
     # Intermediate training reports carry losses, not the final metric the searcher optimises.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     # Ray Train's print patch tees worker prints to both the (wrapped) stdout and its logger, so

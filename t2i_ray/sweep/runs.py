@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 
 import pandas as pd
 
-from t2i_ray.config import ConfigError, ExperimentConfig, apply_overrides
+from t2i_ray.config import EVAL_PATH_FIELDS, ConfigError, ExperimentConfig, apply_overrides
 from t2i_ray.console import console
 from t2i_ray.paths import RunPaths
 from t2i_ray.sweep import store
@@ -198,7 +198,7 @@ def reevaluation_tag(base: ExperimentConfig, cfg: ExperimentConfig, which: str) 
     """A short hash of what the re-evaluation changed (and which checkpoint it scored): the same
     settings give the same name, so rerunning them replaces their row instead of adding one."""
     before, after = base.to_dict()["eval"], cfg.to_dict()["eval"]
-    changed = {k: v for k, v in after.items() if v != before[k] and k != "inception_weights"}
+    changed = {k: v for k, v in after.items() if v != before.get(k) and k not in EVAL_PATH_FIELDS}
     blob = json.dumps({"eval": changed, "checkpoint": which}, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:6]
 
@@ -208,7 +208,7 @@ def reevaluate(row: Mapping[str, Any], output_dir: str | Path, overrides: Mappin
     """Score the row's checkpoint under its eval config with `overrides` (eval.* keys only) and
     write a new row `<run>-reeval-<tag>` (sweep `<sweep>-reeval-<tag>`) whose `reevaluation_of`
     names the original run; the original row is never touched. Returns the new row."""
-    from t2i_ray.eval.evaluate import check_eval_assets, evaluate_method
+    from t2i_ray.eval.evaluate import eval_asset_overrides, evaluate_method
 
     check_eval_overrides(overrides)
     if row.get("reevaluation_of"):
@@ -216,9 +216,8 @@ def reevaluate(row: Mapping[str, Any], output_dir: str | Path, overrides: Mappin
                        f"re-evaluate {row['reevaluation_of']} instead")
     base = run_config(row)
     cfg = apply_overrides(base, {**overrides, "output_dir": str(Path(output_dir).resolve())})  # bad values fail here
-    weights = check_eval_assets(cfg)  # a missing Inception file refuses before the checkpoint is loaded
-    if weights is not None:
-        overrides = {**overrides, "eval.inception_weights": weights}
+    # A missing Inception/CLIP file refuses before the checkpoint is loaded.
+    overrides = {**overrides, **eval_asset_overrides(cfg)}
     original = row["run_name"]
     tag = reevaluation_tag(base, cfg, which)
     run_name, sweep = f"{original}-reeval-{tag}", f"{row['sweep']}-reeval-{tag}"
