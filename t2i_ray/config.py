@@ -563,11 +563,10 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
            "must be a file path or None (then T2I_INCEPTION_WEIGHTS is used)")
     _check(e.clip_score in CLIP_SCORE_MODES, "eval.clip_score",
            f"must be one of {', '.join(CLIP_SCORE_MODES)}, got {e.clip_score!r}")
-    for key in ("clip_weights", "clip_vocab"):
+    for key, env in (("clip_weights", "T2I_CLIP_WEIGHTS"), ("clip_vocab", "T2I_CLIP_VOCAB")):
         value = getattr(e, key)
         _check(value is None or bool(value.strip()), f"eval.{key}",
-               f"must be a file path or None (then ${'T2I_CLIP_WEIGHTS' if key == 'clip_weights' else 'T2I_CLIP_VOCAB'} "
-               f"is used), got {value!r}")
+               f"must be a file path or None (then ${env} is used), got {value!r}")
     _check(e.every >= 0, "eval.every", f"must be >= 0 (steps between evaluations during training; 0: off), "
            f"got {e.every}")
     _check(e.every == 0 or e.every_num_images >= max(2, e.r_precision_folds), "eval.every_num_images",

@@ -230,10 +230,21 @@ def test_refusals_without_weights_and_on_wrong_files(tmp_path, monkeypatch, clip
     monkeypatch.setenv(clip_mod.WEIGHTS_ENV, weights)
     monkeypatch.setenv(clip_mod.VOCAB_ENV, vocab)
     assert eval_asset_overrides(on) == {"eval.clip_weights": weights, "eval.clip_vocab": vocab}  # pinned
+    from t2i_ray.sweep.cli import base_parser, config_from_args
+    from t2i_ray.sweep.run import SweepSpec
+
+    args = base_parser("test").parse_args(["--preset", "smoke", "--output-dir", str(tmp_path),
+                                           "--set", "eval.clip_score=on"])
+    pinned = config_from_args(args)  # the scripts pin the environment variables into the config
+    assert (pinned.eval.clip_weights, pinned.eval.clip_vocab) == (weights, vocab)
+    # where the files live is not what the sweep is: a moved file resumes the same sweep
+    assert SweepSpec("s", pinned, "grid").name == SweepSpec("s", apply_overrides(
+        pinned, {"eval.clip_weights": "/elsewhere/w.pth", "eval.clip_vocab": "/elsewhere/v.gz"}), "grid").name
     # auto: off on shapes (and for GANs) even with weights configured; on for diffusion on real data
     auto = build_config("smoke", {"model.method": "diffusion"})
     assert not clip_mod.clip_score_enabled(auto) and eval_asset_overrides(auto) == {}
-    assert clip_mod.clip_score_enabled(apply_overrides(auto, {"data.dataset": "mmceleba", "data.data_root": str(tmp_path)}))
+    real = apply_overrides(auto, {"data.dataset": "mmceleba", "data.data_root": str(tmp_path)})
+    assert clip_mod.clip_score_enabled(real)
     assert not clip_mod.clip_score_enabled(apply_overrides(on, {"eval.clip_score": "off"}))
     with pytest.raises(ConfigError, match="eval.clip_score: must be one of auto, on, off"):
         apply_overrides(on, {"eval.clip_score": "yes"})
@@ -248,3 +259,45 @@ def test_refusals_without_weights_and_on_wrong_files(tmp_path, monkeypatch, clip
 
     with pytest.raises(ConfigError, match="eval.clip_weights: .*bad.pth.*not a CLIP state dict"):
         check_paths(apply_overrides(on, {"eval.clip_weights": str(bad)}))
+
+
+# ----------------------------------------------------------------------------- evaluation wiring
+
+def test_evaluate_generator_records_clip_score_of_each_fake_with_its_caption(tiny_cfg, tiny_damsm, clip_files):
+    import hashlib
+
+    from t2i_ray.eval.evaluate import build_eval_context, evaluate_generator
+    from t2i_ray.train.damsm import load_damsm
+
+    weights, vocab = clip_files
+    cfg = apply_overrides(tiny_cfg, {"data.num_test": 8, "eval.num_images": 10, "eval.batch_size": 4,
+                                     "eval.r_precision_candidates": 4, "eval.kid_subsets": 2,
+                                     "eval.kid_subset_size": 4, "eval.evaluator_steps": 1, "eval.evaluator_images": 64,
+                                     "eval.clip_score": "on", "eval.clip_weights": weights,
+                                     "eval.clip_vocab": vocab})
+    ctx = build_eval_context(cfg, load_damsm(tiny_damsm))  # a 1-step domain evaluator: FID is not tested here
+    fakes = []
+
+    def sample(ids, lens, generator):
+        images = torch.rand(len(ids), 3, 32, 32, generator=generator) * 2 - 1
+        fakes.append(images)
+        return images
+
+    out = evaluate_generator(sample, ctx, cfg, seed=0, warn=False)
+    # fake k was drawn for test item k mod 8 (10 fakes cycle over the split): scored with caption 0 of it
+    captions = [ctx.test_set.captions[k % 8][0] for k in range(10)]
+    expected, cosine = clip_score(ctx.clip.image_embeddings(torch.cat(fakes)), ctx.clip.text_embeddings(captions))
+    assert out["clip_score"] == pytest.approx(expected, rel=1e-9) and out["clip_score_cosine"] == pytest.approx(cosine)
+    assert out["clip_score_n"] == 10 and out["clip_score_prefix"] == "A photo depicts "
+    sha = hashlib.sha256(open(weights, "rb").read()).hexdigest()
+    assert out["clip_score_weights_sha256"] == sha and out["clip_score_backbone"] == f"clip-{TINY.name}-{sha[:8]}"
+    assert out["clip_score_definition"].startswith("2.5*mean(max(cos,0))")
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("safetensors") is not None,
+                    reason="the safetensors package is installed: such files load")
+def test_safetensors_without_the_package_refuses_naming_it(tmp_path, clip_files):
+    path = tmp_path / "open_clip_model.safetensors"
+    path.write_bytes(b"{}")
+    with pytest.raises(ClipWeightsError, match="safetensors package is not installed: pip install safetensors"):
+        load_clip(str(path), clip_files[1])

@@ -49,7 +49,7 @@ import re
 import unicodedata
 import zipfile
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -59,6 +59,9 @@ from torch import Tensor, nn
 from t2i_ray.config import ConfigError, ExperimentConfig
 from t2i_ray.console import console
 from t2i_ray.weights import WeightsFileError, load_state_dict_file
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 WEIGHTS_ENV = "T2I_CLIP_WEIGHTS"
 VOCAB_ENV = "T2I_CLIP_VOCAB"
@@ -103,7 +106,8 @@ def convert_command(src: str = "ViT-B-32.pt", out: str = "clip_vit_b32.pth") -> 
 def _where_to_get() -> str:
     return (f"GCDP (arXiv:2308.08157 Sec. 4) scores with CLIP ViT-L/14@336px ({OPENAI_URLS['ViT-L/14@336px']}); "
             f"Hessel et al.'s CLIP score uses ViT-B/32 ({OPENAI_URLS['ViT-B/32']}). On a machine with internet "
-            f"access download one, convert it once with `{convert_command('ViT-L-14-336px.pt', 'clip_vit_l14_336.pth')}` "
+            f"access download one, convert it once with "
+            f"`{convert_command('ViT-L-14-336px.pt', 'clip_vit_l14_336.pth')}` "
             f"(OpenAI's .pt files are TorchScript archives; open_clip's open_clip_pytorch_model.bin of the same model, "
             f"tag 'openai', needs no conversion), and get the tokenizer's merges file {VOCAB_FILE} from {VOCAB_URL} "
             f"(it is also inside the open_clip_torch wheel: pip download open_clip_torch --no-deps)")
@@ -164,7 +168,8 @@ def _byte_table() -> list[tuple[int, str]]:
     return table
 
 
-_LIGATURES = {"ﬀ": "ff", "ﬁ": "fi", "ﬂ": "fl", "ﬃ": "ffi", "ﬄ": "ffl", "ﬅ": "ſt", "ﬆ": "st", "Ĳ": "IJ", "ĳ": "ij"}
+_LIGATURES = {"ﬀ": "ff", "ﬁ": "fi", "ﬂ": "fl", "ﬃ": "ffi", "ﬄ": "ffl", "ﬅ": "ſt", "ﬆ": "st",
+              "Ĳ": "IJ", "ĳ": "ij"}
 _QUOTES = {"‘": "'", "’": "'", "‚": "'", "‛": "'", "“": '"', "”": '"', "„": '"', "‟": '"'}
 
 
