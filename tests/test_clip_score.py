@@ -103,6 +103,16 @@ def test_tokenizer_against_hand_derived_ids(tmp_path):
 
 
 def test_pre_tokenizer_follows_clips_pattern():
+    # On ASCII, CLIP's `regex` pattern is expressible with `re` ([a-z] letters, [0-9] numbers):
+    # the scanner must find the same pieces on random strings of letters, digits, quotes, punctuation.
+    import re
+
+    pattern = re.compile(r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[a-z]+|[0-9]|[^\sa-z0-9]+")
+    rng = np.random.default_rng(0)
+    alphabet = list("abdelmrstv019'.,!_- \t")
+    for _ in range(300):
+        text = "".join(rng.choice(alphabet, size=int(rng.integers(1, 30))))
+        assert clip_mod.pre_tokenize(text) == pattern.findall(text), text
     assert clip_mod.pre_tokenize("don't we'll x2y ...!? a_b") == ["don", "'t", "we", "'ll", "x", "2", "y", "...!?",
                                                                   "a", "_", "b"]
     assert clip_mod.pre_tokenize("<|startoftext|>hi") == ["<|startoftext|>", "hi"]
@@ -204,6 +214,13 @@ def test_openai_torchscript_refused_with_conversion_command_and_converted(tmp_pa
     assert set(converted) == set(tiny_state())  # the scalars dropped, every parameter kept
     for k, v in tiny_state().items():
         assert torch.equal(converted[k], v), k
+    other = tmp_path / "linear.pt"  # a TorchScript archive that is not CLIP: refused, nothing written
+    with pytest.warns(Warning):
+        torch.jit.trace(torch.nn.Linear(2, 2), torch.zeros(1, 2), check_trace=False).save(str(other))
+    with pytest.raises(SystemExit) as exit_info:
+        clip_mod.main(["--convert", str(other), "--out", str(tmp_path / "no.pth")])
+    assert exit_info.value.code == 2 and "not a CLIP state dict" in capsys.readouterr().err
+    assert not (tmp_path / "no.pth").exists()
 
 
 # ------------------------------------------------------------------------------------- refusals

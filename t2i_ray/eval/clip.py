@@ -118,7 +118,8 @@ def missing_weights_message(what: str, path: str | None) -> str:
     field_name, env = ("eval.clip_weights", WEIGHTS_ENV) if what == "weights" else ("eval.clip_vocab", VOCAB_ENV)
     file_desc = "the CLIP weights" if what == "weights" else f"CLIP's BPE merges file {VOCAB_FILE}"
     where = f"no file at {path!r}" if path else f"neither {field_name} nor ${env} is set"
-    return (f"the CLIP score needs {file_desc} as a local file ({where}); nothing is downloaded at run time. "
+    return (f"{field_name}: the CLIP score needs {file_desc} as a local file ({where}); nothing is downloaded at "
+            f"run time. "
             f"{_where_to_get()}. Then point at the files with the config fields eval.clip_weights=PATH and "
             f"eval.clip_vocab=PATH (--set eval.clip_weights=PATH), or the environment variables {WEIGHTS_ENV} "
             f"and {VOCAB_ENV}; eval.clip_score=off skips the metric.")
@@ -447,14 +448,18 @@ class ClipArchitecture:
         def count(prefix: str) -> int:
             return len({k.split(".")[len(prefix.split("."))] for k in state if k.startswith(prefix + ".")})
 
-        patch = state["visual.conv1.weight"].shape[-1]
-        grid = round((state["visual.positional_embedding"].shape[0] - 1) ** 0.5)
-        return cls(embed_dim=state["text_projection"].shape[1], image_resolution=patch * grid,
-                   vision_width=state["visual.conv1.weight"].shape[0],
-                   vision_layers=count("visual.transformer.resblocks"), vision_patch_size=patch,
-                   context_length=state["positional_embedding"].shape[0],
-                   vocab_size=state["token_embedding.weight"].shape[0],
-                   text_width=state["ln_final.weight"].shape[0], text_layers=count("transformer.resblocks"))
+        try:
+            patch = state["visual.conv1.weight"].shape[-1]
+            grid = round((state["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+            return cls(embed_dim=state["text_projection"].shape[1], image_resolution=patch * grid,
+                       vision_width=state["visual.conv1.weight"].shape[0],
+                       vision_layers=count("visual.transformer.resblocks"), vision_patch_size=patch,
+                       context_length=state["positional_embedding"].shape[0],
+                       vocab_size=state["token_embedding.weight"].shape[0],
+                       text_width=state["ln_final.weight"].shape[0], text_layers=count("transformer.resblocks"))
+        except (KeyError, IndexError) as e:
+            raise WeightsFileError(f"is not a complete CLIP ViT state dict (no usable {e}); use a ViT CLIP "
+                                   f"(ViT-L/14@336px as GCDP, or ViT-B/32)") from None
 
 
 class ClipModel(nn.Module):
@@ -675,7 +680,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not _is_torchscript(args.convert):
         parser.error(f"--convert: {args.convert} is not a TorchScript archive; a state dict file needs no "
                      f"conversion (point eval.clip_weights at it)")
-    state = convert_torchscript(args.convert, args.out)
+    try:
+        state = convert_torchscript(args.convert, args.out)
+    except (WeightsFileError, RuntimeError) as e:  # not a CLIP ViT / a key or shape that does not fit
+        parser.error(f"--convert: {args.convert} {e}")
     arch = ClipArchitecture.of(state)
     console(f"wrote {args.out}: CLIP {arch.name}, {len(state)} tensors; use it with --set eval.clip_weights={args.out} "
           f"(or ${WEIGHTS_ENV}) and eval.clip_vocab=/path/to/{VOCAB_FILE}")
