@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import gzip
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +22,7 @@ from t2i_ray.eval import clip as clip_mod
 from t2i_ray.eval.clip import (CLIP_MEAN, CLIP_STD, ClipArchitecture, ClipModel, ClipTokenizer, ClipWeightsError,
                                clip_preprocess, clip_score, load_clip, vit_b32_architecture)
 
+REPO = Path(__file__).resolve().parents[1]
 # A tiny vocabulary: 512 byte symbols + these 5 merges + <|startoftext|> (517), <|endoftext|> (518).
 MERGES = ["h e", "l l", "he ll", "hell o</w>", "a t</w>"]
 TINY = ClipArchitecture(embed_dim=32, image_resolution=32, vision_width=64, vision_layers=2, vision_patch_size=8,
@@ -208,8 +213,10 @@ def test_openai_torchscript_refused_with_conversion_command_and_converted(tmp_pa
     with pytest.raises(ClipWeightsError, match=r"TorchScript archive.*python -m t2i_ray\.eval\.clip --convert"):
         load_clip(str(src), vocab)
     out = tmp_path / "converted.pth"
-    assert clip_mod.main(["--convert", str(src), "--out", str(out)]) == 0
-    assert "wrote" in capsys.readouterr().out
+    proc = subprocess.run([sys.executable, "-m", "t2i_ray.eval.clip", "--convert", str(src), "--out", str(out)],
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=300)
+    assert proc.returncode == 0 and f"wrote {out}: CLIP {TINY.name}, {len(tiny_state())} tensors" in proc.stdout
     converted = torch.load(out, weights_only=True)
     assert set(converted) == set(tiny_state())  # the scalars dropped, every parameter kept
     for k, v in tiny_state().items():
@@ -238,6 +245,15 @@ def test_refusals_without_weights_and_on_wrong_files(tmp_path, monkeypatch, clip
                    "eval.clip_vocab", clip_mod.VOCAB_ENV, clip_mod.VOCAB_FILE, "nothing is downloaded",
                    "--convert", "eval.clip_score=off"):
         assert needle in msg, needle
+    from t2i_ray.sweep import run as run_mod
+
+    def no_training(*a, **k):
+        raise AssertionError("work started before the CLIP files were checked")
+
+    monkeypatch.setattr("t2i_ray.data.registry.prepare_data", no_training)
+    monkeypatch.setattr("t2i_ray.train.damsm.ensure_damsm", no_training)
+    with pytest.raises(ClipWeightsError, match="eval.clip_weights: the CLIP score needs"):
+        run_mod.prepare_assets(on, log=lambda s: None)  # the sweep's first step, before any training
     weights, vocab = clip_files
     with pytest.raises(ClipWeightsError, match=f"{clip_mod.VOCAB_FILE}.*neither eval.clip_vocab"):
         check_eval_assets(apply_overrides(on, {"eval.clip_weights": weights}))
