@@ -270,6 +270,11 @@ def test_refusals_without_weights_and_on_wrong_files(tmp_path, monkeypatch, clip
                                            "--set", "eval.clip_score=on"])
     pinned = config_from_args(args)  # the scripts pin the environment variables into the config
     assert (pinned.eval.clip_weights, pinned.eval.clip_vocab) == (weights, vocab)
+    from t2i_ray.sweep.cli import networks_needed  # the --dry-run's list
+
+    assert f"CLIP score: CLIP from the local files {weights} (weights) and {vocab} (BPE merges)" in \
+        networks_needed([pinned])
+    assert not any("CLIP" in line for line in networks_needed([build_config("smoke", {})]))
     # where the files live is not what the sweep is: a moved file resumes the same sweep
     assert SweepSpec("s", pinned, "grid").name == SweepSpec("s", apply_overrides(
         pinned, {"eval.clip_weights": "/elsewhere/w.pth", "eval.clip_vocab": "/elsewhere/v.gz"}), "grid").name

@@ -223,7 +223,7 @@ def test_paper_dry_run_lists_trials_and_networks_per_dataset(tmp_path, capsys):
     assert sorted((t[0], t[2]) for t in trials) == sorted((r, s) for r in ("joint", "image-only") for s in "012")
     assert f"Inception (pt_inception-2015-12-05) from the local file {weights}" in text
     assert "HRNet-W48 (Cityscapes) from a local weights file -- not built yet" in text
-    assert "CLIP ViT-L/14-336 from a local weights file -- not built yet" in text
+    assert "CLIP score: off -- no CLIP weights configured (GCDP uses CLIP ViT-L/14@336px" in text
     assert "super-resolution stage" in text and "DAMSM text + image encoders" in text
     os.environ["T2I_INCEPTION_WEIGHTS"] = str(weights)
     try:

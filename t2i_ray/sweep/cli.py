@@ -354,9 +354,10 @@ def print_dry_run(spec: "SweepSpec", cpus: int | None = None) -> None:
 def networks_needed(configs: Sequence[ExperimentConfig]) -> list[str]:
     """One line per network that the trials `configs` read or pre-train, with where it comes from
     (a local weights file, a project cache) or "not built yet" for what the protocol names but this
-    repository does not have (GCDP arXiv:2308.08157 Sec. 4: CLIP score, HRNet-W48, the
-    super-resolution stage). Nothing is loaded or downloaded."""
+    repository does not have (GCDP arXiv:2308.08157 Sec. 4: HRNet-W48, the super-resolution stage).
+    Nothing is loaded or downloaded."""
     from t2i_ray.config import image_size, resolved_eval_backbone
+    from t2i_ray.eval.clip import clip_score_enabled
     from t2i_ray.train.damsm import damsm_dir
 
     lines: dict[str, None] = {}
@@ -374,6 +375,13 @@ def networks_needed(configs: Sequence[ExperimentConfig]) -> list[str]:
         else:
             lines[f"FID/KID: the `domain` evaluator, trained by the project on {ds} "
                   f"({cfg.eval.evaluator_steps} steps), cached under {RunPaths.of(cfg).cache}/evaluators"] = None
+        if clip_score_enabled(cfg):
+            lines[f"CLIP score: CLIP from the local files {cfg.eval.clip_weights or '$T2I_CLIP_WEIGHTS'} (weights) "
+                  f"and {cfg.eval.clip_vocab or '$T2I_CLIP_VOCAB'} (BPE merges)"] = None
+        elif diffusion and ds != "shapes":
+            lines["CLIP score: off -- no CLIP weights configured (GCDP uses CLIP ViT-L/14@336px: set "
+                  "eval.clip_weights / $T2I_CLIP_WEIGHTS and eval.clip_vocab / $T2I_CLIP_VOCAB; README, "
+                  "'CLIP score')"] = None
         if not diffusion:
             continue
         if ds == "shapes":
@@ -383,7 +391,6 @@ def networks_needed(configs: Sequence[ExperimentConfig]) -> list[str]:
             net = {"cityscapes": "HRNet-W48 (Cityscapes)", "mmceleba": "a face parser"}.get(ds, "a segmenter")
             lines[f"layout mIoU / semantic recall on {ds}: {net} from a local weights file -- not built yet "
                   f"(these columns stay empty; FSD and image->layout outpainting mIoU need no network)"] = None
-            lines["CLIP score: CLIP ViT-L/14-336 from a local weights file -- not built yet"] = None
             h, w = image_size(cfg.data)
             lines[f"super-resolution stage (GCDP's cascade, {h}x{w} -> {2 * h}x{2 * w}) -- not built yet: "
                   f"one stage is trained at {h}x{w}"] = None
