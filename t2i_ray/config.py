@@ -37,6 +37,7 @@ CLASS_MASK_MODES = ("auto", "on", "off")
 # plain AttnGAN's nf is its generator width ngf (its D's is 2nf): 32 / 64 in `code/cfg/bird_attn2.yml`.
 REFERENCE_NF = {"dfgan": 32, "ssagan": 64, "attngan_style": 64, "style1attngan": 64, "attngan": 32}
 TEXT_EMBEDDINGS = ("pretrained", "shared", "dual")
+CA_MODES = ("auto", "on", "off")  # model.conditioning_augmentation
 IMAGE_ENCODER_BACKBONES = ("cnn", "inception")
 # Feature backbones of FID/KID (t2i_ray/eval): `domain` (trained on `shapes`, that dataset only) or
 # the standard TF-ported FID Inception (needs its weights file locally); "auto" = domain on shapes,
@@ -95,8 +96,10 @@ class ModelConfig:
     nf: int = 32  # base width (ngf = ndf; plain attngan: ngf, ndf = 2nf); reference per architecture: REFERENCE_NF
     z_dim: int = 100
     embed_dim: int = 256  # DAMSM sentence/word embedding size
-    # pretrained: frozen DAMSM text encoder. shared: one encoder trained with the GAN.
-    # dual: e_G (adversarial) + e_A (contrastive alignment). See t2i_ray/train/gan.py.
+    # pretrained: frozen DAMSM text encoder. shared: one encoder trained by G's and D's losses.
+    # dual (DTE-GAN, arXiv 2502.01507): S_G conditions G and is trained by G's loss only, S_D
+    # conditions D's matching and alignment branches and is trained by D's losses only.
+    # README "Text-embedding modes"; t2i_ray/models/factory.py, t2i_ray/train/gan.py.
     text_embedding: str = "pretrained"
     # DTE (shared/dual): weight of the image-text contrastive alignment loss on D's features.
     align_weight: float = 1.0
@@ -104,6 +107,11 @@ class ModelConfig:
     # shared/dual: start the trainable encoder(s) from the pretrained DAMSM weights (False:
     # random init, i.e. fully end to end as DTE-GAN).
     text_init_from_damsm: bool = False
+    # Conditioning augmentation (StackGAN, arXiv 1612.03242 sec. 3.1) between G's sentence
+    # embedding and G: auto | on | off (auto: on for shared/dual, off for pretrained).
+    conditioning_augmentation: str = "auto"
+    ca_dim: int = 256  # CA's output c, G's condition (DF-GAN's sentence size)
+    ca_kl_weight: float = 1.0  # KL(N(mu, sigma^2) || N(0, I)) in G's loss (StackGAN: 1)
 
 
 @dataclass(frozen=True)
@@ -118,6 +126,7 @@ class LossWeights:
     gamma1: float = 4.0  # DAMSM attention sharpness over regions
     gamma2: float = 5.0  # DAMSM word-level aggregation
     gamma3: float = 10.0  # DAMSM logit scale
+    magp: bool = True  # DF-GAN's matching-aware gradient penalty in D's loss (false: no penalty)
     magp_k: float = 2.0
     magp_p: float = 6.0
 
@@ -518,6 +527,11 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     _check(m.align_weight >= 0 and math.isfinite(m.align_weight), "model.align_weight",
            f"must be a finite number >= 0, got {m.align_weight}")
     _check(m.align_temperature > 0, "model.align_temperature", "must be > 0")
+    _check(m.conditioning_augmentation in CA_MODES, "model.conditioning_augmentation",
+           f"must be one of {', '.join(CA_MODES)}, got {m.conditioning_augmentation!r}")
+    _check(m.ca_dim >= 1, "model.ca_dim", f"must be >= 1, got {m.ca_dim}")
+    _check(m.ca_kl_weight >= 0 and math.isfinite(m.ca_kl_weight), "model.ca_kl_weight",
+           f"must be a finite number >= 0, got {m.ca_kl_weight}")
     for name in ("damsm", "f2r", "f2f", "recap"):
         w = getattr(l, name)
         _check(math.isfinite(w) and w >= 0, f"loss.{name}",
@@ -698,6 +712,15 @@ def _check_diffusion(cfg: ExperimentConfig) -> None:
                "are DTE-GAN's trainable embeddings")
 
 
+def uses_ca(m: ModelConfig) -> bool:
+    """Whether G's sentence embedding goes through conditioning augmentation (model.
+    conditioning_augmentation; auto: on for the trainable embeddings shared/dual, except on plain
+    AttnGAN, whose generator has its own CA, F^ca of arXiv 1711.10485 section 2.1)."""
+    if m.conditioning_augmentation == "auto":
+        return m.text_embedding in ("shared", "dual") and m.arch != "attngan"
+    return m.conditioning_augmentation == "on"
+
+
 def _check_combinations(cfg: ExperimentConfig) -> None:
     """Settings that are valid alone but contradict each other (which parts train what:
     README "Text-embedding modes")."""
@@ -705,12 +728,17 @@ def _check_combinations(cfg: ExperimentConfig) -> None:
     _check(not m.text_init_from_damsm or m.text_embedding != "pretrained", "model.text_init_from_damsm",
            "only applies to the trainable text encoders of model.text_embedding=shared|dual; with "
            "pretrained the frozen DAMSM encoder is used as is: set it to false or pick shared/dual")
-    # dual's e_A is trained by the alignment loss alone and conditions nothing: without that loss
-    # it would be dead weight and the run a mislabelled `shared` without alignment.
-    _check(m.text_embedding != "dual" or m.align_weight > 0, "model.align_weight",
-           "model.text_embedding=dual needs align_weight > 0: its alignment embedding e_A is trained "
-           "only by that contrastive loss; use text_embedding=shared for a text encoder trained by the "
-           "adversarial losses alone")
+    if uses_ca(m):
+        _check(m.method == "gan", "model.conditioning_augmentation",
+               f"conditioning augmentation is a GAN generator's input stage; model.method={m.method} has none: "
+               "set it to auto or off")
+        _check(m.arch != "attngan", "model.conditioning_augmentation",
+               "model.arch=attngan has its own conditioning augmentation inside its generator (with its KL "
+               "term, loss_kl); a second one would be applied on top: set it to auto or off")
+        # attngan_style's word attention reads the words at the width G's condition has.
+        _check(m.arch != "attngan_style" or m.ca_dim == m.embed_dim, "model.ca_dim",
+               f"model.arch=attngan_style attends over words of model.embed_dim={m.embed_dim} with the same "
+               f"width as its sentence condition: set model.ca_dim={m.embed_dim}, or conditioning_augmentation=off")
 
 
 # Presets: the CLI and the sweeps both start from one of these. `smoke` and `local` train at

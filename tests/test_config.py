@@ -75,8 +75,15 @@ def test_recap_weight_is_accepted_now_that_a_captioner_exists():
 @pytest.mark.parametrize("override,field,hint", [
     # the frozen DAMSM encoder has no trainable copy to initialise
     ({"model.text_init_from_damsm": True}, "model.text_init_from_damsm", "shared|dual"),
-    # dual's e_A is trained only by the alignment loss
-    ({"model.text_embedding": "dual", "model.align_weight": 0.0}, "model.align_weight", "text_embedding=shared"),
+    # attngan_style's word attention has the width of G's sentence condition
+    ({"model.arch": "attngan_style", "model.text_embedding": "dual", "model.ca_dim": 128}, "model.ca_dim",
+     "model.ca_dim=256"),
+    # CA is a GAN generator's input stage
+    ({"model.method": "diffusion", "model.conditioning_augmentation": "on"}, "model.conditioning_augmentation",
+     "auto or off"),
+    ({"model.conditioning_augmentation": "yes"}, "model.conditioning_augmentation", "auto, on, off"),
+    ({"model.ca_dim": 0}, "model.ca_dim", ">= 1"),
+    ({"model.ca_kl_weight": -1.0}, "model.ca_kl_weight", ">= 0"),
     # the inception DAMSM image encoder needs its ImageNet weights (offline: a local file)
     ({"damsm.image_backbone": "inception"}, "damsm.inception_weights", "image_backbone=cnn"),
 ])
@@ -92,6 +99,11 @@ def test_sensible_combinations_of_modes_and_losses_build():
             build_config("smoke", {"model.text_embedding": mode, **loss})
     build_config("smoke", {"model.text_embedding": "shared", "model.align_weight": 0.0})  # adversarial only
     build_config("smoke", {"model.text_embedding": "dual", "model.text_init_from_damsm": True})
+    # dual without alignment: S_D still conditions D's matching head (its adversarial losses train it)
+    build_config("smoke", {"model.text_embedding": "dual", "model.align_weight": 0.0})
+    # CA on the frozen DAMSM embedding (StackGAN's setting), MA-GP off, CA off for a DTE mode
+    build_config("smoke", {"model.conditioning_augmentation": "on", "model.ca_dim": 128, "loss.magp": False})
+    build_config("smoke", {"model.text_embedding": "dual", "model.conditioning_augmentation": "off"})
 
 
 # Values a user gave via `--set ... --dry-run` that were accepted before (each as the CLI passes it:

@@ -47,10 +47,13 @@ TERMS = {"loss.damsm": 1.0, "loss.f2r": 1.0, "loss.f2f": 1.0, "loss.recap": 1.0}
 CASES = {
     "pretrained": {"model.text_embedding": "pretrained", **TERMS},
     "dual": {"model.text_embedding": "dual", "model.align_weight": 1.0, **TERMS},
-    "shared": {"model.text_embedding": "shared", "model.align_weight": 1.0},  # e_A is e_G
+    "shared": {"model.text_embedding": "shared", "model.align_weight": 1.0},  # S_D is S_G
 }
 COUPLED_LOSSES = ("loss_damsm", "loss_f2r", "loss_f2f", "loss_recap", "loss_align_d", "loss_align_g")
-RTOL, ATOL = 1e-4, 1e-7
+# float32 round-off: in `dual` one element of G's update differs from the 2B process's by 1.7 x
+# (1e-7 + 1e-4 |value|), from the DAMSM / F2F terms' gradients (with them off: 0.13 x); a term that
+# is not batch-decomposable differs by > 100 x (the control test below).
+RTOL, ATOL = 3e-4, 1e-7
 
 
 def _assets() -> Assets:
@@ -72,14 +75,16 @@ def _method(cfg_dict: dict, init: dict):
     return method
 
 
-def _step(method, batch, z):
-    # The step draws its noise from `sample_noise`; hand it this shard's rows of the shared z.
-    original = gan.sample_noise
+def _step(method, batch, z, eps):
+    # The step draws its noise from `sample_noise` (and CA's from `sample_ca_noise`); hand them
+    # this shard's rows of the shared z and eps.
+    original = gan.sample_noise, gan.sample_ca_noise
     gan.sample_noise = lambda bsz, z_dim, generator, device: z
+    gan.sample_ca_noise = lambda bsz, dim, generator, device: eps
     try:
         return method.step(batch, torch.Generator(), contextlib.nullcontext)
     finally:
-        gan.sample_noise = original
+        gan.sample_noise, gan.sample_ca_noise = original
 
 
 class _GlooEnv(RunEnv):
@@ -91,7 +96,7 @@ class _GlooEnv(RunEnv):
 
 
 def _rank_main(rank: int, world: int, store_path: str, out_path: str, runs: dict, batch: dict,
-               z: torch.Tensor) -> None:
+               z: torch.Tensor, eps: torch.Tensor) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", store=dist.FileStore(store_path, world), rank=rank, world_size=world)
     try:
@@ -101,7 +106,7 @@ def _rank_main(rank: int, world: int, store_path: str, out_path: str, runs: dict
             method = _method(cfg_dict, init)
             accel = resolve_accel(method.cfg.train, torch.device("cpu"))
             method.prepare(env.prepare_model, accel.prepare_module, env.device)  # the loop's call
-            losses = _step(method, {k: v[shard] for k, v in batch.items()}, z[shard])
+            losses = _step(method, {k: v[shard] for k, v in batch.items()}, z[shard], eps[shard])
             results[run] = {"params": {n: unwrap(m).state_dict() for n, m in method.trainable().items()},
                             "losses": losses, "gather_world": method.gather.world_size}
         if rank == 0:
@@ -118,7 +123,7 @@ def _inputs(cfg):
     ids = torch.randint(1, VOCAB, (2 * B, WORDS), generator=g) * (torch.arange(WORDS) < lens[:, None])
     batch = {"image": images, "caption": ids, "caption_len": lens, "caption2": ids.flip(0),
              "caption2_len": lens.flip(0)}
-    return batch, torch.randn(2 * B, cfg.model.z_dim, generator=g)
+    return batch, torch.randn(2 * B, cfg.model.z_dim, generator=g), torch.randn(2 * B, cfg.model.ca_dim, generator=g)
 
 
 def _delta(params: dict, init: dict) -> dict[str, torch.Tensor]:
@@ -137,19 +142,19 @@ def ddp_runs(tiny_cfg, tmp_path_factory):
             init = {n: {k: v.clone() for k, v in m.state_dict().items()}
                     for n, m in build_method(cfg, _assets()).trainable().items()}
             cfgs[case, gather], runs[f"{case}/{gather}"] = cfg, (cfg.to_dict(), init)
-    batch, z = _inputs(base)
+    batch, z, eps = _inputs(base)
     tmp = tmp_path_factory.mktemp("ddp")
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        mp.spawn(_rank_main, args=(2, str(tmp / "store"), str(tmp / "ddp.pt"), runs, batch, z), nprocs=2, join=True)
+        mp.spawn(_rank_main, args=(2, str(tmp / "store"), str(tmp / "ddp.pt"), runs, batch, z, eps), nprocs=2, join=True)
         ddp = torch.load(tmp / "ddp.pt", weights_only=True)
         # The same step in one process on the whole batch of 2B (no process group: nothing to gather).
         single = {}
         for case in CASES:
             cfg_dict, init = runs[f"{case}/True"]
             method = _method(cfg_dict, init)
-            losses = _step(method, batch, z)
+            losses = _step(method, batch, z, eps)
             single[case] = {"params": {n: m.state_dict() for n, m in method.trainable().items()}, "losses": losses}
     finally:
         torch.set_num_threads(old)
@@ -185,9 +190,9 @@ def test_without_gathering_two_workers_optimise_another_loss(ddp_runs, case):
     assert ddp["gather_world"] == 1
     ref, got = _delta(single["params"], init), _delta(ddp["params"], init)
     # The modules the coupled terms train: D (mismatched pairs) always, G (the l-terms, the
-    # alignment on fakes), e_A and the projection (the alignment on reals).
+    # alignment on fakes), S_D's encoder and the projection (the alignment on reals).
     expect = {"pretrained": {"generator", "discriminator"},
-              "dual": {"generator", "discriminator", "text_a", "align_proj"},
+              "dual": {"generator", "discriminator", "text_d", "align_proj"},
               "shared": {"generator", "discriminator", "text_g", "align_proj"}}[case]
     for module in expect:
         keys = [k for k in ref if k.split(".")[0] == module]

@@ -28,6 +28,13 @@ def test_two_trial_grid_sweep_writes_rows_and_rerun_resumes(tiny_grid_sweep):
     assert (rows["code_version"] != "").all() and (rows["seed"] == 0).all()
     # one worker: the batch-coupled terms saw the whole batch, without a gather
     assert (rows["workers"] == 1).all() and (rows["negatives_batch"] == 8).all() and not rows["negatives_gathered"].any()
+    # model sizes (README "Text-embedding modes"): pretrained DF-GAN, so every parameter but the text encoder's trains
+    from t2i_ray.train.method import parameter_columns
+
+    sizes = parameter_columns(spec.base, rows["damsm_path"].iloc[0])
+    assert set(sizes) == {"params_g", "params_d", "params_text", "params_trainable"} and min(sizes.values()) > 0
+    assert all((rows[k] == v).all() for k, v in sizes.items())
+    assert sizes["params_trainable"] == sizes["params_g"] + sizes["params_d"]
     assert all(Path(p).is_dir() for p in rows["checkpoint_path"])
     # eval.every=2: the best of the evaluations at steps 2 and 4 is kept beside Ray Train's checkpoints
     assert set(rows["best_step"]) <= {2, 4} and (rows["best_num_images"] == 16).all()

@@ -50,8 +50,8 @@ def test_embeddings_grid_with_a_loss_row_and_refusals(embeddings, tmp_path):
     assert (spec.base.loss.f2r, spec.base.loss.recap) == (0.2, 1.0) and needs_captioner(spec)
     assert [t["row"] for t in spec.grid] == ["shared", "dual"]
     # a combination that makes no sense fails before Ray starts, naming the field and the row
-    with pytest.raises(ConfigError, match=r"^model.align_weight: .*\(in row 'dual'\)"):
-        embeddings.build_spec(embeddings.parse_args(args + ["--set", "model.align_weight=0"]))
+    with pytest.raises(ConfigError, match=r"^model.ca_dim: .*model.ca_dim=256"):  # CA's width vs word attention
+        embeddings.build_spec(embeddings.parse_args(args + ["--set", "model.arch=attngan_style", "--set", "model.ca_dim=128"]))
     # the pretrained row resets text_init_from_damsm, so the flag can be given for shared/dual
     spec = embeddings.build_spec(embeddings.parse_args(args + ["--set", "model.text_init_from_damsm=true"]))
     assert len(spec.grid) == 3

@@ -88,7 +88,7 @@ def test_trainable_text_embeddings_are_trained_and_checkpointed(tiny_cfg, tiny_d
     env = LocalEnv(tmp_path / mode)
     run_training(cfg, env, tiny_damsm, f"text-{mode}")
     state = _final_state(tmp_path / mode)
-    expected = {"generator", "discriminator", "head", "align_proj", "text_g"} | ({"text_a"} if mode == "dual" else set())
+    expected = {"generator", "discriminator", "head", "ca", "align_proj", "text_g"} | ({"text_d"} if mode == "dual" else set())
     assert set(state["modules"]) == expected
     assert "loss_align_d" in env.reports[0] and "loss_align_g" in env.reports[0]
     # the text optimiser really stepped: Adam moments exist and are non-zero for the encoder(s)

@@ -76,7 +76,8 @@ class SweepSpec:
 # In-training evaluation, where the config has it (eval.every > 0), adds eval_*.
 TRAINING_METRICS = {
     "gan": ("loss_g_adv", "loss_g", "loss_d", "loss_d_adv", "loss_magp", "d_real", "d_fake", "loss_damsm",
-            "loss_f2r", "loss_f2f", "loss_recap", "loss_align_d", "loss_align_g", "loss_kl", "images_per_s"),
+            "loss_f2r", "loss_f2f", "loss_recap", "loss_align_d", "loss_align_g", "loss_kl", "loss_ca_kl",
+            "images_per_s"),
     "diffusion": ("loss", "image_loss", "layout_loss", "images_per_s"),
 }
 HIGHER_IS_BETTER = ("r_precision", "attr", "is", "images_per_s", "d_real", "layout_miou", "semantic_recall",
@@ -314,7 +315,7 @@ def trial_identity(config: dict[str, Any], trial_id: str) -> TrialIdentity:
 def write_trial_row(ident: TrialIdentity, config: dict[str, Any], *, status: str, error: str | None,
                     wall_time_s: float, metrics: dict[str, Any], checkpoint_path: str) -> None:
     """One trial's row in the results table (and, for a finished trial, its TensorBoard hparams)."""
-    from t2i_ray.train.method import data_parallel_columns
+    from t2i_ray.train.method import data_parallel_columns, parameter_columns
 
     paths = RunPaths.of(ident.cfg)
     row_data = store.make_row(
@@ -323,7 +324,7 @@ def write_trial_row(ident: TrialIdentity, config: dict[str, Any], *, status: str
         version=config["code_version"],
         extra={"checkpoint_path": checkpoint_path, "curves_path": str(paths.curve(ident.run_name)),
                "tensorboard_dir": str(paths.tensorboard(ident.run_name)), "swept": ident.swept,
-               **data_parallel_columns(ident.cfg),
+               **data_parallel_columns(ident.cfg), **parameter_columns(ident.cfg, config.get("damsm_path")),
                **run_files(config.get("damsm_path"), config.get("captioner_path"), checkpoint_path),
                "reevaluation_of": ""})
     store.write_row(ident.cfg.output_dir, row_data)

@@ -1,13 +1,20 @@
 """One GAN training step (DF-GAN update order, gan_anchors 1.4): a D step, then a G step.
 
-L_D = hinge(real) + 1/2 (hinge(fake) + hinge(mismatch)) + MA-GP  [+ a_w * L_align(real)]
-L_G = -E[D(G(z, e), e)] + l1 L_DAMSM + l2 L_F2R + l3 L_F2F + l4 L_recap  [+ a_w * L_align(fake)]
+L_D = hinge(real) + 1/2 (hinge(fake) + hinge(mismatch)) [+ MA-GP]  [+ a_w * L_align(real)]
+L_G = -E[D(G(z, c), s_D)] + l1 L_DAMSM + l2 L_F2R + l3 L_F2F + l4 L_recap  [+ a_w * L_align(fake)]
+      [+ kl_w * KL(N(mu, sigma^2) || N(0, I))]
+c is G's condition: S_G, or c = mu + sigma * eps from conditioning augmentation on S_G (StackGAN,
+arXiv 1612.03242 sec. 3.1; models/conditioning.py). s_D is D's sentence input S_D. Which loss
+reaches which text embedding (models/factory.py, README "Text-embedding modes"): G's loss reaches
+S_G (through G and CA), D's losses reach S_D (through the head, MA-GP and the alignment branch);
+`shared` has S_G = S_D and so takes both, `dual` has two encoders and each takes one.
 Multi-stage generators (`G.multi_stage`, plain AttnGAN, t2i_ray/models/attngan.py) replace the
 adversarial part by AttnGAN's (arXiv:1711.10485 section 2.3; `taoxugit/AttnGAN` `code/trainer.py`,
 `code/miscc/losses.py`): every stage's image goes to its own discriminator, which sees the real
 batch resized to that stage; L_D = the BCE losses of `discriminator_bce_loss` summed over the
-stages (no MA-GP), L_G = `generator_bce_loss` over the stages + KL(F_ca) + the same weighted terms,
-which (DAMSM, F2R, F2F, recap, alignment) score the last stage's image, as AttnGAN's DAMSM does.
+stages (no MA-GP), L_G = `generator_bce_loss` over the stages + KL(F_ca) (AttnGAN's own CA, inside
+its G) + the same weighted terms, which (DAMSM, F2R, F2F, recap, alignment) score the last stage's
+image, as AttnGAN's DAMSM does.
 A weight of 0 skips its term's computation entirely (no extra forward passes). The models may be
 DDP-wrapped; frozen uses (D during the G step, encoders under no_grad) go through the plain
 module so DDP's gradient sync only sees the passes that train it. Under data parallelism the
@@ -36,6 +43,7 @@ from t2i_ray.losses.adversarial import (
 from t2i_ray.losses.contrastive import info_nce, nt_xent
 from t2i_ray.losses.damsm import damsm_loss_from_scores, word_scores
 from t2i_ray.losses.recaption import caption_token_nll, masked_token_mean
+from t2i_ray.models.conditioning import kl_to_standard_normal
 from t2i_ray.models.factory import GANModels, build_gan_models
 from t2i_ray.models.text import word_mask
 from t2i_ray.train.checkpoint import unwrap
@@ -56,6 +64,11 @@ def sample_noise(batch: int, z_dim: int, generator: torch.Generator, device) -> 
     # Drawn on the CPU from a dedicated, checkpointed generator so that resumed runs replay the
     # same noise, then moved to the device.
     return torch.randn(batch, z_dim, generator=generator).to(device)
+
+
+def sample_ca_noise(batch: int, dim: int, generator: torch.Generator, device) -> Tensor:
+    """CA's eps ~ N(0, I), drawn after z from the same checkpointed generator."""
+    return torch.randn(batch, dim, generator=generator).to(device)
 
 
 def gan_step(
@@ -83,49 +96,58 @@ def gan_step(
     # ---- D step --------------------------------------------------------------------------
     for opt in optimizers.values():
         opt.zero_grad(set_to_none=True)
-    # Text encoding stays outside autocast (a small LSTM; keeps embeddings in float32).
-    words_g, sent_g = encode_text(models.text_g, ids, lens, trainable_text)  # (B, E, T), (B, E)
-    words_g, mask_g = words_g.detach(), word_mask(lens, ids.shape[1])  # G's word inputs
+    # Text encoding stays outside autocast (a small LSTM; keeps embeddings in float32). One
+    # forward per encoder per iteration: S_G keeps its graph for G's loss (trainable modes).
+    words_g, sent_g = encode_text(models.text_g, ids, lens, trainable_text)  # S_G: (B, E, T), (B, E)
+    mask_g = word_mask(lens, ids.shape[1])
     multi_stage = getattr(unwrap(G), "multi_stage", False)  # AttnGAN's objective: no MA-GP
-    if not trainable_text:
-        sent_g = sent_g.detach().requires_grad_(not multi_stage)  # MA-GP differentiates w.r.t. the sentence
-    real_in = real.detach().requires_grad_(not multi_stage)
+    use_gp = lw.magp and not multi_stage
+    if models.text_d is models.text_g:
+        sent_d_out = sent_g
+    else:
+        _, sent_d_out = encode_text(models.text_d, ids, lens, trainable=True)
+    # D reads S_D through a leaf: D's losses leave their gradient w.r.t. S_D in sent_d.grad (MA-GP
+    # also differentiates w.r.t. it), and the G step's single backward hands it on to S_D's
+    # encoder. So `shared`'s one encoder takes G's and D's flows in one backward pass (its graph
+    # is walked once, and a DDP-wrapped encoder sees one forward and one backward).
+    sent_d = sent_d_out.detach().requires_grad_(trainable_text or use_gp)
+    real_in = real.detach().requires_grad_(use_gp)
     z = sample_noise(bsz, cfg.model.z_dim, noise_gen, real.device)
-    stages = None  # multi-stage: (stage images, mu, logvar) of the one G forward
+    cond, kl = sent_g if trainable_text else sent_g.detach(), None
+    if models.ca is not None:  # outside autocast too: mu and log sigma^2 stay float32 for the KL
+        eps = sample_ca_noise(bsz, unwrap(models.ca).out_dim, noise_gen, real.device)
+        cond, mu, logvar = models.ca(cond, eps)
+        kl = kl_to_standard_normal(mu, logvar)
+    stages, loss_gp = None, None  # multi-stage: (stage images, mu, logvar) of the one G forward
     with autocast():
         if multi_stage:
             loss_adv_d, real_feat, fake, stages, real_logits, fake_logits = _multi_stage_d_loss(
-                models, real_in, z, sent_g, words_g, mask_g, gather)
-            loss_gp = None  # AttnGAN's recipe has no gradient penalty
+                models, real_in, z, cond, sent_d, words_g, mask_g, gather)
             loss_d = loss_adv_d
         else:
             real_feat = D(real_in)  # (B, 8nf, 4, 4)
             # Logits go to float32 before the losses: bf16 keeps ~3 digits, MA-GP raises to the 6th power.
-            real_logits = head(real_feat, sent_g).float()
+            real_logits = head(real_feat, sent_d).float()
             # Image i + 1 with caption i. On the gathered (global) batch every worker pairs the rows as
             # one process with the whole global batch would, across the workers' boundaries too.
-            coupled = gather({"real_feat": real_feat, "sent": sent_g})
+            coupled = gather({"real_feat": real_feat, "sent": sent_d})
             mismatch_logits = head(mismatched(coupled["real_feat"]), coupled["sent"]).float()
             # One G forward per iteration, as DF-GAN: D sees it detached, the G step reuses its graph
             # (only D's parameters change in between, and G's output does not depend on them).
-            fake = G(z, sent_g.detach(), words_g, mask_g)
-            fake_logits = head(D(fake.detach()), sent_g).float()
+            fake = G(z, cond, words_g, mask_g)
+            fake_logits = head(D(fake.detach()), sent_d).float()
             loss_adv_d = discriminator_hinge_loss(real_logits, fake_logits, mismatch_logits)
-            loss_gp = ma_gradient_penalty(real_logits, real_in, sent_g, k=lw.magp_k, p=lw.magp_p)
-            loss_d = loss_adv_d + loss_gp
+            loss_d = loss_adv_d
+            if use_gp:
+                loss_gp = ma_gradient_penalty(real_logits, real_in, sent_d, k=lw.magp_k, p=lw.magp_p)
+                loss_d = loss_d + loss_gp
         if use_align:
-            if models.text_a is models.text_g:
-                sent_a = sent_g
-            else:
-                _, sent_a = encode_text(models.text_a, ids, lens, trainable=True)
-            aligned = gather({"image": models.align_proj(real_feat), "text": sent_a})
+            aligned = gather({"image": models.align_proj(real_feat), "text": sent_d})
             loss_align_d = info_nce(aligned["image"].float(), aligned["text"].float(), cfg.model.align_temperature)
             loss_d = loss_d + align_w * loss_align_d
             out["loss_align_d"] = loss_align_d.item()
     loss_d.backward()
     optimizers["d"].step()
-    if "text" in optimizers:
-        optimizers["text"].step()
     out.update(loss_d=loss_d.item(), loss_d_adv=loss_adv_d.item(),
                d_real=real_logits.mean().item(), d_fake=fake_logits.mean().item())
     if loss_gp is not None:
@@ -139,11 +161,21 @@ def gan_step(
     for p in d_params:
         p.requires_grad_(False)
     try:
-        sent = sent_g.detach()
+        # D and its input S_D are frozen here: G's losses reach G, CA and S_G only.
         with autocast():
-            loss_g = _generator_loss(models, batch, cfg, fake, sent, z, real, out, gather, stages)
-        loss_g.backward()
+            loss_g = _generator_loss(models, batch, cfg, fake, sent_d.detach(), z, real, out, gather,
+                                     stages, eps if models.ca is not None else None)
+        if kl is not None and cfg.model.ca_kl_weight > 0:
+            loss_g = loss_g + cfg.model.ca_kl_weight * kl
+            out["loss_ca_kl"] = kl.item()
+        roots, grads = [loss_g], [None]
+        if trainable_text and sent_d.grad is not None:  # D's losses on to S_D's encoder
+            roots.append(sent_d_out)
+            grads.append(sent_d.grad)
+        torch.autograd.backward(roots, grads)
         optimizers["g"].step()
+        if "text" in optimizers:
+            optimizers["text"].step()
     finally:
         for p in d_params:
             p.requires_grad_(True)
@@ -151,27 +183,30 @@ def gan_step(
     return out
 
 
-def _multi_stage_d_loss(models: GANModels, real_in: Tensor, z: Tensor, sent_g: Tensor, words_g: Tensor,
-                        mask_g: Tensor, gather: BatchGather):
-    """AttnGAN's D losses over its stages (module docstring): returns (loss, the last stage's real
-    features, the last stage's fake, (stage fakes, mu, logvar), real and fake conditional logits)."""
+def _multi_stage_d_loss(models: GANModels, real_in: Tensor, z: Tensor, cond: Tensor, sent_d: Tensor,
+                        words_g: Tensor, mask_g: Tensor, gather: BatchGather):
+    """AttnGAN's D losses over its stages (module docstring): G reads its condition `cond` (S_G), the
+    discriminators S_D. Returns (loss, the last stage's real features, the last stage's fake,
+    (stage fakes, mu, logvar), real and fake conditional logits)."""
     G, D, head = models.generator, models.discriminator, models.head
     real_feats = D(real_in)  # [(B, 8ndf, 4, 4)] per stage; D resizes the reals to the stage sizes
-    real_cond, real_uncond = (x.float() for x in head(real_feats, sent_g))  # (stages, B) each
+    real_cond, real_uncond = (x.float() for x in head(real_feats, sent_d))  # (stages, B) each
     # Mismatched pairs as the single-stage path: image i + 1 with caption i, on the gathered batch.
-    coupled = gather({**{f"real_feat{i}": f for i, f in enumerate(real_feats)}, "sent": sent_g})
+    coupled = gather({**{f"real_feat{i}": f for i, f in enumerate(real_feats)}, "sent": sent_d})
     mismatch_cond, _ = head([mismatched(coupled[f"real_feat{i}"]) for i in range(len(real_feats))],
                             coupled["sent"])
-    fakes, mu, logvar = G(z, sent_g.detach(), words_g, mask_g, return_stages=True)
-    fake_cond, fake_uncond = (x.float() for x in head(D([f.detach() for f in fakes]), sent_g))
+    fakes, mu, logvar = G(z, cond, words_g, mask_g, return_stages=True)
+    fake_cond, fake_uncond = (x.float() for x in head(D([f.detach() for f in fakes]), sent_d))
     loss = discriminator_bce_loss(real_cond, real_uncond, fake_cond, fake_uncond, mismatch_cond.float())
     return loss, real_feats[-1], fakes[-1], (fakes, mu, logvar), real_cond, fake_cond
 
 
 def _generator_loss(models: GANModels, batch: Mapping[str, Tensor], cfg: ExperimentConfig, fake: Tensor,
                     sent: Tensor, z: Tensor, real: Tensor, out: dict[str, float],
-                    gather: BatchGather = NO_GATHER, stages=None) -> Tensor:
-    """L_G = -E[D(G(z,e),e)] + l1 L_DAMSM + l2 L_F2R + l3 L_F2F + l4 L_recap [+ a_w L_align(fake)], D frozen.
+                    gather: BatchGather = NO_GATHER, stages=None, ca_eps: Tensor | None = None) -> Tensor:
+    """L_G = -E[D(G(z,c),s_D)] + l1 L_DAMSM + l2 L_F2R + l3 L_F2F + l4 L_recap [+ a_w L_align(fake)], D frozen.
+    `sent` is D's (detached) sentence input S_D; `ca_eps` CA's noise of this step (F2F's second
+    fake reuses it with z).
     Features go to float32 before every loss (they may come out of bf16 autocast). The per-sample
     inputs of the batch-coupled terms are computed first and gathered once. `stages` (multi-stage
     G): (stage images, mu, logvar), whose adversarial part is AttnGAN's BCE over the stages + KL."""
@@ -212,16 +247,18 @@ def _generator_loss(models: GANModels, batch: Mapping[str, Tensor], cfg: Experim
     if lw.f2f > 0:
         # A second fake from the same noise and another caption of the same image.
         ids2, lens2 = batch["caption2"], batch["caption2_len"]
-        words2, sent2 = encode_text(models.text_g, ids2, lens2, trainable=False)
-        fake2 = models.generator(z, sent2.detach(), words2.detach(), word_mask(lens2, ids2.shape[1]))
+        # Its caption is encoded without gradient (S_G learns from the first caption's fake).
+        words2, cond2 = encode_text(models.text_g, ids2, lens2, trainable=False)
+        if ca_eps is not None:
+            cond2 = models.ca(cond2, ca_eps)[0]
+        fake2 = models.generator(z, cond2, words2, word_mask(lens2, ids2.shape[1]))
         _, local["fake2_global"] = damsm_image_features(models.damsm_image, fake2)
     if lw.recap > 0:
         # Frozen captioner (eval mode, no parameter gradients): the gradient reaches G only. The
         # loss is a mean over the batch's tokens, so the token counts are gathered with the NLLs.
         local["recap_nll"], _, local["recap_mask"] = caption_token_nll(models.captioner(fake, ids).float(), ids, lens)
-    if use_align:
-        _, sent_a = encode_text(models.text_a, ids, lens, trainable=False)
-        local.update(fake_align=unwrap(models.align_proj)(fake_feat), sent_a=sent_a)
+    if use_align:  # D's alignment branch on the fakes against S_D (frozen here): trains G
+        local.update(fake_align=unwrap(models.align_proj)(fake_feat), sent_a=sent)
     g = gather(local)
     if lw.damsm > 0:
         loss_damsm = damsm_loss_from_scores(g["word_scores"], g["fake_global"], g["sent_damsm"], lw.gamma3,
@@ -253,21 +290,22 @@ def build_optimizers(models: GANModels, cfg: ExperimentConfig) -> dict[str, torc
     d_params = list(models.discriminator.parameters()) + list(models.head.parameters())
     if models.align_proj is not None:
         d_params += list(models.align_proj.parameters())
+    g_params = list(models.generator.parameters())
+    if models.ca is not None:  # CA is part of G (StackGAN trains it with G's loss)
+        g_params += list(models.ca.parameters())
     opts = {
-        "g": torch.optim.Adam(models.generator.parameters(), lr=t.lr_g, betas=betas),
+        "g": torch.optim.Adam(g_params, lr=t.lr_g, betas=betas),
         "d": torch.optim.Adam(d_params, lr=t.lr_d, betas=betas),
     }
-    if models.text_trainable:
-        text_params = list(models.text_g.parameters())
-        if models.text_a is not None and models.text_a is not models.text_g:
-            text_params += list(models.text_a.parameters())
+    if models.text_trainable:  # S_G's and S_D's encoders; each only receives its own flow's gradient
+        text_params = [p for enc in models.text_encoders().values() for p in enc.parameters()]
         opts["text"] = torch.optim.Adam(text_params, lr=t.lr_text, betas=betas)
     return opts
 
 
 # Every module slot of GANModels in a fixed order; the conv nets take the accelerator's memory format.
-SLOTS = ("generator", "discriminator", "head", "text_g", "text_a", "align_proj", "damsm_text", "damsm_image",
-         "captioner")
+SLOTS = ("generator", "discriminator", "head", "ca", "text_g", "text_d", "align_proj", "damsm_text",
+         "damsm_image", "captioner")
 CONV_NETS = ("generator", "discriminator", "damsm_image")
 
 
@@ -319,8 +357,11 @@ class GanMethod(Method):
         text_g.eval()
         z = torch.randn(len(ids), self.cfg.model.z_dim, generator=rng)
         ids, lens = ids.to(device), lens.to(device)
-        words, sent = text_g(ids, lens)
-        return generator(z.to(device), sent, words, word_mask(lens, ids.shape[1]), **extra)
+        words, cond = text_g(ids, lens)
+        if self.models.ca is not None:  # c = mu + sigma * eps, eps drawn after z (StackGAN samples too)
+            ca = unwrap(self.models.ca).eval()
+            cond = ca(cond, torch.randn(len(ids), ca.out_dim, generator=rng).to(device))[0]
+        return generator(z.to(device), cond, words, word_mask(lens, ids.shape[1]), **extra)
 
     def sampler(self) -> SampleFn:
         return torch.no_grad()(self._generate)

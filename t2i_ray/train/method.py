@@ -198,10 +198,29 @@ def data_parallel_columns(cfg: ExperimentConfig) -> dict[str, int | bool | None]
             "negatives_batch": (t.batch_size * t.num_workers if global_batch else t.batch_size) if coupled else None}
 
 
+def parameter_columns(cfg: ExperimentConfig, damsm_path: str | None) -> dict[str, int]:
+    """What a GAN results row records about model size (DTE-GAN compares it):
+    `GANModels.parameter_counts` of the models the config builds, built on the meta device (no
+    memory, no weights, no draws from the RNG); the text encoders' size comes from the DAMSM
+    folder's meta.json. {} for other methods, or when that folder is not readable here."""
+    if cfg.model.method != "gan" or not damsm_path:
+        return {}
+    try:
+        text_config = json.loads((Path(damsm_path) / "meta.json").read_text())["text_encoder"]
+    except (OSError, KeyError, ValueError):
+        return {}
+    from t2i_ray.models.factory import build_gan_models
+    from t2i_ray.models.text import TextEncoder
+
+    with torch.device("meta"):
+        models = build_gan_models(cfg, TextEncoder(**text_config), nn.Identity(), for_training=False)
+    return models.parameter_counts()
+
+
 def build_method(cfg: ExperimentConfig, assets: Assets) -> Method:
     return method_class(cfg)(cfg, assets)
 
 
 __all__ = ["Assets", "Method", "SampleFn", "TrainedRun", "build_method", "data_parallel_columns", "encode_text",
            "load_assets", "load_trained",
-           "method_class"]
+           "method_class", "parameter_columns"]
