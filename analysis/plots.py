@@ -375,10 +375,13 @@ def plot_sample_grid(df: pd.DataFrame, by: str = "row", order: Sequence[str] | N
 
     ok = _ok(df)
     roots = list(roots)
-    data_cols = [c for c in ok.columns if c.startswith("config.data.")]
-    if data_cols and len(ok[data_cols].astype(str).drop_duplicates()) > 1:
-        raise ValueError("the trials use different data configs, so their sample grids do not show the same "
-                         "captions; filter to one dataset/resolution first")
+    # A key missing from some rows (a field that the code version of those trials did not have yet)
+    # is no difference; two different recorded values are.
+    differ = [c[len("config."):] for c in ok.columns
+              if c.startswith("config.data.") and ok[c].dropna().astype(str).nunique() > 1]
+    if differ:
+        raise ValueError(f"the trials use different data configs ({', '.join(differ)}), so their sample grids "
+                         f"do not show the same captions; filter to one dataset/resolution first")
     groups = _ordered(pd.unique(ok[by]), order)
     strips, labels, real, captions, captions_from = [], [], None, None, None
     for g in groups:

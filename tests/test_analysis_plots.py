@@ -205,8 +205,10 @@ def test_sample_grid_stacks_real_once_then_each_configs_fakes(tmp_path):
     fig = plots.plot_sample_grid(df, roots=[tmp_path])
     assert not fig.axes[0].texts and "captions not saved" in fig.axes[0].get_title()
     mixed = df.assign(**{"config.data.resolution": [32, 32, 64]})
-    with pytest.raises(ValueError, match="different data configs"):
+    with pytest.raises(ValueError, match=r"different data configs \(data.resolution\)"):
         plots.plot_sample_grid(mixed, roots=[tmp_path])
+    # a field that older trials did not record yet is no difference
+    plots.plot_sample_grid(df.assign(**{"config.data.aspect": [None, None, 1.0]}), roots=[tmp_path])
 
 
 def test_notebook_runs_top_to_bottom_on_a_real_sweep(tiny_grid_sweep, tmp_path):
