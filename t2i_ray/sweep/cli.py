@@ -45,7 +45,9 @@ def base_parser(description: str, search: bool = True) -> argparse.ArgumentParse
                         "eval.backbone=inception (default: $T2I_INCEPTION_WEIGHTS); never downloaded")
     p.add_argument("--eval-protocol", choices=list(EVAL_PROTOCOLS), default=None,
                    help="apply a paper evaluation protocol (sample counts, real set, IS splits, R-precision "
-                        "candidates/folds; see config.EVAL_PROTOCOLS) and hold the config to it")
+                        "candidates/folds, a random caption per image; see config.EVAL_PROTOCOLS) and hold the "
+                        "config to it; it needs the Inception DAMSM (--set damsm.image_backbone=inception "
+                        "--set damsm.inception_weights=PATH)")
     p.add_argument("--config", default=None, metavar="PATH.yaml",
                    help="YAML file of config fields (train: {steps: 300}); precedence: preset < file "
                         "< --set and the flags above")
