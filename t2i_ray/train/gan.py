@@ -2,6 +2,11 @@
 
 L_D = hinge(real) + 1/2 (hinge(fake) + hinge(mismatch)) + MA-GP  [+ a_w * L_align(real)]
 L_G = -E[D(G(z, e), e)] + l1 L_DAMSM + l2 L_F2R + l3 L_F2F + l4 L_recap  [+ a_w * L_align(fake)]
+F2F's second fake G(z, e2) (caption 2 of the same image, same z) enters L_F2F only
+(loss.f2f_variant=isolated), or, as T2I_CL trains it (t2i_cl; huiyegit/T2I_CL
+`AttnGAN+CL/code/trainer.py`: errD += errD_2, errG_total += errG_total_2), also both sides' losses
+with its caption: L_D += L_D(real, e2, G(z, e2)) (hinge and MA-GP, the same mismatched rows) and
+L_G += -E[D(G(z, e2), e2)] + l1 L_DAMSM(G(z, e2), caption 2).
 A weight of 0 skips its term's computation entirely (no extra forward passes). The models may be
 DDP-wrapped; frozen uses (D during the G step, encoders under no_grad) go through the plain
 module so DDP's gradient sync only sees the passes that train it. Under data parallelism the
@@ -49,6 +54,26 @@ def sample_noise(batch: int, z_dim: int, generator: torch.Generator, device) -> 
     return torch.randn(batch, z_dim, generator=generator).to(device)
 
 
+# DF-GAN's truncated_noise (tobran/DF-GAN code/lib/utils.py): scipy's truncnorm(-2, 2) times the
+# truncation rate (0.88 in its configs' trunc_rate).
+TRUNCATION_BOUND = 2.0
+
+
+def eval_noise(batch: int, z_dim: int, truncation: float | None, generator: torch.Generator) -> Tensor:
+    """The noise of the GAN samplers (CPU, from `generator`): z ~ N(0, I) (`truncation` None), or
+    DF-GAN's truncated noise, `truncation` * N(0, 1) truncated to [-2, 2]: the same first draw,
+    then every entry outside [-2, 2] redrawn from `generator` until none is (the standard normal
+    conditioned on the interval, which scipy.stats.truncnorm(-2, 2) samples), then scaled."""
+    z = torch.randn(batch, z_dim, generator=generator)
+    if truncation is None:
+        return z
+    outside = z.abs() > TRUNCATION_BOUND
+    while outside.any():
+        z[outside] = torch.randn(int(outside.sum()), generator=generator)
+        outside = z.abs() > TRUNCATION_BOUND
+    return truncation * z
+
+
 def gan_step(
     models: GANModels,
     optimizers: Mapping[str, torch.optim.Optimizer],
@@ -69,6 +94,8 @@ def gan_step(
     trainable_text = models.text_trainable
     use_align = trainable_text and align_w > 0
     G, D, head = models.generator, models.discriminator, models.head
+    t2i_cl = lw.f2f > 0 and lw.f2f_variant == "t2i_cl"
+    second: dict[str, Tensor] | None = None  # t2i_cl: the second caption's pair, shared with the G step
     out: dict[str, float] = {}
 
     # ---- D step --------------------------------------------------------------------------
@@ -96,6 +123,11 @@ def gan_step(
         loss_adv_d = discriminator_hinge_loss(real_logits, fake_logits, mismatch_logits)
         loss_gp = ma_gradient_penalty(real_logits, real_in, sent_g, k=lw.magp_k, p=lw.magp_p)
         loss_d = loss_adv_d + loss_gp
+        if t2i_cl:
+            second = second_caption_fake(models, batch, z)
+            loss_d2 = second_pair_d_loss(D, head, real_in, real_feat, second, lw, gather)
+            loss_d = loss_d + loss_d2
+            out["loss_d2"] = loss_d2.item()
         if use_align:
             if models.text_a is models.text_g:
                 sent_a = sent_g
@@ -122,7 +154,7 @@ def gan_step(
     try:
         sent = sent_g.detach()
         with autocast():
-            loss_g = _generator_loss(models, batch, cfg, fake, sent, z, real, out, gather)
+            loss_g = _generator_loss(models, batch, cfg, fake, sent, z, real, out, gather, second)
         loss_g.backward()
         optimizers["g"].step()
     finally:
@@ -132,12 +164,37 @@ def gan_step(
     return out
 
 
+def second_caption_fake(models: GANModels, batch: Mapping[str, Tensor], z: Tensor) -> dict[str, Tensor]:
+    """F2F's second fake: G(z, e2) from the same noise and caption 2 of the same image, with the
+    frozen text encoder's e2 ("sent", set to require grad for MA-GP), words and mask."""
+    ids2, lens2 = batch["caption2"], batch["caption2_len"]
+    words2, sent2 = encode_text(models.text_g, ids2, lens2, trainable=False)
+    words2, mask2 = words2.detach(), word_mask(lens2, ids2.shape[1])
+    fake2 = models.generator(z, sent2.detach(), words2, mask2)
+    return {"fake": fake2, "sent": sent2.detach().requires_grad_(), "ids": ids2, "lens": lens2}
+
+
+def second_pair_d_loss(D, head, real_in: Tensor, real_feat: Tensor, second: Mapping[str, Tensor], lw,
+                       gather: BatchGather = NO_GATHER) -> Tensor:
+    """T2I_CL's errD_2: D's loss on the second caption's pair, the same terms as for the first
+    (hinge on real with e2, G(z, e2) detached, the mismatched rows with e2; MA-GP at (real, e2))."""
+    sent2 = second["sent"]
+    real_logits2 = head(real_feat, sent2).float()
+    coupled = gather({"real_feat": real_feat, "sent": sent2})
+    mismatch_logits2 = head(mismatched(coupled["real_feat"]), coupled["sent"]).float()
+    fake_logits2 = head(D(second["fake"].detach()), sent2).float()
+    return (discriminator_hinge_loss(real_logits2, fake_logits2, mismatch_logits2)
+            + ma_gradient_penalty(real_logits2, real_in, sent2, k=lw.magp_k, p=lw.magp_p))
+
+
 def _generator_loss(models: GANModels, batch: Mapping[str, Tensor], cfg: ExperimentConfig, fake: Tensor,
                     sent: Tensor, z: Tensor, real: Tensor, out: dict[str, float],
-                    gather: BatchGather = NO_GATHER) -> Tensor:
+                    gather: BatchGather = NO_GATHER, second: Mapping[str, Tensor] | None = None) -> Tensor:
     """L_G = -E[D(G(z,e),e)] + l1 L_DAMSM + l2 L_F2R + l3 L_F2F + l4 L_recap [+ a_w L_align(fake)], D frozen.
     Features go to float32 before every loss (they may come out of bf16 autocast). The per-sample
-    inputs of the batch-coupled terms are computed first and gathered once."""
+    inputs of the batch-coupled terms are computed first and gathered once. `second`
+    (loss.f2f_variant=t2i_cl): the D step's second fake, which then also gets the adversarial and
+    DAMSM terms with its caption."""
     lw, align_w = cfg.loss, cfg.model.align_weight
     ids, lens = batch["caption"], batch["caption_len"]
     d_plain, head_plain = unwrap(models.discriminator), unwrap(models.head)
@@ -162,12 +219,22 @@ def _generator_loss(models: GANModels, batch: Mapping[str, Tensor], cfg: Experim
     if lw.f2r > 0:
         with torch.no_grad():
             _, local["real_global"] = damsm_image_features(models.damsm_image, real)
-    if lw.f2f > 0:
+    if lw.f2f > 0 and second is None:
         # A second fake from the same noise and another caption of the same image.
         ids2, lens2 = batch["caption2"], batch["caption2_len"]
         words2, sent2 = encode_text(models.text_g, ids2, lens2, trainable=False)
         fake2 = models.generator(z, sent2.detach(), words2.detach(), word_mask(lens2, ids2.shape[1]))
         _, local["fake2_global"] = damsm_image_features(models.damsm_image, fake2)
+    if second is not None:  # t2i_cl: the D step's second fake, with G's losses on its caption too
+        fake2_regions, local["fake2_global"] = damsm_image_features(models.damsm_image, second["fake"])
+        loss_adv_g2 = generator_hinge_loss(head_plain(d_plain(second["fake"]), second["sent"].detach()).float())
+        loss_g = loss_g + loss_adv_g2
+        out["loss_g_adv2"] = loss_adv_g2.item()
+        if lw.damsm > 0:
+            words2, sent2_damsm = encode_text(models.damsm_text, second["ids"], second["lens"], trainable=False)
+            captions2 = gather({"words": words2.float(), "lens": second["lens"]})
+            local.update(word_scores2=word_scores(fake2_regions, captions2["words"], captions2["lens"], lw.gamma1,
+                                                  lw.gamma2), sent2_damsm=sent2_damsm.float())
     if lw.recap > 0:
         # Frozen captioner (eval mode, no parameter gradients): the gradient reaches G only. The
         # loss is a mean over the batch's tokens, so the token counts are gathered with the NLLs.
@@ -181,6 +248,11 @@ def _generator_loss(models: GANModels, batch: Mapping[str, Tensor], cfg: Experim
                                             g.get("damsm_class_ids"))
         loss_g = loss_g + lw.damsm * loss_damsm
         out["loss_damsm"] = loss_damsm.item()
+        if second is not None:
+            loss_damsm2 = damsm_loss_from_scores(g["word_scores2"], g["fake2_global"], g["sent2_damsm"], lw.gamma3,
+                                                 g.get("damsm_class_ids"))
+            loss_g = loss_g + lw.damsm * loss_damsm2
+            out["loss_damsm2"] = loss_damsm2.item()
     if lw.f2r > 0:
         loss_f2r = nt_xent(g["fake_global"], g["real_global"], lw.temperature)
         loss_g = loss_g + lw.f2r * loss_f2r
@@ -242,7 +314,8 @@ def prepare_gan_models(models: GANModels, wrap, prepare_module, device) -> None:
 
 class GanMethod(Method):
     """`model.method=gan`: the architectures of models/factory.py trained by `gan_step`; samples
-    are G(z, e) with z ~ N(0, I) drawn from the sampler's generator."""
+    are G(z, e) with z drawn from the sampler's generator by `eval_noise` (N(0, I), or truncated
+    with eval.truncation)."""
 
     name = "gan"
     batch_coupled = True  # the mismatched pairs always; NT-Xent, DAMSM, alignment, recap when on
@@ -270,7 +343,7 @@ class GanMethod(Method):
         device = next(generator.parameters()).device
         generator.eval()
         text_g.eval()
-        z = torch.randn(len(ids), self.cfg.model.z_dim, generator=rng)
+        z = eval_noise(len(ids), self.cfg.model.z_dim, self.cfg.eval.truncation, rng)
         ids, lens = ids.to(device), lens.to(device)
         words, sent = text_g(ids, lens)
         return generator(z.to(device), sent, words, word_mask(lens, ids.shape[1]), **extra)
