@@ -18,10 +18,10 @@ from t2i_ray.train.gan import eval_noise
 # ---------------------------------------------------------------------------- truncated noise
 
 def test_truncated_noise_bounds_resampling_and_scale(one_thread):
-    plain = eval_noise(4000, 100, None, torch.Generator().manual_seed(3))
-    torch.testing.assert_close(plain, torch.randn(4000, 100, generator=torch.Generator().manual_seed(3)),
+    plain = eval_noise(2000, 100, None, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(plain, torch.randn(2000, 100, generator=torch.Generator().manual_seed(3)),
                                rtol=0, atol=0)  # off: exactly the sampler's old N(0, I) draw
-    z = eval_noise(4000, 100, 0.88, torch.Generator().manual_seed(3))
+    z = eval_noise(2000, 100, 0.88, torch.Generator().manual_seed(3))
     assert z.abs().max() <= 0.88 * 2.0  # DF-GAN: 0.88 * truncnorm(-2, 2)
     inside = plain.abs() <= 2.0
     assert 0 < int((~inside).sum()) < 0.06 * plain.numel()  # ~4.6% of N(0, 1) lies beyond +-2
@@ -31,7 +31,7 @@ def test_truncated_noise_bounds_resampling_and_scale(one_thread):
     # The result is the truncated normal scipy's truncnorm(-2, 2) samples: its std, and a KS test.
     assert abs(float(z.std()) - 0.88 * scipy.stats.truncnorm.std(-2, 2)) < 0.005
     assert scipy.stats.kstest(z.flatten()[:20000].numpy() / 0.88, scipy.stats.truncnorm(-2, 2).cdf).pvalue > 1e-3
-    torch.testing.assert_close(z, eval_noise(4000, 100, 0.88, torch.Generator().manual_seed(3)), rtol=0, atol=0)
+    torch.testing.assert_close(z, eval_noise(2000, 100, 0.88, torch.Generator().manual_seed(3)), rtol=0, atol=0)
 
 
 def test_truncation_validated_and_gan_only(tiny_cfg):
@@ -52,7 +52,7 @@ def eval_setup(tiny_cfg, tiny_damsm):
     from t2i_ray.train.damsm import load_damsm
 
     damsm = load_damsm(tiny_damsm)
-    cfg = apply_overrides(tiny_cfg, {"eval.num_images": 64, "eval.batch_size": 16})  # 2 passes over 32 images
+    cfg = apply_overrides(tiny_cfg, {"eval.num_images": 48, "eval.batch_size": 16})  # 1.5 passes over 32 images
     rand = apply_overrides(cfg, {"eval.caption_mode": "random"})
     return cfg, rand, build_eval_context(cfg, damsm), build_eval_context(rand, damsm)
 
@@ -91,18 +91,18 @@ def test_random_captions_differ_from_caption0_and_are_reproducible(eval_setup, m
     drawn, rp_rand, row = _recording_run(ctx_rand, rand, monkeypatch)
     assert row["eval_caption_mode"] == "random" and row["r_precision_mismatch_pool"] == "all captions"
     from t2i_ray.eval.evaluate import caption_choices
-    images, ks = caption_choices(ctx_rand, 64, seed=0)
-    assert (images == np.arange(64) % n).all() and ks.min() >= 0 and ks.max() < 10
+    images, ks = caption_choices(ctx_rand, 48, seed=0)
+    assert (images == np.arange(48) % n).all() and ks.min() >= 0 and ks.max() < 10
     for j, (ids, lens) in enumerate(drawn):  # caption k_j of image j % N, read as evaluation reads captions
         want_ids, want_len = test_set.eval_caption(j % n, int(ks[j]))
         assert torch.equal(ids, want_ids) and lens == want_len
     # Random draws: many are not caption 0, the two passes over the test split draw differently.
-    assert (ks != 0).mean() > 0.6 and (ks[:n] != ks[n:]).any()
+    assert (ks != 0).mean() > 0.6 and (ks[:16] != ks[n:]).any()
     assert sum(not torch.equal(a[0], b[0]) for a, b in zip(first, drawn)) > 0.5 * len(drawn)
     # Reproducible from the eval seed, whatever the batch size; another seed draws others.
-    again, _, _ = _recording_run(ctx_rand, apply_overrides(rand, {"eval.batch_size": 5}), monkeypatch)
+    again, _, _ = _recording_run(ctx_rand, apply_overrides(rand, {"eval.batch_size": 20}), monkeypatch)
     assert all(torch.equal(a[0], b[0]) for a, b in zip(drawn, again))
-    assert not (caption_choices(ctx_rand, 64, seed=1)[1] == ks).all()
+    assert not (caption_choices(ctx_rand, 48, seed=1)[1] == ks).all()
 
     # R-precision: the true caption is the one each image was made from; the pool holds every caption.
     pool_size = sum(len(c) for c in test_set.captions)
@@ -111,7 +111,7 @@ def test_random_captions_differ_from_caption0_and_are_reproducible(eval_setup, m
     np.testing.assert_array_equal(rp_rand["pool_ids"], np.repeat(np.arange(n), 10))  # shapes: other images
     enc = ctx_rand.damsm.text_encoder
     with torch.no_grad():
-        for j in (0, 5, 40):
+        for j in (0, 5, 37):
             want = enc(*(t[None] for t in test_set.eval_caption(j % n, int(ks[j]))))[1][0].numpy()
             np.testing.assert_allclose(rp_rand["text_feats"][j], want, rtol=1e-5, atol=1e-6)
             np.testing.assert_allclose(rp_rand["pool_feats"][10 * (j % n) + int(ks[j])], want, rtol=1e-5, atol=1e-6)
@@ -123,8 +123,8 @@ def test_mismatched_captions_come_from_every_caption_of_other_images(eval_setup)
 
     _, _, _, ctx = eval_setup
     pool_ids = np.arange(len(ctx.test_set))[ctx.pool_image]
-    image_ids = np.arange(64) % len(ctx.test_set)
-    picks = _sample_mismatched(image_ids, pool_ids, 9, np.random.default_rng(0))  # (64, 9) pool indices
+    image_ids = np.arange(48) % len(ctx.test_set)
+    picks = _sample_mismatched(image_ids, pool_ids, 9, np.random.default_rng(0))  # (48, 9) pool indices
     caption_k = picks - ctx.pool_start[ctx.pool_image[picks]]  # which caption of its image each pick is
     assert (pool_ids[picks] != image_ids[:, None]).all()
     assert (caption_k > 0).mean() > 0.8 and len(np.unique(caption_k)) == 10  # not only caption 0s
