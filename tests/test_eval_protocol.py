@@ -54,7 +54,12 @@ def eval_setup(tiny_cfg, tiny_damsm):
     damsm = load_damsm(tiny_damsm)
     cfg = apply_overrides(tiny_cfg, {"eval.num_images": 48, "eval.batch_size": 16})  # 1.5 passes over 32 images
     rand = apply_overrides(cfg, {"eval.caption_mode": "random"})
-    return cfg, rand, build_eval_context(cfg, damsm), build_eval_context(rand, damsm)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: threads only add contention (conftest `one_thread`)
+    try:
+        return cfg, rand, build_eval_context(cfg, damsm), build_eval_context(rand, damsm)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _recording_run(ctx, cfg, monkeypatch, seed=0):

@@ -78,10 +78,11 @@ class EvalContext:
     num_captions: np.ndarray | None = None  # (N_real,) captions of each test image
 
 
-def caption_pool(test_set: TextImageDataset, damsm: Damsm, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+def caption_pool(test_set: TextImageDataset, damsm: Damsm, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
     """DAMSM sentence features (M, E) of every caption of every test image (image 0's captions
     first, then image 1's, ...), each read as evaluation reads it (`eval_caption`), and the test
-    image index (M,) of each."""
+    image index (M,) of each. Encoded `batch_size` captions at a time (a fixed number, so the
+    features do not depend on eval.batch_size)."""
     pairs = [(i, k) for i in range(len(test_set)) for k in range(len(test_set.captions[i]))]
     feats = []
     with torch.no_grad():
@@ -169,7 +170,7 @@ def build_eval_context(cfg: ExperimentConfig, damsm: Damsm, layouts: bool = Fals
     caption_feats = torch.cat(caps).numpy()
     num_captions = np.array([len(c) for c in test_set.captions], np.int64)
     if cfg.eval.caption_mode == "random":
-        pool_feats, pool_image = caption_pool(test_set, damsm, cfg.eval.batch_size)
+        pool_feats, pool_image = caption_pool(test_set, damsm)
     else:
         pool_feats, pool_image = caption_feats, np.arange(len(test_set))
     pool_start = np.searchsorted(pool_image, np.arange(len(test_set)))
