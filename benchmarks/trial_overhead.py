@@ -3,8 +3,8 @@ last training step to its row in the results table, for 1 and 2 workers per tria
 
     python benchmarks/trial_overhead.py --out benchmarks/results/trial_overhead.json
 
-Real sweeps (`run_sweep`, a private local Ray instance, two trials: seeds 0 and 1) at the `smoke`
-preset's sizes with `--steps` steps and a report per step; per repeat, three settings alternate so
+Real sweeps (`run_sweep`, a private local Ray instance, two trials: seeds 0 and 1) at a preset's
+sizes (--preset, default `smoke`) with `--steps` steps and a report per step; per repeat, three settings alternate so
 that a change in the machine's load hits all of them alike:
   - `1w_in_trial`: one worker per trial, trained inside its Tune trial (the default since
     `runs_in_trial`), two trials side by side as in the `local` preset;
@@ -102,6 +102,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=2, help="sweeps per setting (the settings alternate)")
     p.add_argument("--steps", type=int, default=12, help="training steps per trial (a report each)")
+    p.add_argument("--preset", default="smoke", choices=["ci", "smoke", "local"],
+                   help="sizes of the model, data and evaluation (the overhead hardly depends on them)")
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     p.add_argument("--output-dir", default=None, help="sweep outputs and cached encoders (default: temporary)")
     p.add_argument("--out", default="benchmarks/results/trial_overhead.json")
@@ -119,7 +121,7 @@ def main() -> None:
 
     tmp = tempfile.TemporaryDirectory(prefix="t2i-overhead-")
     out = Path(args.output_dir or tmp.name).resolve()
-    base = build_config("smoke", {"output_dir": str(out), "train.steps": args.steps, "train.report_every": 1,
+    base = build_config(args.preset, {"output_dir": str(out), "train.steps": args.steps, "train.report_every": 1,
                                   "train.checkpoint_every": max(1, args.steps // 2)})
     prepare_assets(base, log=lambda s: None)  # once, before any timed sweep
 
@@ -170,7 +172,7 @@ def main() -> None:
         summary[name] = med
         print(name, med, flush=True)
     result = {
-        "preset": "smoke", "steps": args.steps, "report_every": 1, "checkpoint_every": base.train.checkpoint_every,
+        "preset": args.preset, "steps": args.steps, "report_every": 1, "checkpoint_every": base.train.checkpoint_every,
         "trials_per_sweep": 2, "repeats": args.repeats, "settings": {k: SETTINGS[k] for k in args.settings},
         "statistic": "median over trials (both seeds x repeats)",
         "local_trial_s": LOCAL_TRIAL_S, "local_trial_source": "README.md, the default run's baseline row",
