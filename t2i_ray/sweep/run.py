@@ -1,7 +1,8 @@
 """Ray Tune sweeps over GAN trainings (Ray Train V2 driver-function pattern, SPEC 7).
 
-Each Tune trial runs `train_driver`: it builds a TorchTrainer around the worker loop
-(`t2i_ray.train.loop.ray_worker`), fits it, writes the trial's row to the results table, and
+Each Tune trial runs `train_driver`: it trains with the worker loop (`t2i_ray.train.loop`), in its
+own process for one CPU worker (`runs_in_trial`) or under a TorchTrainer (`loop.ray_worker`) for
+data-parallel and GPU trials, writes the trial's row to the results table, and
 reports the final metrics to Tune (without that report a resumed, already finished trial would
 abort the sweep: reference ray.md 3.4). Experiment and run names are content hashes of the sweep,
 never timestamps, so rerunning the same command resumes: Tune restores the experiment, finished
