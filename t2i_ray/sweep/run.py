@@ -361,7 +361,9 @@ def train_driver(config: dict[str, Any]) -> None:
         print(f"[{run_name}] already finished (its row is in the results table): not rerun", flush=True)
         ray.tune.report({k: v for k, v in done.items() if not k.startswith(("config.", "lib."))
                          and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)},
-                        checkpoint=_tune_checkpoint(done.get("checkpoint_path") or ""))
+                        # in_trial: the row's checkpoint is this trial's own, still Tune's latest; a copy
+                        # reported again would replace (delete) it
+                        checkpoint=None if config.get("in_trial") else _tune_checkpoint(done.get("checkpoint_path") or ""))
         return
     best_dir = f"{config['storage_path']}/{run_name}/best"  # beside Ray Train's checkpoint_* folders
     in_trial = config.get("in_trial", False) and runs_in_trial(cfg)  # False in sweeps saved before it existed
@@ -712,8 +714,10 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, max_concurrent: in
                 run_config=tune.RunConfig(
                     name=spec.name, storage_path=f"{storage}/tune", verbose=0,
                     callbacks=[TrialProgress(n_trials)],
-                    # the checkpoints trials report themselves (in_trial), as Ray Train keeps them
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                    # A trial that trains in itself (in_trial) reports its intermediate checkpoints
+                    # to Tune: keep only the last, the evaluated one with the final metrics (Tune's
+                    # best_checkpoint reads every kept checkpoint's metrics).
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                     # A trial driver lost with its node (or crashed) is restarted; its Train run
                     # then resumes from its last checkpoint (same run name).
                     failure_config=tune.FailureConfig(max_failures=spec.max_failures)))
