@@ -154,7 +154,8 @@ def report_locations(output_dir: str | Path, experiment: str, storage_path: str 
     ray_dir = storage_root(paths.output_dir, storage_path)
     return "\n".join([
         f"results table (one parquet file per trial): {paths.results}",
-        f"checkpoints (Ray Train, per trial):         {ray_dir}/train",
+        f"checkpoints (trials with 1 CPU worker):     {ray_dir}/tune/{experiment}/trial_*",
+        f"checkpoints (Ray Train worker groups):      {ray_dir}/train",
         f"Tune experiment (resume state, trial logs):  {ray_dir}/tune/{experiment}",
         f"sample grids (PNG + captions JSON):          {paths.samples}",
         f"TensorBoard logs:                            tensorboard --logdir {paths.tensorboard()}",
