@@ -54,6 +54,16 @@ INCEPTION_RESIZE_MODES = ("tf1_bilinear", "pil_bicubic")
 AMP_MODES = ("auto", "bf16", "off")
 # eval.best_metric: which in-training evaluation keeps the best checkpoint, and in which direction.
 BEST_METRICS = {"fid": "min", "r_precision": "max"}
+# eval.caption_mode: which caption of a test image a generated image is made from (and R-precision
+# scores it against). first: caption 0 of every image, mismatches from the caption-0 pool; random: the
+# DM-GAN protocol (MinfengZhu/DM-GAN code/datasets.py: a random caption per pass; code/trainer.py
+# R-precision: mismatches from any caption of another class/image), see t2i_ray/eval/evaluate.py.
+CAPTION_MODES = ("first", "random")
+# loss.f2f_variant: how the F2F loss's second fake (caption 2 of the same image, same noise) trains.
+# isolated: it enters the NT-Xent term only. t2i_cl: as T2I_CL (huiyegit/T2I_CL
+# `AttnGAN+CL/code/trainer.py` train loop) it also gets the generator's adversarial (and DAMSM) loss
+# with its caption and D is trained on it (errD += errD_2), see t2i_ray/train/gan.py.
+F2F_VARIANTS = ("isolated", "t2i_cl")
 
 
 class ConfigError(ValueError):
@@ -129,6 +139,9 @@ class LossWeights:
     magp: bool = True  # DF-GAN's matching-aware gradient penalty in D's loss (false: no penalty)
     magp_k: float = 2.0
     magp_p: float = 6.0
+    # F2F_VARIANTS; applies when f2f > 0. isolated: the second fake only in NT-Xent (the term
+    # alone); t2i_cl: T2I_CL's training, the second fake also trains G adversarially and D on it.
+    f2f_variant: str = "isolated"
 
 
 @dataclass(frozen=True)
@@ -184,6 +197,14 @@ class EvalConfig:
     clip_weights: str | None = None
     clip_vocab: str | None = None
     clip_prefix: str = "A photo depicts "  # prepended to every caption (Hessel et al.'s clipscore.py)
+    # CAPTION_MODES: first (caption 0 of each test image; R-precision mismatches from caption 0s) or
+    # random (DM-GAN: a random caption of the image per generated image, drawn from the eval seed;
+    # mismatches from every caption of the other images/classes). The paper protocols use random.
+    caption_mode: str = "first"
+    # Truncated noise at evaluation (GAN samplers): None = z ~ N(0, I); t = DF-GAN's
+    # truncated_noise (tobran/DF-GAN code/lib/utils.py): z = t * (N(0, 1) truncated to [-2, 2]),
+    # entries beyond +-2 redrawn; DF-GAN evaluates with t = 0.88. Also the sample grids.
+    truncation: float | None = None
     # A named paper protocol (EVAL_PROTOCOLS) the eval fields must match; None: free settings.
     protocol: str | None = None
     # Evaluation during training, to keep the best checkpoint beside the last (the papers report
@@ -537,6 +558,8 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         _check(math.isfinite(w) and w >= 0, f"loss.{name}",
                f"loss weight must be a finite number >= 0 (0 turns the term off), got {w}")
     _check(l.temperature > 0, "loss.temperature", f"must be > 0, got {l.temperature}")
+    _check(l.f2f_variant in F2F_VARIANTS, "loss.f2f_variant",
+           f"must be one of {', '.join(F2F_VARIANTS)}, got {l.f2f_variant!r}")
     for name in ("gamma1", "gamma2", "gamma3", "magp_k", "magp_p"):
         _check(getattr(l, name) > 0, f"loss.{name}", f"must be > 0, got {getattr(l, name)}")
     _check(t.steps >= 1, "train.steps", f"must be >= 1, got {t.steps}")
@@ -589,6 +612,14 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
            f"must be one of {', '.join(BEST_METRICS)}, got {e.best_metric!r}")
     _check(2 <= e.is_splits <= e.num_images, "eval.is_splits",
            f"must be in 2..eval.num_images ({e.num_images}), got {e.is_splits}")
+    _check(e.caption_mode in CAPTION_MODES, "eval.caption_mode",
+           f"must be one of {', '.join(CAPTION_MODES)}, got {e.caption_mode!r}")
+    _check(e.truncation is None or (math.isfinite(e.truncation) and e.truncation > 0), "eval.truncation",
+           f"must be a number > 0 (DF-GAN: 0.88; the noise is t * N(0,1) truncated to [-2, 2]) or none "
+           f"(plain N(0, I)), got {e.truncation!r}")
+    _check(e.truncation is None or m.method == "gan", "eval.truncation",
+           f"truncated noise is an option of the GAN samplers (z); model.method={m.method!r} has no z to "
+           f"truncate: set eval.truncation=none")
     if e.protocol is not None:
         _check(e.protocol in EVAL_PROTOCOLS, "eval.protocol",
                f"unknown protocol {e.protocol!r}; available: {', '.join(EVAL_PROTOCOLS)} (or None)")
@@ -600,6 +631,15 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
                    f"eval.protocol={e.protocol!r} requires {want!r}, got {getattr(e, key)!r}; apply the "
                    f"protocol's values with --eval-protocol {e.protocol} (protocol_overrides) or unset "
                    f"eval.protocol")
+        # R-precision is scored with the DAMSM encoders; the papers' numbers come from AttnGAN's
+        # Inception-v3 image encoder (reference code taoxugit/AttnGAN code/model.py CNN_ENCODER), so
+        # the protocol refuses the from-scratch `cnn` one instead of publishing a number it did not make.
+        for key, want in proto["damsm"].items():
+            _check(getattr(p, key) == want, f"damsm.{key}",
+                   f"eval.protocol={e.protocol!r} scores R-precision with AttnGAN's Inception-v3 DAMSM image "
+                   f"encoder: set damsm.{key}={want} (with damsm.inception_weights=/path/to/"
+                   f"inception_v3_google-0cc3c7bd.pth) so the run's DAMSM is pre-trained on it, or unset "
+                   f"eval.protocol (got damsm.{key}={getattr(p, key)!r})")
     _check(p.image_backbone in IMAGE_ENCODER_BACKBONES, "damsm.image_backbone",
            f"must be one of {', '.join(IMAGE_ENCODER_BACKBONES)}, got {p.image_backbone!r}")
     _check(p.epochs >= 1, "damsm.epochs", "must be >= 1")
@@ -739,6 +779,14 @@ def _check_combinations(cfg: ExperimentConfig) -> None:
         _check(m.arch != "attngan_style" or m.ca_dim == m.embed_dim, "model.ca_dim",
                f"model.arch=attngan_style attends over words of model.embed_dim={m.embed_dim} with the same "
                f"width as its sentence condition: set model.ca_dim={m.embed_dim}, or conditioning_augmentation=off")
+    # T2I_CL trains its GANs on the frozen DAMSM text encoder; which of D's and G's flows would reach
+    # a trainable embedding through the second caption is not defined there.
+    _check(cfg.loss.f2f_variant != "t2i_cl" or m.arch != "attngan", "loss.f2f_variant",
+           "t2i_cl shows the second fake to a single-stage D; plain AttnGAN's three discriminators are not "
+           "built for it here: use loss.f2f_variant=isolated, or another model.arch")
+    _check(cfg.loss.f2f_variant != "t2i_cl" or m.text_embedding == "pretrained", "loss.f2f_variant",
+           f"t2i_cl is T2I_CL's training with the frozen DAMSM text encoder (model.text_embedding=pretrained), "
+           f"not {m.text_embedding!r}: use loss.f2f_variant=isolated or text_embedding=pretrained")
 
 
 # Presets: the CLI and the sweeps both start from one of these. `smoke` and `local` train at
@@ -807,20 +855,25 @@ PRESETS: dict[str, dict[str, Any]] = {
 # R-precision: 30,000 images, 1 true + 99 other-class captions, 10 folds), §1.6 DF-GAN FID ("~30k
 # generated"; CUB 2933//32*32*10 = 29,120; the *_FIDK0.npz real stats are of the test set, COCO test
 # = val2014; CUB/flowers test images were flip/shift-augmented to ~30k, which we do not reproduce),
-# §6 (AttnGAN/DM-GAN rows: 30k); diffusion_metrics.md B.3 (IS: 10 splits, ddof-0 std; CUB papers
+# §6 (AttnGAN/DM-GAN rows: 30k), caption_mode random (DM-GAN code/datasets.py: a random caption of
+# the image per generated image); diffusion_metrics.md B.3 (IS: 10 splits, ddof-0 std; CUB papers
 # use a fine-tuned Inception, so our CUB IS is not comparable with theirs) and B.2 (torch-fidelity's
 # KID defaults: 100 subsets of 1000). FID uses torch-fidelity's TF1 bilinear resize (TTUR numbers).
 _T2I_PAPER_EVAL: dict[str, Any] = {
     "num_images": 30000, "backbone": "inception", "inception_resize": "tf1_bilinear", "is_splits": 10,
     "r_precision_candidates": 100, "r_precision_folds": 10, "kid_subsets": 100, "kid_subset_size": 1000,
+    "caption_mode": "random",
 }
+# `damsm`: fields the run's DAMSM must have (validation refuses others, naming the fix; they are not
+# set by protocol_overrides, since they change what is trained and need a local weights file).
+_T2I_PAPER_DAMSM: dict[str, Any] = {"image_backbone": "inception"}
 EVAL_PROTOCOLS: dict[str, dict[str, Any]] = {
-    "cub": {"dataset": "cub", "eval": dict(_T2I_PAPER_EVAL),
-            "real_set": "test split (2,933 images), 30k fakes from its captions"},
-    "oxford102": {"dataset": "oxford102", "eval": dict(_T2I_PAPER_EVAL),
-                  "real_set": "test split, 30k fakes from its captions"},
-    "coco": {"dataset": "coco", "eval": dict(_T2I_PAPER_EVAL),
-             "real_set": "test split = val2014 (~40k images), 30k fakes from its captions"},
+    "cub": {"dataset": "cub", "eval": dict(_T2I_PAPER_EVAL), "damsm": dict(_T2I_PAPER_DAMSM),
+            "real_set": "test split (2,933 images), 30k fakes from random captions of its images"},
+    "oxford102": {"dataset": "oxford102", "eval": dict(_T2I_PAPER_EVAL), "damsm": dict(_T2I_PAPER_DAMSM),
+                  "real_set": "test split, 30k fakes from random captions of its images"},
+    "coco": {"dataset": "coco", "eval": dict(_T2I_PAPER_EVAL), "damsm": dict(_T2I_PAPER_DAMSM),
+             "real_set": "test split = val2014 (~40k images), 30k fakes from random captions of its images"},
 }
 
 

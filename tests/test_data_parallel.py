@@ -48,8 +48,10 @@ CASES = {
     "pretrained": {"model.text_embedding": "pretrained", **TERMS},
     "dual": {"model.text_embedding": "dual", "model.align_weight": 1.0, **TERMS},
     "shared": {"model.text_embedding": "shared", "model.align_weight": 1.0},  # S_D is S_G
+    # T2I_CL's F2F: the second fake's pair in D (mismatched rows with e2) and its G DAMSM term too.
+    "t2i_cl": {"model.text_embedding": "pretrained", **TERMS, "loss.f2f_variant": "t2i_cl"},
 }
-COUPLED_LOSSES = ("loss_damsm", "loss_f2r", "loss_f2f", "loss_recap", "loss_align_d", "loss_align_g")
+COUPLED_LOSSES = ("loss_damsm", "loss_f2r", "loss_f2f", "loss_recap", "loss_align_d", "loss_align_g", "loss_damsm2")
 # float32 round-off: in `dual` one element of G's update differs from the 2B process's by 1.7 x
 # (1e-7 + 1e-4 |value|), from the DAMSM / F2F terms' gradients (with them off: 0.13 x); a term that
 # is not batch-decomposable differs by > 100 x (the control test below).
@@ -175,7 +177,7 @@ def test_two_ddp_workers_of_batch_b_update_like_one_process_of_batch_2b(ddp_runs
     assert moved == set(init)  # every trainable module really moved
     # The batch-coupled losses rank 0 reports are the global batch's, equal to the 2B process's.
     coupled = [k for k in COUPLED_LOSSES if k in single["losses"]]
-    assert len(coupled) == {"pretrained": 4, "dual": 6, "shared": 2}[case]
+    assert len(coupled) == {"pretrained": 4, "dual": 6, "shared": 2, "t2i_cl": 5}[case]
     for k in coupled:
         assert ddp["losses"][k] == pytest.approx(single["losses"][k], rel=1e-5), k
 
@@ -193,7 +195,8 @@ def test_without_gathering_two_workers_optimise_another_loss(ddp_runs, case):
     # alignment on fakes), S_D's encoder and the projection (the alignment on reals).
     expect = {"pretrained": {"generator", "discriminator"},
               "dual": {"generator", "discriminator", "text_d", "align_proj"},
-              "shared": {"generator", "discriminator", "text_g", "align_proj"}}[case]
+              "shared": {"generator", "discriminator", "text_g", "align_proj"},
+              "t2i_cl": {"generator", "discriminator"}}[case]
     for module in expect:
         keys = [k for k in ref if k.split(".")[0] == module]
         gap = max(float((got[k] - ref[k]).abs().max()) for k in keys)

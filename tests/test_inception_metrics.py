@@ -263,6 +263,9 @@ def test_backbone_choice_and_paper_protocols():
     assert resolved_eval_backbone(cub) == "inception"
     with pytest.raises(ConfigError, match="eval.backbone.*shapes only"):
         apply_overrides(cub, {"eval.backbone": "domain"})
+    with pytest.raises(ConfigError, match="damsm.image_backbone"):  # R-precision needs AttnGAN's Inception DAMSM
+        apply_overrides(cub, protocol_overrides("cub"))
+    cub = apply_overrides(cub, {"damsm.image_backbone": "inception", "damsm.inception_weights": "/w/inception.pth"})
     paper = apply_overrides(cub, protocol_overrides("cub"))
     e = paper.eval
     assert (e.protocol, e.num_images, e.r_precision_candidates, e.r_precision_folds, e.is_splits) == \

@@ -93,6 +93,51 @@ def test_two_worker_ddp_trial_restarts_from_checkpoint_after_worker_failure(tiny
     assert (tmp_path / "crashed").exists()
 
 
+def flaky_trial(config):
+    """The loop inside a Tune trial (TuneEnv, as run_sweep runs one-worker CPU trials), dying once
+    right after its step-2 checkpoint."""
+    from t2i_ray.config import ExperimentConfig
+    from t2i_ray.train.loop import TuneEnv, run_training
+
+    class FlakyTuneEnv(TuneEnv):
+        def report(self, metrics, checkpoint_dir):
+            super().report(metrics, checkpoint_dir)
+            if "loss_d" in metrics:
+                with open(Path(config["log_dir"]) / "steps.txt", "a") as f:
+                    f.write(f"{metrics['step']} {metrics['loss_d']!r}\n")
+            marker = Path(config["log_dir"]) / "crashed"
+            if metrics.get("step") == 2 and "loss_d" in metrics and not marker.exists():
+                marker.touch()
+                raise RuntimeError("injected trial failure")
+
+    run_training(ExperimentConfig.from_dict(config["experiment"]), FlakyTuneEnv(), config["damsm_path"], "flaky1")
+
+
+def test_one_worker_trial_resumes_from_its_tune_checkpoint_with_the_same_losses(tiny_cfg, tiny_damsm, local_ray,
+                                                                                tmp_path):
+    """A one-worker trial trains in its Tune trial (no worker group): Tune restarts the failed trial,
+    which continues from the checkpoint it reported at step 2, and its losses are those of an
+    uninterrupted in-process run of the same seed."""
+    from ray import tune
+
+    from t2i_ray.train.loop import LocalEnv, run_training
+
+    tuner = tune.Tuner(
+        tune.with_resources(flaky_trial, {"cpu": 1}),
+        param_space={"experiment": tiny_cfg.to_dict(), "damsm_path": tiny_damsm, "log_dir": str(tmp_path)},
+        run_config=tune.RunConfig(name="flaky1", storage_path=str(tmp_path / "storage"), verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=1)))
+    result = tuner.fit()[0]
+    assert result.error is None and (tmp_path / "crashed").exists()
+    logged = [line.split() for line in (tmp_path / "steps.txt").read_text().splitlines()]
+    # steps 1-2, the failure, then only 3-4 from the step-2 checkpoint (not 1-4 again)
+    assert [int(float(s)) for s, _ in logged] == [1, 2, 3, 4], logged
+    assert result.metrics["finished"] == 1 and result.checkpoint is not None
+    uninterrupted = LocalEnv(tmp_path / "local")
+    run_training(tiny_cfg, uninterrupted, tiny_damsm, "local")
+    assert [float(loss) for _, loss in logged] == [r["loss_d"] for r in uninterrupted.reports if "loss_d" in r]
+
+
 def test_optuna_sweep_samples_weights_in_range_and_stores_its_study(tiny_cfg, tiny_damsm, local_ray, capsys):
     import optuna
 

@@ -156,6 +156,16 @@ def test_runs_are_found_by_name_or_best_metric_with_clear_errors(tmp_path):
     (out / "ray" / "train" / "a" / "checkpoint_1" / "state.pt").write_bytes(b"")
     # a folder copied from another machine: the checkpoint is found under this output folder's ray/train
     assert checkpoint_location(find_run(out, "a"), out) == str(out.resolve() / "ray" / "train" / "a" / "checkpoint_1")
+    # a one-worker trial's checkpoint lives in Tune's trial folder: found under this folder's ray/tune
+    moved = out / "ray" / "tune" / "exp" / "trial_1" / "checkpoint_000002"
+    _row(out, "e", "s4", 40.0, checkpoint_path=str(tmp_path / "elsewhere" / "exp" / "trial_1" / "checkpoint_000002"))
+    with pytest.raises(RunError, match=r"no state.pt in .*elsewhere/exp/trial_1/checkpoint_000002 or "
+                                       r".*runs/ray/tune/exp/trial_1/checkpoint_000002.*ray/tune/ holds it"):
+        checkpoint_location(find_run(out, "e"), out)
+    moved.mkdir(parents=True)
+    (moved / "state.pt").write_bytes(b"")
+    assert checkpoint_location(find_run(out, "e"), out) == str(out.resolve() / "ray" / "tune" / "exp" / "trial_1"
+                                                                / "checkpoint_000002")
     with pytest.raises(RunError, match=r"run a kept no best checkpoint \(eval.every=0.*--checkpoint last"):
         checkpoint_location(find_run(out, "a"), out, which="best")
     check_eval_overrides({"eval.num_images": 8, "eval.protocol": "cub"})

@@ -109,3 +109,40 @@ def test_damsm_cache_is_reused_and_vocab_frozen(tiny_cfg, tiny_damsm):
     d = load_damsm(tiny_damsm)
     assert d.meta["vocab_fingerprint"] == d.vocab.fingerprint()
     assert 0.0 <= d.meta["real_r_precision"] <= 1.0
+
+
+# The losses of DF-GAN's second step (after one D + G update) at a fixed seed and batch, with the
+# DAMSM, F2R and F2F terms on, as this code computed them before the performance work of issue 16
+# (float32, 1 thread, this CPU): a speed-up must leave them as they are, to float round-off.
+PINNED_STEP_2 = {"loss_d": 1.9997849464416504, "loss_d_adv": 1.999781847000122, "loss_magp": 3.1563931770506315e-06,
+                 "d_real": 0.017318038269877434, "d_fake": 0.016909830272197723, "loss_g_adv": -0.012858749367296696,
+                 "loss_damsm": 8.306523323059082, "loss_f2r": 1.9508013725280762, "loss_f2f": 1.9459022283554077,
+                 "loss_g": 1.1818081140518188}
+
+
+def test_a_fixed_step_keeps_its_losses(tmp_path, one_thread):
+    import contextlib
+    from types import SimpleNamespace
+
+    from t2i_ray.config import build_config
+    from t2i_ray.data import registry
+    from t2i_ray.data.dataset import TextImageDataset
+    from t2i_ray.train.damsm import _make_encoders
+    from t2i_ray.train.method import Assets, build_method
+
+    cfg = build_config("ci", {"output_dir": str(tmp_path), "model.nf": 4, "train.batch_size": 4, "data.num_train": 64,
+                              "loss.damsm": 0.05, "loss.f2r": 0.2, "loss.f2f": 0.2})
+    vocab = registry.vocabulary(cfg, log=lambda s: None)
+    torch.manual_seed(0)
+    text, image = _make_encoders(cfg, len(vocab))  # freshly initialised: the step needs no pre-training
+    method = build_method(cfg, Assets(SimpleNamespace(text_encoder=text, image_encoder=image, vocab=vocab)))
+    method.prepare(lambda m: m, lambda m: m, torch.device("cpu"))
+    method.train_mode()
+    data = TextImageDataset(registry.source(cfg, "train"), vocab, cfg.data.words_num, train=True, seed=0)
+    first, second = [b for _, b in zip(range(2), torch.utils.data.DataLoader(data, batch_size=4, shuffle=False))]
+    noise = torch.Generator().manual_seed(7)
+    method.step(first, noise, contextlib.nullcontext)
+    losses = method.step(second, noise, contextlib.nullcontext)
+    assert losses.keys() == PINNED_STEP_2.keys()
+    for k, v in PINNED_STEP_2.items():
+        assert losses[k] == pytest.approx(v, rel=1e-5, abs=1e-7), k

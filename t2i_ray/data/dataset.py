@@ -8,8 +8,9 @@ Training picks a random caption of the image per epoch (and a second, different 
 F2F loss) and, for captions longer than `words_num`, a random ordered subset of their words
 (DF-GAN). Every random choice is a pure function of (seed, epoch, index) through
 `np.random.default_rng([seed, epoch, i])`, so batches are reproducible whatever the DataLoader
-worker count, worker assignment or resume point. Evaluation (train=False) always uses captions 0
-and 1 truncated to their first `words_num` words. There are no flips: a mirrored image would
+worker count, worker assignment or resume point. Evaluation items (train=False) carry captions 0
+and 1 truncated to their first `words_num` words; `eval_caption(i, k)` reads any caption of an item
+the same way (eval.caption_mode=random). There are no flips: a mirrored image would
 contradict its "left of"/"right of" captions.
 """
 from __future__ import annotations
@@ -78,6 +79,11 @@ class TextImageDataset(Dataset):
     def _encode(self, caption: str, rng: np.random.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         ids = self.vocab.encode(caption, self.words_num, rng)
         return torch.from_numpy(pad_ids(ids, self.words_num)), torch.tensor(len(ids), dtype=torch.int64)
+
+    def eval_caption(self, i: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Caption k of item i as evaluation reads it (its first `words_num` known words): ids
+        (words_num,) zero-padded and length (). Item i's caption 0 is its `caption` entry."""
+        return self._encode(self.captions[i][k], None)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         i = int(i)

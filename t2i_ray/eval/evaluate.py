@@ -11,11 +11,21 @@ datasets; `config.resolved_eval_backbone`):
   `inception_convert` writes); the real test split's statistics are computed once and cached
   under (dataset hash, split, resolution, detector) (`eval/reference_stats.py`).
 Both: R-precision with the frozen DAMSM encoders, 1 true + (candidates-1) captions of other test
-images, top-1, mean and std over folds. With eval.clip_score on (`clip.clip_score_enabled`: by
-default diffusion runs on real datasets whose CLIP weights are configured), the CLIP score of each
-fake with its caption (`eval/clip.py`, Hessel et al.'s definition). Every number carries N, the
-real set, the resize, the backbone and the library versions in its row (`fid_*`, `is_*`,
-`r_precision_*`, `clip_score_*` columns).
+images (other classes where the dataset has them), top-1, mean and std over folds. With
+eval.clip_score on (`clip.clip_score_enabled`: by default diffusion runs on real datasets whose CLIP
+weights are configured), the CLIP score of each fake with the caption it was made from
+(`eval/clip.py`, Hessel et al.'s definition). Every number carries N, the real set, the resize,
+the backbone and the library versions in its row (`fid_*`, `is_*`, `r_precision_*`, `clip_score_*`
+columns).
+
+Captions (`eval.caption_mode`, recorded as `eval_caption_mode`): generated image j is made for test
+image j mod N_test, from its caption 0 (`first`) or, as DM-GAN (MinfengZhu/DM-GAN code/datasets.py
+test items, code/trainer.py R-precision), from a random caption of that image (`random`: drawn per
+generated image from the eval seed, independent of the batch size); R-precision's true caption is
+the one the image was made from, and its mismatched captions come from the caption-0 pool (`first`)
+or from every caption of the other images/classes (`random`). FID, KID, IS, attribute accuracy and
+R-precision all score the same samples. GAN samplers draw z ~ N(0, I), or DF-GAN's truncated noise
+with `eval.truncation` (t2i_ray/train/gan.py `eval_noise`; recorded as `eval_noise`).
 """
 from __future__ import annotations
 
@@ -65,6 +75,39 @@ class EvalContext:
     caption_feats: np.ndarray  # (N_real, E) DAMSM sentence features of each test image's caption 0
     reference: dict = field(default_factory=dict)  # real-set provenance: name, N, cache hit, dataset hash
     clip: ClipScorer | None = None  # the CLIP score's model (eval.clip_score on), else None
+    # The captions R-precision reads (`caption_pool`): eval.caption_mode=first: caption 0 of each
+    # test image (pool_feats = caption_feats); random: every caption of every test image, image by image.
+    caption_mode: str = "first"
+    pool_feats: np.ndarray | None = None  # (M, E) DAMSM sentence features of the pool's captions
+    pool_image: np.ndarray | None = None  # (M,) test image index of each pool caption
+    pool_start: np.ndarray | None = None  # (N_real,) pool index of each test image's caption 0
+    num_captions: np.ndarray | None = None  # (N_real,) captions of each test image
+
+
+def caption_pool(test_set: TextImageDataset, damsm: Damsm, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """DAMSM sentence features (M, E) of every caption of every test image (image 0's captions
+    first, then image 1's, ...), each read as evaluation reads it (`eval_caption`), and the test
+    image index (M,) of each. Encoded `batch_size` captions at a time (a fixed number, so the
+    features do not depend on eval.batch_size)."""
+    pairs = [(i, k) for i in range(len(test_set)) for k in range(len(test_set.captions[i]))]
+    feats = []
+    with torch.no_grad():
+        for b in range(0, len(pairs), batch_size):
+            encoded = [test_set.eval_caption(i, k) for i, k in pairs[b:b + batch_size]]
+            feats.append(damsm.text_encoder(torch.stack([ids for ids, _ in encoded]),
+                                            torch.stack([n for _, n in encoded]))[1])
+    return torch.cat(feats).numpy(), np.array([i for i, _ in pairs], np.int64)
+
+
+def caption_choices(ctx: EvalContext, num_images: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(test image index (num_images,), caption index (num_images,)) of each generated image:
+    image j % N_test; caption 0 (`first`) or uniform over that image's captions (`random`), drawn
+    from a stream of its own seeded by (seed, 1) so that the noise, KID and R-precision draws of
+    `first` stay as they were and the choice does not depend on eval.batch_size."""
+    images = np.arange(num_images) % len(ctx.test_set)
+    if ctx.caption_mode == "first":
+        return images, np.zeros(num_images, np.int64)
+    return images, np.random.default_rng([seed, 1]).integers(0, ctx.num_captions[images])
 
 
 def _eval_device(cfg: ExperimentConfig) -> torch.device:
@@ -149,29 +192,45 @@ def build_eval_context(cfg: ExperimentConfig, damsm: Damsm, layouts: bool = Fals
     clip = None
     if clip_score_enabled(cfg):
         clip = load_clip(*resolve_clip_files(cfg), device=_eval_device(cfg), prefix=cfg.eval.clip_prefix)
-    return EvalContext(backbone, extract, backbone_info, damsm, test_set, real, mu, sigma,
-                       torch.cat(caps).numpy(), reference, clip)
+    caption_feats = torch.cat(caps).numpy()
+    num_captions = np.array([len(c) for c in test_set.captions], np.int64)
+    if cfg.eval.caption_mode == "random":
+        pool_feats, pool_image = caption_pool(test_set, damsm)
+    else:
+        pool_feats, pool_image = caption_feats, np.arange(len(test_set))
+    pool_start = np.searchsorted(pool_image, np.arange(len(test_set)))
+    return EvalContext(backbone, extract, backbone_info, damsm, test_set, real, mu, sigma, caption_feats, reference,
+                       clip, cfg.eval.caption_mode, pool_feats, pool_image, pool_start, num_captions)
 
 
 @torch.no_grad()
 def evaluate_generator(sample: SampleFn, ctx: EvalContext, cfg: ExperimentConfig,
                        seed: int = 0, warn: bool = True, clip: bool = True) -> dict[str, float | int | str | bool]:
-    """Sample eval.num_images fakes for test captions (cycling over the test split) and score them.
-    Every batch draws from one generator seeded with `seed`. `warn`: print the small-N FID warning
-    (the `fid_below_feature_dim` column records it either way). `clip`: the CLIP score too when
-    the context has a CLIP model (each fake with the full text of the caption it was drawn for,
-    caption 0 of its test item)."""
+    """Sample eval.num_images fakes for test captions (cycling over the test split; which caption:
+    `caption_choices`) and score them. Every batch draws from one generator seeded with `seed`.
+    `warn`: print the small-N FID warning (the `fid_below_feature_dim` column records it either way).
+    `clip`: the CLIP score too when the context has a CLIP model (each fake with the full text of
+    the caption it was made from)."""
     e = cfg.eval
+    if e.caption_mode != ctx.caption_mode:
+        raise ValueError(f"eval.caption_mode={e.caption_mode!r} but the evaluation context was built for "
+                         f"{ctx.caption_mode!r}; build it from this config (build_eval_context)")
     n_test = len(ctx.test_set)
     noise = torch.Generator().manual_seed(seed)
+    chosen_image, chosen_caption = caption_choices(ctx, e.num_images, seed)
     fake_feats, fake_logits, targets, fake_img_global, image_ids, clip_images = [], [], [], [], [], []
     scorer = ctx.clip if clip else None
     done = 0
     while done < e.num_images:
         idx = [(done + k) % n_test for k in range(min(e.batch_size, e.num_images - done))]
         items = [ctx.test_set[i] for i in idx]
-        ids = torch.stack([it["caption"] for it in items])
-        lens = torch.stack([it["caption_len"] for it in items])
+        if ctx.caption_mode == "first":
+            ids = torch.stack([it["caption"] for it in items])
+            lens = torch.stack([it["caption_len"] for it in items])
+        else:
+            encoded = [ctx.test_set.eval_caption(i, int(k)) for i, k in
+                       zip(idx, chosen_caption[done:done + len(idx)])]
+            ids, lens = torch.stack([c for c, _ in encoded]), torch.stack([n for _, n in encoded])
         fake = sample(ids, lens, noise).float().cpu().clamp(-1, 1)
         f, logits = ctx.extract(fake)
         fake_feats.append(f)
@@ -195,12 +254,14 @@ def evaluate_generator(sample: SampleFn, ctx: EvalContext, cfg: ExperimentConfig
     kid_size = min(e.kid_subset_size, len(fake_np), len(ctx.real_features))
     kid, kid_std = kernel_inception_distance(fake_np, ctx.real_features, e.kid_subsets, kid_size, rng)
     ids_np = np.asarray(image_ids)
-    # DM-GAN draws the mismatched captions from other *classes* on CUB/flowers (reference
-    # gan_anchors.md 3.6): a test set with classes exposes `class_ids` (N_test,); else other images.
+    # DM-GAN draws the mismatched captions from other *classes* on CUB/flowers (MinfengZhu/DM-GAN
+    # code/datasets.py get_mis_caption): a test set with classes exposes `class_ids` (N_test,); else
+    # other images. The true caption is the one each image was made from.
     class_ids = getattr(ctx.test_set, "class_ids", None)
-    pool_ids = np.arange(n_test) if class_ids is None else np.asarray(class_ids)
-    rp, rp_std = r_precision(torch.cat(fake_img_global).numpy(), ctx.caption_feats[ids_np], pool_ids[ids_np],
-                             ctx.caption_feats, pool_ids, num_candidates=e.r_precision_candidates,
+    owner = np.arange(n_test) if class_ids is None else np.asarray(class_ids)  # test image -> R-precision id
+    true_feats = ctx.pool_feats[ctx.pool_start[ids_np] + chosen_caption]
+    rp, rp_std = r_precision(torch.cat(fake_img_global).numpy(), true_feats, owner[ids_np],
+                             ctx.pool_feats, owner[ctx.pool_image], num_candidates=e.r_precision_candidates,
                              num_folds=e.r_precision_folds, rng=rng)
     info = ctx.backbone_info
     backbone = info["backbone"]
@@ -214,14 +275,19 @@ def evaluate_generator(sample: SampleFn, ctx: EvalContext, cfg: ExperimentConfig
         "fid_reference_cached": bool(ctx.reference["cache_hit"]),
         "fid_reference_dataset_hash": ctx.reference["dataset_hash"],
         "eval_protocol": e.protocol or "",
+        "eval_caption_mode": e.caption_mode,
+        "eval_noise": "normal" if e.truncation is None else f"truncnorm(-2,2)*{e.truncation:g}",
         "r_precision": float(rp), "r_precision_std": float(rp_std),
         "r_precision_num_images": len(ids_np), "r_precision_candidates": e.r_precision_candidates,
         "r_precision_folds": e.r_precision_folds,
         "r_precision_mismatch_from": "other images" if class_ids is None else "other classes",
+        "r_precision_mismatch_pool": "caption 0" if ctx.caption_mode == "first" else "all captions",
+        "r_precision_pool_size": len(ctx.pool_feats),
         "r_precision_backbone": f"damsm-{ctx.damsm.meta['key']}",
     }
     if scorer is not None:
-        texts = scorer.text_embeddings([ctx.test_set.captions[i][0] for i in image_ids])
+        # each fake with the caption it was made from (caption 0, or its random draw)
+        texts = scorer.text_embeddings([ctx.test_set.captions[i][int(k)] for i, k in zip(image_ids, chosen_caption)])
         score, cosine = clip_score(np.concatenate(clip_images), texts)
         out.update({"clip_score": score, "clip_score_cosine": cosine, "clip_score_n": len(ids_np),
                     "clip_score_backbone": scorer.info["backbone"],

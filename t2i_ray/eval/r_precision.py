@@ -2,15 +2,18 @@
 
 For each generated image: its true caption plus `num_candidates - 1` mismatched captions drawn
 uniformly from pool captions of *other* ids (CUB: other classes; COCO and `shapes`: other
-images); cosine similarity of global features; a hit when the true caption ranks first (R@1).
+images; the pool: every caption of the test images, as DM-GAN, or their caption 0s, per
+eval.caption_mode, t2i_ray/eval/evaluate.py); cosine similarity of global features; a hit when the true caption ranks first (R@1).
 The hits are shuffled and split into folds; we report mean and std over the per-fold means.
 """
 from __future__ import annotations
 
 import numpy as np
 
-# Images scored per matrix product: bounds the (chunk, M) similarity block to ~100 MB at M = 30k.
+# Images scored per matrix product: bounds the (chunk, M) similarity block to ~100 MB at M = 30k
+# (fewer images per product for larger pools, e.g. every caption of COCO's test split).
 _CHUNK = 512
+_CHUNK_POOL = 30000
 
 
 def _l2_normalise(x: np.ndarray) -> np.ndarray:
@@ -85,8 +88,9 @@ def r_precision(
     mismatched = _sample_mismatched(image_ids, pool_ids, num_candidates - 1, rng)  # (N, K-1)
     true_sim = np.einsum("nd,nd->n", img, txt)  # (N,)
     best_other = np.empty(n)
-    for start in range(0, n, _CHUNK):
-        sl = slice(start, start + _CHUNK)
+    chunk = max(1, min(_CHUNK, _CHUNK * _CHUNK_POOL // len(pool)))
+    for start in range(0, n, chunk):
+        sl = slice(start, start + chunk)
         sims = img[sl] @ pool.T  # (chunk, M)
         best_other[sl] = np.take_along_axis(sims, mismatched[sl], axis=1).max(axis=1)
     hits = (true_sim > best_other).astype(np.float64)  # strict: ties are misses

@@ -45,7 +45,9 @@ def base_parser(description: str, search: bool = True) -> argparse.ArgumentParse
                         "eval.backbone=inception (default: $T2I_INCEPTION_WEIGHTS); never downloaded")
     p.add_argument("--eval-protocol", choices=list(EVAL_PROTOCOLS), default=None,
                    help="apply a paper evaluation protocol (sample counts, real set, IS splits, R-precision "
-                        "candidates/folds; see config.EVAL_PROTOCOLS) and hold the config to it")
+                        "candidates/folds, a random caption per image; see config.EVAL_PROTOCOLS) and hold the "
+                        "config to it; it needs the Inception DAMSM (--set damsm.image_backbone=inception "
+                        "--set damsm.inception_weights=PATH)")
     p.add_argument("--config", default=None, metavar="PATH.yaml",
                    help="YAML file of config fields (train: {steps: 300}); precedence: preset < file "
                         "< --set and the flags above")
@@ -152,7 +154,8 @@ def report_locations(output_dir: str | Path, experiment: str, storage_path: str 
     ray_dir = storage_root(paths.output_dir, storage_path)
     return "\n".join([
         f"results table (one parquet file per trial): {paths.results}",
-        f"checkpoints (Ray Train, per trial):         {ray_dir}/train",
+        f"checkpoints (trials with 1 CPU worker):     {ray_dir}/tune/{experiment}/trial_*",
+        f"checkpoints (Ray Train worker groups):      {ray_dir}/train",
         f"Tune experiment (resume state, trial logs):  {ray_dir}/tune/{experiment}",
         f"sample grids (PNG + captions JSON):          {paths.samples}",
         f"TensorBoard logs:                            tensorboard --logdir {paths.tensorboard()}",
@@ -417,8 +420,12 @@ def run_and_report(spec: "SweepSpec", args: argparse.Namespace, order: Sequence[
     from t2i_ray.config import resolved_eval_backbone
 
     features = "the domain evaluator" if resolved_eval_backbone(spec.base) == "domain" else "Inception"
+    e = spec.base.eval  # how the samples were drawn (README "Evaluation as published")
+    captions = "caption 0 of each test image" if e.caption_mode == "first" else "a random caption per sample"
+    noise = "" if e.truncation is None else f", truncated noise {e.truncation:g}"
+    protocol = f", protocol {e.protocol}" if e.protocol else ""
     print(f"\n{title} ({spec.name}; mean ± std over seeds; FID/KID on {features}, "
-          f"R-precision with the DAMSM encoders):\n{table}")
+          f"R-precision with the DAMSM encoders; fakes from {captions}{noise}{protocol}):\n{table}")
     if len(failed):
         print(f"\n{len(failed)} trial(s) failed: " + "; ".join(f"{r.run_name}: {r.error}" for r in failed.itertuples()))
     if len(stopped):

@@ -1,7 +1,8 @@
 """Ray Tune sweeps over GAN trainings (Ray Train V2 driver-function pattern, SPEC 7).
 
-Each Tune trial runs `train_driver`: it builds a TorchTrainer around the worker loop
-(`t2i_ray.train.loop.ray_worker`), fits it, writes the trial's row to the results table, and
+Each Tune trial runs `train_driver`: it trains with the worker loop (`t2i_ray.train.loop`), in its
+own process for one CPU worker (`runs_in_trial`) or under a TorchTrainer (`loop.ray_worker`) for
+data-parallel and GPU trials, writes the trial's row to the results table, and
 reports the final metrics to Tune (without that report a resumed, already finished trial would
 abort the sweep: reference ray.md 3.4). Experiment and run names are content hashes of the sweep,
 never timestamps, so rerunning the same command resumes: Tune restores the experiment, finished
@@ -350,12 +351,11 @@ def train_worker(config: dict[str, Any]) -> None:
 
 
 def train_driver(config: dict[str, Any]) -> None:
-    """The Tune trainable: one GAN training run under a TorchTrainer, then its result row."""
-    import ray
-    import ray.train
+    """The Tune trainable: one training run, then its result row. The run trains in this process
+    (`TuneEnv`) when the sweep chose so for its one-worker CPU trials (`config["in_trial"]`,
+    `runs_in_trial`), and under a TorchTrainer (a Ray Train worker group) otherwise; either way
+    the same loop, reports, checkpoints, resume and row."""
     import ray.tune
-    from ray.train.torch import TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     start = time.time()
     ident = trial_identity(config, ray.tune.get_context().get_trial_id())
@@ -368,30 +368,23 @@ def train_driver(config: dict[str, Any]) -> None:
         print(f"[{run_name}] already finished (its row is in the results table): not rerun", flush=True)
         ray.tune.report({k: v for k, v in done.items() if not k.startswith(("config.", "lib."))
                          and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)},
-                        checkpoint=_tune_checkpoint(done.get("checkpoint_path") or ""))
+                        # in_trial: the row's checkpoint is this trial's own, still Tune's latest; a copy
+                        # reported again would replace (delete) it
+                        checkpoint=None if config.get("in_trial") else _tune_checkpoint(done.get("checkpoint_path") or ""))
         return
-    log_level = config.get("train_log_level", "WARNING")
     best_dir = f"{config['storage_path']}/{run_name}/best"  # beside Ray Train's checkpoint_* folders
-    trainer = TorchTrainer(
-        train_worker,
-        train_loop_config={"experiment": cfg.to_dict(), "damsm_path": config["damsm_path"],
-                           "captioner_path": config["captioner_path"], "run_name": run_name,
-                           "train_log_level": log_level, "best_dir": best_dir},
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
-                                               resources_per_worker=config["worker_resources"]),
-        run_config=ray.train.RunConfig(
-            name=run_name, storage_path=config["storage_path"], callbacks=[TuneReportCallback()],
-            # WARNING hides Ray Train's per-report INFO lines (~1.5 KB each); -v shows them.
-            logging_config=ray.LoggingConfig(log_level=log_level),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            failure_config=ray.train.FailureConfig(max_failures=config["max_failures"])),
-    )
+    in_trial = config.get("in_trial", False) and runs_in_trial(cfg)  # False in sweeps saved before it existed
     final: dict[str, Any] = {}
     status, error, checkpoint_path, diverged, checkpoint = "ok", None, "", False, None
     try:
-        result = trainer.fit()
-        final = dict(result.metrics or {})
-        checkpoint = result.checkpoint
+        if in_trial:
+            from t2i_ray.train.loop import TuneEnv, run_training
+
+            env = TuneEnv(best_dir)
+            final = run_training(cfg, env, config["damsm_path"], run_name, config["captioner_path"])
+            checkpoint = env.last_checkpoint
+        else:
+            final, checkpoint = _fit_worker_group(config, cfg, run_name, best_dir)
         checkpoint_path = _uri(checkpoint) if checkpoint is not None else ""
         if not final.get("finished"):
             status, error = "error", "training ended without final evaluation metrics"
@@ -408,9 +401,45 @@ def train_driver(config: dict[str, Any]) -> None:
     if status != "ok":
         raise RuntimeError(f"trial {run_name} failed: {error}")
     # With the evaluated checkpoint, so that Tune's best_checkpoint / ResultGrid.get_best_result(...)
-    # .checkpoint is the trial's model (Tune copies it into the trial's folder once).
+    # .checkpoint is the trial's model (Tune copies it into the trial's folder once). In the trial
+    # itself the loop has already reported that checkpoint to Tune: the metrics alone, not a copy.
     ray.tune.report({k: v for k, v in final.items() if isinstance(v, (int, float)) and math.isfinite(v)},
-                    checkpoint=checkpoint)
+                    checkpoint=None if in_trial else checkpoint)
+
+
+def runs_in_trial(cfg: ExperimentConfig) -> bool:
+    """Whether a trial of `cfg` can train inside its Tune trial, without a Ray Train worker group:
+    one CPU worker needs no process group, so a TorchTrainer would only add its start-up (worker
+    actors, placement group, controller: seconds per trial, benchmarks/trial_overhead.py). GPU
+    trials keep the TorchTrainer (its NCCL and device set-up)."""
+    return cfg.train.num_workers == 1 and not cfg.train.use_gpu
+
+
+def _fit_worker_group(config: dict[str, Any], cfg: ExperimentConfig, run_name: str, best_dir: str):
+    """(final metrics, last checkpoint) of the trial's run under a TorchTrainer (its worker group);
+    raises what the workers raised."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    log_level = config.get("train_log_level", "WARNING")
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"experiment": cfg.to_dict(), "damsm_path": config["damsm_path"],
+                           "captioner_path": config["captioner_path"], "run_name": run_name,
+                           "train_log_level": log_level, "best_dir": best_dir},
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
+                                               resources_per_worker=config["worker_resources"]),
+        run_config=ray.train.RunConfig(
+            name=run_name, storage_path=config["storage_path"], callbacks=[TuneReportCallback()],
+            # WARNING hides Ray Train's per-report INFO lines (~1.5 KB each); -v shows them.
+            logging_config=ray.LoggingConfig(log_level=log_level),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            failure_config=ray.train.FailureConfig(max_failures=config["max_failures"])),
+    )
+    result = trainer.fit()
+    return dict(result.metrics or {}), result.checkpoint
 
 
 def run_files(damsm_path: str | None, captioner_path: str | None, checkpoint_path: str) -> dict[str, str]:
@@ -582,14 +611,18 @@ def build_scheduler(spec: SweepSpec):
 
 def run_sweep(spec: SweepSpec, *, address: str | None = None, max_concurrent: int | None = None,
               resume: bool = False, storage_path: str | None = None, verbose: bool = False,
-              log: Callable[[str], None] = console) -> pd.DataFrame:
+              worker_group: str = "auto", log: Callable[[str], None] = console) -> pd.DataFrame:
     """Run (or resume) a sweep and return its rows from the results table.
 
     Without `resume`, a saved experiment of the same name is resumed when there is one and a new
     one started otherwise; with `resume=True` a missing one is an error (ResumeError), raised
     before any work. Either way finished trials are not rerun and unfinished ones continue from
-    their last Train checkpoint. `verbose` keeps Ray Train's INFO lines (one per report).
+    their last checkpoint. `verbose` keeps Ray Train's INFO lines (one per report).
+    `worker_group`: "auto" trains one-worker CPU trials inside their Tune trial (`runs_in_trial`)
+    and the others under a TorchTrainer; "always" gives every trial a TorchTrainer (to measure it).
     """
+    if worker_group not in ("auto", "always"):
+        raise ValueError(f"worker_group must be 'auto' or 'always', got {worker_group!r}")
     import ray
     from ray import tune
 
@@ -643,8 +676,10 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, max_concurrent: in
     fit = fit_resources(res.get("CPU", 0), res.get("GPU", 0), base.train.num_workers,
                         base.train.cpus_per_worker, base.train.use_gpu, n_trials, nodes=nodes)
     concurrency = min(fit.max_concurrent, max_concurrent or fit.max_concurrent)
+    in_trial = worker_group == "auto" and runs_in_trial(base)
     log(f"[sweep] {spec.name}: {n_trials} trials, {concurrency} at a time, "
-        f"{base.train.num_workers} worker(s)/trial with {fit.worker_resources} each "
+        f"{base.train.num_workers} worker(s)/trial with {fit.worker_resources} each"
+        f"{' (in the Tune trial, no worker group)' if in_trial else ''} "
         f"(cluster: {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs on {len(nodes)} node(s))")
     # after the fit check: a sweep that cannot fit fails at once
     assets = prepare_assets(base, log, need_captioner=needs_captioner(spec))
@@ -652,7 +687,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, max_concurrent: in
         "base": base.to_dict(), **assets, "experiment": spec.name,
         "storage_path": f"{storage}/train", "worker_resources": fit.worker_resources,
         "max_failures": spec.max_failures, "code_version": store.code_version(),
-        "train_log_level": "INFO" if verbose else "WARNING",
+        "train_log_level": "INFO" if verbose else "WARNING", "in_trial": in_trial,
     }
     tune_kwargs: dict[str, Any] = {"max_concurrent_trials": concurrency, "scheduler": build_scheduler(spec)}
     if spec.search == "grid":
@@ -671,7 +706,10 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, max_concurrent: in
         searcher = OptunaSearch(metric=metric, mode=mode, sampler=TPESampler(seed=base.seed),
                                 study_name=spec.name, storage=optuna_storage(output_dir))
         tune_kwargs.update(search_alg=searcher, num_samples=spec.num_trials)
-    trainable = tune.with_resources(train_driver, driver_resources(res))
+    # A trial that trains in its own process holds its worker's resources (and may run on any node);
+    # one that drives a worker group holds only a driver's sliver.
+    trainable = tune.with_resources(train_driver, {"cpu": fit.worker_resources["CPU"]} if in_trial
+                                    else driver_resources(res))
     exp_path = f"{storage}/tune/{spec.name}"
     tuner = restore_experiment(spec, exp_path, trainable, output_dir, log)
     if tuner is None:
@@ -683,6 +721,10 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, max_concurrent: in
                 run_config=tune.RunConfig(
                     name=spec.name, storage_path=f"{storage}/tune", verbose=0,
                     callbacks=[TrialProgress(n_trials)],
+                    # A trial that trains in itself (in_trial) reports its intermediate checkpoints
+                    # to Tune: keep only the last, the evaluated one with the final metrics (Tune's
+                    # best_checkpoint reads every kept checkpoint's metrics).
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                     # A trial driver lost with its node (or crashed) is restarted; its Train run
                     # then resumes from its last checkpoint (same run name).
                     failure_config=tune.FailureConfig(max_failures=spec.max_failures)))

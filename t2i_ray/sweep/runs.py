@@ -140,13 +140,17 @@ def checkpoint_location(row: Mapping[str, Any], output_dir: str | Path, which: s
     if "://" in recorded:
         return recorded
     out = Path(output_dir).resolve()
-    candidates = _relocated(recorded, 2, RunPaths(out).ray / "train")
+    # Ray Train keeps a run's checkpoints in <storage>/train/<run>/, a trial that trained in its own
+    # process (t2i_ray/sweep/run.py `runs_in_trial`) in Tune's <storage>/tune/<sweep>/trial_<id>/.
+    in_tune = Path(recorded).parent.name.startswith("trial_")
+    candidates = _relocated(recorded, 3, RunPaths(out).ray / "tune") if in_tune \
+        else _relocated(recorded, 2, RunPaths(out).ray / "train")
     for path in candidates:
         if (path / "state.pt").is_file():
             return str(path)
     raise RunError(f"the {which} checkpoint of run {name} is missing: no state.pt in "
                    f"{' or '.join(str(p) for p in candidates)}. Its Ray storage folder was moved or deleted; "
-                   f"copy it back (or pass the --output-dir whose ray/train/ holds it)")
+                   f"copy it back (or pass the --output-dir whose ray/{'tune' if in_tune else 'train'}/ holds it)")
 
 
 def damsm_location(row: Mapping[str, Any], cfg: ExperimentConfig, output_dir: str | Path) -> str:

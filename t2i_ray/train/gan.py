@@ -15,6 +15,11 @@ batch resized to that stage; L_D = the BCE losses of `discriminator_bce_loss` su
 stages (no MA-GP), L_G = `generator_bce_loss` over the stages + KL(F_ca) (AttnGAN's own CA, inside
 its G) + the same weighted terms, which (DAMSM, F2R, F2F, recap, alignment) score the last stage's
 image, as AttnGAN's DAMSM does.
+F2F's second fake G(z, c2) (caption 2 of the same image, same z) enters L_F2F only
+(loss.f2f_variant=isolated), or, as T2I_CL trains it (t2i_cl; huiyegit/T2I_CL
+`AttnGAN+CL/code/trainer.py`: errD += errD_2, errG_total += errG_total_2), also both sides' losses
+with its caption: L_D += L_D(real, e2, G(z, e2)) (hinge, MA-GP when on, the same mismatched rows) and
+L_G += -E[D(G(z, e2), e2)] + l1 L_DAMSM(G(z, e2), caption 2).
 A weight of 0 skips its term's computation entirely (no extra forward passes). The models may be
 DDP-wrapped; frozen uses (D during the G step, encoders under no_grad) go through the plain
 module so DDP's gradient sync only sees the passes that train it. Under data parallelism the
@@ -71,6 +76,26 @@ def sample_ca_noise(batch: int, dim: int, generator: torch.Generator, device) ->
     return torch.randn(batch, dim, generator=generator).to(device)
 
 
+# DF-GAN's truncated_noise (tobran/DF-GAN code/lib/utils.py): scipy's truncnorm(-2, 2) times the
+# truncation rate (0.88 in its configs' trunc_rate).
+TRUNCATION_BOUND = 2.0
+
+
+def eval_noise(batch: int, z_dim: int, truncation: float | None, generator: torch.Generator) -> Tensor:
+    """The noise of the GAN samplers (CPU, from `generator`): z ~ N(0, I) (`truncation` None), or
+    DF-GAN's truncated noise, `truncation` * N(0, 1) truncated to [-2, 2]: the same first draw,
+    then every entry outside [-2, 2] redrawn from `generator` until none is (the standard normal
+    conditioned on the interval, which scipy.stats.truncnorm(-2, 2) samples), then scaled."""
+    z = torch.randn(batch, z_dim, generator=generator)
+    if truncation is None:
+        return z
+    outside = z.abs() > TRUNCATION_BOUND
+    while outside.any():
+        z[outside] = torch.randn(int(outside.sum()), generator=generator)
+        outside = z.abs() > TRUNCATION_BOUND
+    return truncation * z
+
+
 def gan_step(
     models: GANModels,
     optimizers: Mapping[str, torch.optim.Optimizer],
@@ -91,6 +116,8 @@ def gan_step(
     trainable_text = models.text_trainable
     use_align = trainable_text and align_w > 0
     G, D, head = models.generator, models.discriminator, models.head
+    t2i_cl = lw.f2f > 0 and lw.f2f_variant == "t2i_cl"
+    second: dict[str, Tensor] | None = None  # t2i_cl: the second caption's pair, shared with the G step
     out: dict[str, float] = {}
 
     # ---- D step --------------------------------------------------------------------------
@@ -141,6 +168,11 @@ def gan_step(
             if use_gp:
                 loss_gp = ma_gradient_penalty(real_logits, real_in, sent_d, k=lw.magp_k, p=lw.magp_p)
                 loss_d = loss_d + loss_gp
+            if t2i_cl:
+                second = second_caption_fake(models, batch, z, eps if models.ca is not None else None, use_gp)
+                loss_d2 = second_pair_d_loss(D, head, real_in, real_feat, second, lw, gather, use_gp)
+                loss_d = loss_d + loss_d2
+                out["loss_d2"] = loss_d2.item()
         if use_align:
             aligned = gather({"image": models.align_proj(real_feat), "text": sent_d})
             loss_align_d = info_nce(aligned["image"].float(), aligned["text"].float(), cfg.model.align_temperature)
@@ -164,7 +196,7 @@ def gan_step(
         # D and its input S_D are frozen here: G's losses reach G, CA and S_G only.
         with autocast():
             loss_g = _generator_loss(models, batch, cfg, fake, sent_d.detach(), z, real, out, gather,
-                                     stages, eps if models.ca is not None else None)
+                                     stages, eps if models.ca is not None else None, second)
         if kl is not None and cfg.model.ca_kl_weight > 0:
             loss_g = loss_g + cfg.model.ca_kl_weight * kl
             out["loss_ca_kl"] = kl.item()
@@ -201,15 +233,49 @@ def _multi_stage_d_loss(models: GANModels, real_in: Tensor, z: Tensor, cond: Ten
     return loss, real_feats[-1], fakes[-1], (fakes, mu, logvar), real_cond, fake_cond
 
 
+def second_caption_fake(models: GANModels, batch: Mapping[str, Tensor], z: Tensor, ca_eps: Tensor | None = None,
+                        magp: bool = True) -> dict[str, Tensor]:
+    """F2F's second fake: G(z, c2) from the same noise (and CA noise `ca_eps`, when CA is on) and
+    caption 2 of the same image, with the frozen text encoder's e2 ("sent", D's input; set to
+    require grad for MA-GP when `magp`), words and mask."""
+    ids2, lens2 = batch["caption2"], batch["caption2_len"]
+    words2, sent2 = encode_text(models.text_g, ids2, lens2, trainable=False)
+    words2, mask2 = words2.detach(), word_mask(lens2, ids2.shape[1])
+    cond2 = sent2.detach()
+    if ca_eps is not None:
+        cond2 = models.ca(cond2, ca_eps)[0]
+    fake2 = models.generator(z, cond2, words2, mask2)
+    return {"fake": fake2, "sent": sent2.detach().requires_grad_(magp), "ids": ids2, "lens": lens2}
+
+
+def second_pair_d_loss(D, head, real_in: Tensor, real_feat: Tensor, second: Mapping[str, Tensor], lw,
+                       gather: BatchGather = NO_GATHER, magp: bool = True) -> Tensor:
+    """T2I_CL's errD_2: D's loss on the second caption's pair, the same terms as for the first
+    (hinge on real with e2, G(z, c2) detached, the mismatched rows with e2; MA-GP at (real, e2)
+    when `magp`)."""
+    sent2 = second["sent"]
+    real_logits2 = head(real_feat, sent2).float()
+    coupled = gather({"real_feat": real_feat, "sent": sent2})
+    mismatch_logits2 = head(mismatched(coupled["real_feat"]), coupled["sent"]).float()
+    fake_logits2 = head(D(second["fake"].detach()), sent2).float()
+    loss = discriminator_hinge_loss(real_logits2, fake_logits2, mismatch_logits2)
+    if magp:
+        loss = loss + ma_gradient_penalty(real_logits2, real_in, sent2, k=lw.magp_k, p=lw.magp_p)
+    return loss
+
+
 def _generator_loss(models: GANModels, batch: Mapping[str, Tensor], cfg: ExperimentConfig, fake: Tensor,
                     sent: Tensor, z: Tensor, real: Tensor, out: dict[str, float],
-                    gather: BatchGather = NO_GATHER, stages=None, ca_eps: Tensor | None = None) -> Tensor:
+                    gather: BatchGather = NO_GATHER, stages=None, ca_eps: Tensor | None = None,
+                    second: Mapping[str, Tensor] | None = None) -> Tensor:
     """L_G = -E[D(G(z,c),s_D)] + l1 L_DAMSM + l2 L_F2R + l3 L_F2F + l4 L_recap [+ a_w L_align(fake)], D frozen.
     `sent` is D's (detached) sentence input S_D; `ca_eps` CA's noise of this step (F2F's second
     fake reuses it with z).
     Features go to float32 before every loss (they may come out of bf16 autocast). The per-sample
     inputs of the batch-coupled terms are computed first and gathered once. `stages` (multi-stage
-    G): (stage images, mu, logvar), whose adversarial part is AttnGAN's BCE over the stages + KL."""
+    G): (stage images, mu, logvar), whose adversarial part is AttnGAN's BCE over the stages + KL.
+    `second` (loss.f2f_variant=t2i_cl): the D step's second fake, which then also gets the
+    adversarial and DAMSM terms with its caption."""
     lw, align_w = cfg.loss, cfg.model.align_weight
     ids, lens = batch["caption"], batch["caption_len"]
     d_plain, head_plain = unwrap(models.discriminator), unwrap(models.head)
@@ -244,7 +310,7 @@ def _generator_loss(models: GANModels, batch: Mapping[str, Tensor], cfg: Experim
     if lw.f2r > 0:
         with torch.no_grad():
             _, local["real_global"] = damsm_image_features(models.damsm_image, real)
-    if lw.f2f > 0:
+    if lw.f2f > 0 and second is None:
         # A second fake from the same noise and another caption of the same image.
         ids2, lens2 = batch["caption2"], batch["caption2_len"]
         # Its caption is encoded without gradient (S_G learns from the first caption's fake).
@@ -253,6 +319,16 @@ def _generator_loss(models: GANModels, batch: Mapping[str, Tensor], cfg: Experim
             cond2 = models.ca(cond2, ca_eps)[0]
         fake2 = models.generator(z, cond2, words2, word_mask(lens2, ids2.shape[1]))
         _, local["fake2_global"] = damsm_image_features(models.damsm_image, fake2)
+    if second is not None:  # t2i_cl: the D step's second fake, with G's losses on its caption too
+        fake2_regions, local["fake2_global"] = damsm_image_features(models.damsm_image, second["fake"])
+        loss_adv_g2 = generator_hinge_loss(head_plain(d_plain(second["fake"]), second["sent"].detach()).float())
+        loss_g = loss_g + loss_adv_g2
+        out["loss_g_adv2"] = loss_adv_g2.item()
+        if lw.damsm > 0:
+            words2, sent2_damsm = encode_text(models.damsm_text, second["ids"], second["lens"], trainable=False)
+            captions2 = gather({"words": words2.float(), "lens": second["lens"]})
+            local.update(word_scores2=word_scores(fake2_regions, captions2["words"], captions2["lens"], lw.gamma1,
+                                                  lw.gamma2), sent2_damsm=sent2_damsm.float())
     if lw.recap > 0:
         # Frozen captioner (eval mode, no parameter gradients): the gradient reaches G only. The
         # loss is a mean over the batch's tokens, so the token counts are gathered with the NLLs.
@@ -265,6 +341,11 @@ def _generator_loss(models: GANModels, batch: Mapping[str, Tensor], cfg: Experim
                                             g.get("damsm_class_ids"))
         loss_g = loss_g + lw.damsm * loss_damsm
         out["loss_damsm"] = loss_damsm.item()
+        if second is not None:
+            loss_damsm2 = damsm_loss_from_scores(g["word_scores2"], g["fake2_global"], g["sent2_damsm"], lw.gamma3,
+                                                 g.get("damsm_class_ids"))
+            loss_g = loss_g + lw.damsm * loss_damsm2
+            out["loss_damsm2"] = loss_damsm2.item()
     if lw.f2r > 0:
         loss_f2r = nt_xent(g["fake_global"], g["real_global"], lw.temperature)
         loss_g = loss_g + lw.f2r * loss_f2r
@@ -327,7 +408,8 @@ def prepare_gan_models(models: GANModels, wrap, prepare_module, device) -> None:
 
 class GanMethod(Method):
     """`model.method=gan`: the architectures of models/factory.py trained by `gan_step`; samples
-    are G(z, e) with z ~ N(0, I) drawn from the sampler's generator."""
+    are G(z, e) with z drawn from the sampler's generator by `eval_noise` (N(0, I), or truncated
+    with eval.truncation)."""
 
     name = "gan"
     batch_coupled = True  # the mismatched pairs always; NT-Xent, DAMSM, alignment, recap when on
@@ -355,7 +437,7 @@ class GanMethod(Method):
         device = next(generator.parameters()).device
         generator.eval()
         text_g.eval()
-        z = torch.randn(len(ids), self.cfg.model.z_dim, generator=rng)
+        z = eval_noise(len(ids), self.cfg.model.z_dim, self.cfg.eval.truncation, rng)
         ids, lens = ids.to(device), lens.to(device)
         words, cond = text_g(ids, lens)
         if self.models.ca is not None:  # c = mu + sigma * eps, eps drawn after z (StackGAN samples too)

@@ -4,7 +4,8 @@ It owns devices, DDP, data order, resume, reporting and checkpoints, and trains 
 `model.method` builds (t2i_ray/train/method.py: models, optimisers, one step, a sampler); it names
 no method or architecture. Evaluation (eval/evaluate.py) and what rank 0 logs (train/runlog.py)
 live outside it. `RunEnv` hides where it runs: `RayEnv` inside a TorchTrainer (1..N workers, gloo
-on CPU, NCCL on GPU), `LocalEnv` in a plain process (tests, benchmarks). Rerunning with the same
+on CPU, NCCL on GPU), `TuneEnv` inside a Ray Tune trial itself (one CPU worker, no worker group:
+t2i_ray/sweep/run.py), `LocalEnv` in a plain process (tests, benchmarks). Rerunning with the same
 checkpoint location resumes from the last checkpoint with the same model, optimiser, RNG and
 data-order state, so a killed run continues where it stopped.
 """
@@ -96,16 +97,45 @@ class RayEnv(RunEnv):
         checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=checkpoint)
 
-    @contextlib.contextmanager
     def latest_checkpoint(self):
         import ray.train
 
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
-            yield None
-        else:
-            with checkpoint.as_directory() as d:
-                yield Path(d)
+        return _checkpoint_dir(ray.train.get_checkpoint())
+
+
+class TuneEnv(RunEnv):
+    """One worker running inside the Ray Tune trial itself (no Ray Train worker group, no process
+    group): reports and checkpoints go to Tune (`ray.tune.report(..., checkpoint=...)`, persisted to
+    the trial's folder in the storage path), and a restarted trial resumes from
+    `ray.tune.get_checkpoint()`, the last one it reported. `last_checkpoint` is where Tune stored
+    the latest reported checkpoint (its storage path or URI)."""
+
+    def __init__(self, best_dir: str | None = None):
+        self.best_dir = best_dir
+        self.last_checkpoint = None
+
+    def report(self, metrics, checkpoint_dir):
+        import ray.tune
+
+        checkpoint = ray.tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        ray.tune.report(metrics, checkpoint=checkpoint)
+        if checkpoint is not None:  # Tune's session now holds the persisted copy (not the temporary folder)
+            self.last_checkpoint = ray.tune.get_checkpoint()
+
+    def latest_checkpoint(self):
+        import ray.tune
+
+        return _checkpoint_dir(ray.tune.get_checkpoint())
+
+
+@contextlib.contextmanager
+def _checkpoint_dir(checkpoint) -> Iterator[Path | None]:
+    """A Ray (Train or Tune) checkpoint as a local folder for the loop to read, or None."""
+    if checkpoint is None:
+        yield None
+    else:
+        with checkpoint.as_directory() as d:
+            yield Path(d)
 
 
 def ddp_kwargs(module: torch.nn.Module) -> dict[str, Any]:
