@@ -192,7 +192,7 @@ def test_sample_script_draws_new_captions_from_a_finished_run(main_sweep, tmp_pa
 @pytest.mark.timeout(900)
 def test_evaluate_script_adds_a_reevaluation_row_and_keeps_the_original(main_sweep, tmp_path):
     cwd, out, _ = main_sweep
-    run = _rows(out).set_index("row").loc["baseline", "run_name"]
+    run = _rows(out).set_index("row").loc["SSAGAN", "run_name"]
     original = out / "results" / f"{run}.parquet"
     before = original.read_bytes()
     proc = run_script("evaluate", "--run", run, "--set", "eval.num_images=32", "--output-dir", str(out), cwd=cwd,
