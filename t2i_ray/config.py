@@ -153,6 +153,10 @@ class TrainConfig:
     lr_text: float = 1e-4  # trainable text encoders (shared/dual)
     beta1: float = 0.0
     beta2: float = 0.9
+    # GAN: decay of an EMA copy of G (and of CA when on) updated after every G step, which then is
+    # what samples (evaluation, sample grids, load_trained) and is checkpointed; AttnGAN's 0.999
+    # (`taoxugit/AttnGAN` code/trainer.py avg_param_G). 0 = off: G itself samples.
+    g_ema: float = 0.0
     num_workers: int = 1  # Ray Train workers per trial (data parallel)
     # Batch-coupled GAN terms (mismatched pairs, NT-Xent F2R/F2F, DAMSM, DTE alignment, recap's
     # token mean) on the global batch of all workers (t2i_ray/train/gather.py); false: each
@@ -568,6 +572,10 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     for name in ("lr_g", "lr_d", "lr_text"):
         _check(getattr(t, name) > 0, f"train.{name}", "must be > 0")
     _check(0 <= t.beta1 < 1 and 0 <= t.beta2 < 1, "train.beta1/beta2", "must be in [0, 1)")
+    _check(0 <= t.g_ema < 1, "train.g_ema", f"must be in [0, 1) (0 = off), got {t.g_ema}")
+    _check(t.g_ema == 0 or m.method == "gan", "train.g_ema",
+           f"is the GAN generator's EMA; model.method={m.method!r} has its own (diffusion.ema_decay): "
+           f"set train.g_ema=0")
     _check(t.num_workers >= 1, "train.num_workers", f"must be >= 1, got {t.num_workers}")
     _check(t.amp in AMP_MODES, "train.amp", f"must be one of {', '.join(AMP_MODES)}, got {t.amp!r}")
     _check(t.channels_last in ("auto", "on", "off"), "train.channels_last",

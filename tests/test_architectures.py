@@ -288,7 +288,9 @@ class KillAfterCheckpoint(LocalEnv):
 def test_resumed_run_equals_uninterrupted_run(tiny_cfg, tiny_damsm, tmp_path, arch):
     from pathlib import Path
 
-    cfg = apply_overrides(tiny_cfg, {"model.arch": arch, "loss.f2f": 0.2})
+    # the style model with AttnGAN's G EMA (its paper-table recipe): the EMA resumes exactly too
+    g_ema = 0.999 if arch == "attngan_style" else 0.0
+    cfg = apply_overrides(tiny_cfg, {"model.arch": arch, "loss.f2f": 0.2, "train.g_ema": g_ema})
     run_training(cfg, LocalEnv(tmp_path / "straight"), tiny_damsm, f"straight-{arch}")
     with pytest.raises(Killed):
         run_training(cfg, KillAfterCheckpoint(tmp_path / "resumed"), tiny_damsm, f"resumed-{arch}")
@@ -296,10 +298,19 @@ def test_resumed_run_equals_uninterrupted_run(tiny_cfg, tiny_damsm, tmp_path, ar
     a = ckpt.load_state(tmp_path / "straight" / "checkpoint")
     b = ckpt.load_state(tmp_path / "resumed" / "checkpoint")
     assert a["step"] == b["step"] == cfg.train.steps
+    assert ("generator_ema" in a["modules"]) == (g_ema > 0)
     for name in a["modules"]:  # parameters and BN running statistics
         for key, value in a["modules"][name].items():
             assert torch.equal(value, b["modules"][name][key]), f"{name}.{key} differs after resume"
     assert math.isfinite(final["fid"])
+    if g_ema:  # the trained run a sampler loads (sweeps/sample.py) samples from the EMA weights
+        from t2i_ray.train.method import load_trained
+
+        ema = load_trained(tmp_path / "resumed" / "checkpoint", tiny_damsm).method.sampling_modules()[0]
+        for key, value in ema.state_dict().items():
+            assert torch.equal(value, b["modules"]["generator_ema"][key]), key
+        assert any(not torch.equal(value, b["modules"]["generator"][key])
+                   for key, value in b["modules"]["generator_ema"].items())
     masks_png = Path(cfg.output_dir) / "samples" / f"resumed-{arch}_masks.png"
     assert masks_png.is_file() == (arch == "ssagan")
     if arch == "ssagan":

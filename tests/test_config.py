@@ -124,6 +124,8 @@ def test_sensible_combinations_of_modes_and_losses_build():
     (["train.cpus_per_worker=nan"], "train.cpus_per_worker", "finite number, got nan"),
     (["loss.gamma3=inf"], "loss.gamma3", "finite number, got inf"),
     (["captioner.dropout=nan"], "captioner.dropout", "finite number, got nan"),
+    (["train.g_ema=1"], "train.g_ema", "must be in [0, 1) (0 = off)"),
+    (["model.method=diffusion", "train.g_ema=0.999"], "train.g_ema", "diffusion.ema_decay"),
 ])
 def test_values_accepted_before_are_refused_naming_the_field(sets, field, says):
     with pytest.raises(ConfigError) as err:

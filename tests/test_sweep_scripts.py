@@ -96,21 +96,28 @@ def test_losses_paper_tables_by_their_row_names(losses, tmp_path):
         assert by_row[row]["model.arch"] == "ssagan" and by_row[row]["loss.damsm"] == 0.05
     assert [(by_row[r]["loss.f2r"], by_row[r]["loss.f2f"], by_row[r]["loss.recap"]) for r in ssa] == [
         (0.0, 0.0, 0.0), (0.0, 0.2, 0.0), (0.2, 0.2, 0.0), (0.2, 0.2, 1.0)]
-    assert by_row["Style2AttnGAN + CL (R2F)"] == {"model.arch": "attngan_style", "loss.damsm": 5.0, "loss.f2r": 0.2,
-                                                  "loss.f2f": 0.0, "loss.recap": 0.0}
-    assert by_row["Style1AttnGAN + CL (F2F)"] == {"model.arch": "style1attngan", "loss.damsm": 5.0,
+    # the AttnGAN-based rows: AttnGAN's DAMSM lambda, its Adam (2e-4, betas 0.5 / 0.999) and its G EMA
+    recipe = {"train.lr_g": 2e-4, "train.lr_d": 2e-4, "train.beta1": 0.5, "train.beta2": 0.999,
+              "train.g_ema": 0.999}
+    assert by_row["Style2AttnGAN + CL (R2F)"] == {"model.arch": "attngan_style", **recipe, "loss.damsm": 5.0,
+                                                  "loss.f2r": 0.2, "loss.f2f": 0.0, "loss.recap": 0.0}
+    assert by_row["Style1AttnGAN + CL (F2F)"] == {"model.arch": "style1attngan", **recipe, "loss.damsm": 5.0,
                                                   "loss.f2r": 0.0, "loss.f2f": 0.2, "loss.recap": 0.0}
-    # plain AttnGAN rows: its DAMSM lambda and its own Adam (2e-4, betas 0.5 / 0.999)
-    recipe = {"train.lr_g": 2e-4, "train.lr_d": 2e-4, "train.beta1": 0.5, "train.beta2": 0.999}
     assert by_row["AttnGAN"] == {"model.arch": "attngan", **recipe, "loss.damsm": 5.0, "loss.f2r": 0.0,
                                  "loss.f2f": 0.0, "loss.recap": 0.0}
     assert by_row["AttnGAN + CL"]["loss.f2r"] == 0.2 and by_row["AttnGAN + CL"]["train.beta1"] == 0.5
-    assert all("train.lr_g" not in by_row[r] for r in rows[2:])  # the others keep the config's optimiser
+    assert by_row["Style1AttnGAN"]["train.g_ema"] == 0.999
+    # the SSAGAN rows keep the config's optimiser (DF-GAN's Adam) and sample from G itself
+    assert all(not set(recipe) & set(by_row[r]) for r in ssa)
     # a key the user fixes wins over the recipe (and stays the base config's)
     spec = losses.build_spec(losses.parse_args(args + ["--table", "cub", "--rows", "AttnGAN",
                                                        "--set", "train.lr_g=1e-4"]))
     assert "train.lr_g" not in spec.grid[0]["overrides"] and spec.grid[0]["overrides"]["train.lr_d"] == 2e-4
     assert spec.base.train.lr_g == 1e-4
+    spec = losses.build_spec(losses.parse_args(args + ["--table", "cub", "--rows", "Style1AttnGAN",
+                                                       "--set", "train.g_ema=0"]))
+    assert "train.g_ema" not in spec.grid[0]["overrides"] and spec.base.train.g_ema == 0
+    assert spec.grid[0]["overrides"]["train.beta1"] == 0.5
     spec = losses.build_spec(losses.parse_args(args + ["--table", "coco", "--l2", "0.3"]))
     assert [(t["row"], t["overrides"]["loss.f2r"]) for t in spec.grid] == [
         ("AttnGAN", 0.0), ("AttnGAN + CL", 0.3), ("SSAGAN", 0.0), ("SSAGAN + CL (R2F)", 0.3),

@@ -146,3 +146,77 @@ def test_a_fixed_step_keeps_its_losses(tmp_path, one_thread):
     assert losses.keys() == PINNED_STEP_2.keys()
     for k, v in PINNED_STEP_2.items():
         assert losses[k] == pytest.approx(v, rel=1e-5, abs=1e-7), k
+
+
+def test_g_ema_updates_after_each_g_step_samples_and_survives_a_checkpoint(tmp_path, one_thread):
+    """train.g_ema (AttnGAN's avg_param_G): after one step EMA = d * G_0 + (1 - d) * G_1 for G and
+    CA, buffers are G's; the sampler draws from the EMA weights (from G itself when off); a
+    checkpoint round trip into a freshly initialised method keeps the EMA and its samples."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from t2i_ray.config import build_config
+    from t2i_ray.data import registry
+    from t2i_ray.data.dataset import TextImageDataset
+    from t2i_ray.train.damsm import _make_encoders
+    from t2i_ray.train.method import Assets, build_method
+
+    decay = 0.9
+    cfg = build_config("ci", {"output_dir": str(tmp_path), "model.nf": 4, "train.batch_size": 4,
+                              "data.num_train": 64, "model.arch": "ssagan",  # ssagan: G with BN buffers
+                              "model.conditioning_augmentation": "on", "train.g_ema": decay})
+    vocab = registry.vocabulary(cfg, log=lambda s: None)
+    torch.manual_seed(0)
+    text, image = _make_encoders(cfg, len(vocab))
+    assets = Assets(SimpleNamespace(text_encoder=text, image_encoder=image, vocab=vocab))
+    method = build_method(cfg, assets)
+    method.prepare(lambda m: m, lambda m: m, torch.device("cpu"))
+    method.train_mode()
+    assert set(method.ema) == {"generator", "ca"}
+    assert set(method.checkpointed()) == set(method.trainable()) | {"generator_ema", "ca_ema"}
+    trained = {"generator": method.models.generator, "ca": method.models.ca}
+    before = {n: [p.detach().clone() for p in trained[n].parameters()] for n in trained}
+    for n in trained:  # the copies start at G's (and CA's) initial weights
+        assert all(torch.equal(e, p) for e, p in zip(method.ema[n].parameters(), before[n]))
+    data = TextImageDataset(registry.source(cfg, "train"), vocab, cfg.data.words_num, train=True, seed=0)
+    batch = next(iter(torch.utils.data.DataLoader(data, batch_size=4, shuffle=False)))
+    method.step(batch, torch.Generator().manual_seed(7), contextlib.nullcontext)
+    assert not all(torch.equal(p0, p1) for p0, p1 in zip(before["generator"], trained["generator"].parameters()))
+    for n in trained:
+        for e, p0, p1 in zip(method.ema[n].parameters(), before[n], trained[n].parameters()):
+            torch.testing.assert_close(e, decay * p0 + (1 - decay) * p1.detach(), rtol=1e-6, atol=1e-7)
+    ema_buffers = dict(method.ema["generator"].named_buffers())
+    assert any("running_mean" in k for k in ema_buffers)
+    for k, b in method.models.generator.named_buffers():
+        assert torch.equal(ema_buffers[k], b), k
+
+    ids, lens = batch["caption"], batch["caption_len"]
+
+    def draw(m):
+        return m.sampler()(ids, lens, torch.Generator().manual_seed(3))
+
+    with_ema = draw(method)
+    ema = method.ema
+    method.ema = {}  # off: G itself samples
+    raw = draw(method)
+    assert not torch.allclose(with_ema, raw)
+    # G and CA holding the EMA weights sample exactly what the EMA copies sampled
+    saved = {n: {k: v.clone() for k, v in trained[n].state_dict().items()} for n in trained}
+    for n in trained:
+        trained[n].load_state_dict(ema[n].state_dict())
+    assert torch.equal(draw(method), with_ema)
+    for n in trained:
+        trained[n].load_state_dict(saved[n])
+    method.ema = ema
+
+    folder = ckpt.save_checkpoint(tmp_path / "ckpt", step=1, modules=method.checkpointed(),
+                                  optimizers=method.optimizers, rng={}, config=cfg.to_dict())
+    torch.manual_seed(1)  # other initial weights: everything must come from the checkpoint
+    fresh = build_method(cfg, assets)
+    assert not torch.equal(next(fresh.ema["generator"].parameters()), next(ema["generator"].parameters()))
+    ckpt.restore(ckpt.load_state(folder), fresh.checkpointed(), {})
+    fresh.prepare(lambda m: m, lambda m: m, torch.device("cpu"))
+    for n in trained:
+        for (k, a), b in zip(ema[n].state_dict().items(), fresh.ema[n].state_dict().values()):
+            assert torch.equal(a, b), f"{n}_ema.{k}"
+    assert torch.equal(draw(fresh), with_ema)

@@ -13,12 +13,18 @@ DEFAULT_WEIGHTS = {"l1": 0.05, "l2": 0.2, "l3": 0.2, "l4": 1.0}
 # (AttnGAN's lambda = 5 on CUB, Xu et al., arXiv:1711.10485; README "The papers' tables"). Plain
 # AttnGAN's is its code's cfg.TRAIN.SMOOTH.LAMBDA for CUB (`taoxugit/AttnGAN` code/cfg/bird_attn2.yml).
 ARCH_L1 = {"dfgan": 0.05, "ssagan": 0.05, "attngan_style": 5.0, "style1attngan": 5.0, "attngan": 5.0}
-# The optimiser recipe a paper-table row of an architecture trains with, where it is not the config's
-# (DF-GAN's Adam, which the SSAGAN and style rows keep): plain AttnGAN's Adam, 2e-4 for G and every D,
-# betas (0.5, 0.999) (`taoxugit/AttnGAN` code/trainer.py define_optimizers, code/cfg/bird_attn2.yml).
-# Keys fixed with --set/--config win over these.
+# The training recipe a paper-table row of an architecture trains with, where it is not the config's
+# (DF-GAN's Adam, which the SSAGAN rows keep): AttnGAN's Adam, 2e-4 for G and every D, betas
+# (0.5, 0.999) (`taoxugit/AttnGAN` code/trainer.py define_optimizers, code/cfg/bird_attn2.yml), and
+# the EMA of G's weights it samples from, decay 0.999 (code/trainer.py avg_param_G). The style rows
+# (Style1/Style2AttnGAN) take it too: seed paper 001 builds them on AttnGAN's training setup. They
+# keep this project's hinge + mismatched pairs + MA-GP adversarial loss, our reading of the paper's
+# "normal adversarial loss" for them (README "The papers' tables"); plain AttnGAN has its own BCE
+# objective (t2i_ray/train/gan.py). Keys fixed with --set/--config win over these.
+ATTNGAN_RECIPE: dict[str, Any] = {"train.lr_g": 2e-4, "train.lr_d": 2e-4, "train.beta1": 0.5,
+                                  "train.beta2": 0.999, "train.g_ema": 0.999}
 ARCH_RECIPES: dict[str, dict[str, Any]] = {
-    "attngan": {"train.lr_g": 2e-4, "train.lr_d": 2e-4, "train.beta1": 0.5, "train.beta2": 0.999},
+    "attngan": ATTNGAN_RECIPE, "attngan_style": ATTNGAN_RECIPE, "style1attngan": ATTNGAN_RECIPE,
 }
 
 # Row label -> which terms are on. Every row keeps L_G (hinge + mismatch + MA-GP). `all` is the
@@ -125,7 +131,8 @@ def paper_rows(table: str, built_only: bool = True) -> list[str]:
 def paper_row_overrides(table: str, row: str, weights: dict[str, float | None] | None = None,
                         fixed: Collection[str] = ()) -> dict[str, Any]:
     """Config overrides for one row of a paper table: model.arch, the loss weights and the
-    architecture's optimiser recipe (ARCH_RECIPES) except the keys in `fixed` (set by the user)."""
+    architecture's training recipe (ARCH_RECIPES: AttnGAN's Adam and G EMA) except the keys in
+    `fixed` (set by the user)."""
     if table not in PAPER_TABLES:
         raise ValueError(f"unknown paper table {table!r}; tables: {', '.join(PAPER_TABLES)}")
     rows = PAPER_TABLES[table]

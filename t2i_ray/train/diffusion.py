@@ -12,8 +12,6 @@ without the layout input and output.
 """
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import Tensor, nn
 
@@ -23,7 +21,7 @@ from t2i_ray.models.diffusion.gaussian_categorical import (GaussianCategoricalDi
                                                            text_drop_mask)
 from t2i_ray.models.diffusion.unet import JointUNet
 from t2i_ray.models.text import word_mask
-from t2i_ray.train.checkpoint import unwrap
+from t2i_ray.train.ema import ema_copy, update_ema
 from t2i_ray.train.method import Assets, Method, SampleFn, encode_text
 
 
@@ -50,7 +48,7 @@ class DiffusionMethod(Method):
         self.process = GaussianCategoricalDiffusion(self.num_classes, f.timesteps, f.schedule, f.schedule)
         self.text = assets.damsm.text_encoder  # frozen (load_damsm)
         self.unet = build_unet(cfg, self.num_classes)
-        self.ema = copy.deepcopy(self.unet).requires_grad_(False).eval()
+        self.ema = ema_copy(self.unet)
         adam = torch.optim.Adam(self.unet.parameters(), lr=f.lr, betas=(0.9, 0.99), eps=1e-8)  # GCDP's
         self.optimizers = {"unet": adam}
         self.updates = 0  # EMA updates since the start, restored from the checkpoint with the step
@@ -92,12 +90,9 @@ class DiffusionMethod(Method):
         self._update_ema()
         return {k: float(v.detach()) for k, v in losses.items()}
 
-    @torch.no_grad()
     def _update_ema(self) -> None:
         self.updates += 1
-        decay = min(self.cfg.diffusion.ema_decay, (1 + self.updates) / (10 + self.updates))
-        for ema_p, p in zip(self.ema.parameters(), unwrap(self.unet).parameters()):
-            ema_p.lerp_(p.detach(), 1 - decay)
+        update_ema(self.ema, self.unet, min(self.cfg.diffusion.ema_decay, (1 + self.updates) / (10 + self.updates)))
 
     def restored(self, step: int) -> None:
         self.updates = step

@@ -53,6 +53,7 @@ from t2i_ray.models.factory import GANModels, build_gan_models
 from t2i_ray.models.text import word_mask
 from t2i_ray.train.checkpoint import unwrap
 from t2i_ray.train.damsm import damsm_class_ids
+from t2i_ray.train.ema import ema_copy, update_ema
 from t2i_ray.train.gather import NO_GATHER, BatchGather
 from t2i_ray.train.method import Assets, Method, SampleFn, encode_text
 
@@ -409,7 +410,9 @@ def prepare_gan_models(models: GANModels, wrap, prepare_module, device) -> None:
 class GanMethod(Method):
     """`model.method=gan`: the architectures of models/factory.py trained by `gan_step`; samples
     are G(z, e) with z drawn from the sampler's generator by `eval_noise` (N(0, I), or truncated
-    with eval.truncation)."""
+    with eval.truncation). With train.g_ema > 0, G (and CA, trained with G) has an EMA copy
+    updated after every G step (AttnGAN's avg_param_G, t2i_ray/train/ema.py), checkpointed as
+    `generator_ema` (`ca_ema`), and the copies sample instead."""
 
     name = "gan"
     batch_coupled = True  # the mismatched pairs always; NT-Xent, DAMSM, alignment, recap when on
@@ -420,28 +423,47 @@ class GanMethod(Method):
                                        assets.captioner, for_training=assets.for_training)
         self.optimizers = build_optimizers(self.models, cfg)
         self.gather = NO_GATHER
+        # GANModels slot -> its EMA copy (copies draw nothing from the RNG: initial weights unchanged)
+        self.ema: dict[str, nn.Module] = {}
+        if cfg.train.g_ema > 0:
+            self.ema = {name: ema_copy(getattr(self.models, name)) for name in ("generator", "ca")
+                        if getattr(self.models, name) is not None}
 
     def trainable(self) -> dict[str, nn.Module]:
         return self.models.trainable()
 
+    def checkpointed(self) -> dict[str, nn.Module]:
+        return {**self.trainable(), **{f"{name}_ema": module for name, module in self.ema.items()}}
+
     def prepare(self, wrap, prepare_module, device) -> None:
         prepare_gan_models(self.models, wrap, prepare_module, device)
+        for name, module in self.ema.items():
+            self.ema[name] = (prepare_module(module) if name in CONV_NETS else module).to(device)
         # Over the workers of the process group the loop runs in (none, or one worker: no gathering).
         self.gather = BatchGather.from_process_group(self.cfg.train.gather_negatives)
 
     def step(self, batch, rng, autocast) -> dict[str, float]:
-        return gan_step(self.models, self.optimizers, batch, self.cfg, rng, autocast=autocast, gather=self.gather)
+        losses = gan_step(self.models, self.optimizers, batch, self.cfg, rng, autocast=autocast, gather=self.gather)
+        for name, ema in self.ema.items():  # after the G step, from the (synchronised) unwrapped G
+            update_ema(ema, getattr(self.models, name), self.cfg.train.g_ema)
+        return losses
+
+    def sampling_modules(self) -> tuple[nn.Module, nn.Module | None]:
+        """(G, CA or None) that sample: the EMA copies when train.g_ema > 0, else the trained ones."""
+        generator = self.ema.get("generator", unwrap(self.models.generator))
+        ca = self.ema.get("ca", unwrap(self.models.ca) if self.models.ca is not None else None)
+        return generator, ca
 
     def _generate(self, ids: Tensor, lens: Tensor, rng: torch.Generator, **extra):
-        generator, text_g = unwrap(self.models.generator), unwrap(self.models.text_g)
+        (generator, ca), text_g = self.sampling_modules(), unwrap(self.models.text_g)
         device = next(generator.parameters()).device
         generator.eval()
         text_g.eval()
         z = eval_noise(len(ids), self.cfg.model.z_dim, self.cfg.eval.truncation, rng)
         ids, lens = ids.to(device), lens.to(device)
         words, cond = text_g(ids, lens)
-        if self.models.ca is not None:  # c = mu + sigma * eps, eps drawn after z (StackGAN samples too)
-            ca = unwrap(self.models.ca).eval()
+        if ca is not None:  # c = mu + sigma * eps, eps drawn after z (StackGAN samples too)
+            ca.eval()
             cond = ca(cond, torch.randn(len(ids), ca.out_dim, generator=rng).to(device))[0]
         return generator(z.to(device), cond, words, word_mask(lens, ids.shape[1]), **extra)
 
@@ -449,6 +471,6 @@ class GanMethod(Method):
         return torch.no_grad()(self._generate)
 
     def mask_sampler(self):
-        if not getattr(unwrap(self.models.generator), "predicts_masks", False):
+        if not getattr(self.sampling_modules()[0], "predicts_masks", False):
             return None
         return torch.no_grad()(lambda ids, lens, rng: self._generate(ids, lens, rng, return_masks=True)[1])
