@@ -19,8 +19,9 @@ with another architecture like AttnGAN", and its section 3.2 describes the fused
 Style2AttnGAN as the fused generator above (`attngan_style`) and Style1AttnGAN as the traditional,
 text-conditional StyleGAN2 generator: the same mapping network of (z, sentence), synthesis blocks,
 discriminator and head, without AttnGAN's fusion (no word attention: `word_attention=False`, the
-generator reads the sentence only, through w). Both train with this project's single-stage recipe
-(t2i_ray/train/gan.py: hinge + mismatch + MA-GP).
+generator reads the sentence only, through w). Both train with this project's single-stage loss
+(t2i_ray/train/gan.py: hinge + mismatch + MA-GP); their paper-table rows add AttnGAN's Adam and
+G EMA (t2i_ray/sweep/space.py ARCH_RECIPES).
 Differences from StyleGAN2 (by choice): no style mixing, no path-length or R1 regularisers and
 no minibatch-stddev layer (the project's hinge + MA-GP losses and mismatched pairs assume that
 samples are scored independently); upsampling is bilinear x2 before the 3x3 conv, which equals
