@@ -711,6 +711,11 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, max_concurrent: in
     trainable = tune.with_resources(train_driver, {"cpu": fit.worker_resources["CPU"]} if in_trial
                                     else driver_resources(res))
     exp_path = f"{storage}/tune/{spec.name}"
+    # With num_to_keep=1 (below) every checkpoint of an in-trial trial forces a snapshot of Tune's
+    # experiment state, and Tune warns (three lines each time) when that happens twice within 5 s,
+    # as it does whenever two trials checkpoint together: expected here, so the warning is off
+    # unless the user set its threshold (ray/tune/execution/experiment_state.py).
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     tuner = restore_experiment(spec, exp_path, trainable, output_dir, log)
     if tuner is None:
         existed = _exists(exp_path)
