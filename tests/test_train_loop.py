@@ -149,8 +149,8 @@ def test_a_fixed_step_keeps_its_losses(tmp_path, one_thread):
 
 
 def test_g_ema_updates_after_each_g_step_samples_and_survives_a_checkpoint(tmp_path, one_thread):
-    """train.g_ema (AttnGAN's avg_param_G): after one step EMA = d * G_0 + (1 - d) * G_1 for G and
-    CA, buffers are G's; the sampler draws from the EMA weights (from G itself when off); a
+    """train.g_ema (AttnGAN's avg_param_G, with TF's warm-up): after the first step EMA =
+    d1 * G_0 + (1 - d1) * G_1 for G and CA with d1 = min(d, 2 / 11), buffers are G's; the sampler draws from the EMA weights (from G itself when off); a
     checkpoint round trip into a freshly initialised method keeps the EMA and its samples."""
     import contextlib
     from types import SimpleNamespace
@@ -181,10 +181,12 @@ def test_g_ema_updates_after_each_g_step_samples_and_survives_a_checkpoint(tmp_p
     data = TextImageDataset(registry.source(cfg, "train"), vocab, cfg.data.words_num, train=True, seed=0)
     batch = next(iter(torch.utils.data.DataLoader(data, batch_size=4, shuffle=False)))
     method.step(batch, torch.Generator().manual_seed(7), contextlib.nullcontext)
+    assert method.updates == 1
+    d1 = min(decay, (1 + 1) / (10 + 1))  # the warm-up's first decay, 0.18
     assert not all(torch.equal(p0, p1) for p0, p1 in zip(before["generator"], trained["generator"].parameters()))
     for n in trained:
         for e, p0, p1 in zip(method.ema[n].parameters(), before[n], trained[n].parameters()):
-            torch.testing.assert_close(e, decay * p0 + (1 - decay) * p1.detach(), rtol=1e-6, atol=1e-7)
+            torch.testing.assert_close(e, d1 * p0 + (1 - d1) * p1.detach(), rtol=1e-6, atol=1e-7)
     ema_buffers = dict(method.ema["generator"].named_buffers())
     assert any("running_mean" in k for k in ema_buffers)
     for k, b in method.models.generator.named_buffers():

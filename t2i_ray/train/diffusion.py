@@ -21,7 +21,7 @@ from t2i_ray.models.diffusion.gaussian_categorical import (GaussianCategoricalDi
                                                            text_drop_mask)
 from t2i_ray.models.diffusion.unet import JointUNet
 from t2i_ray.models.text import word_mask
-from t2i_ray.train.ema import ema_copy, update_ema
+from t2i_ray.train.ema import ema_copy, update_ema, warmed_decay
 from t2i_ray.train.method import Assets, Method, SampleFn, encode_text
 
 
@@ -92,7 +92,7 @@ class DiffusionMethod(Method):
 
     def _update_ema(self) -> None:
         self.updates += 1
-        update_ema(self.ema, self.unet, min(self.cfg.diffusion.ema_decay, (1 + self.updates) / (10 + self.updates)))
+        update_ema(self.ema, self.unet, warmed_decay(self.cfg.diffusion.ema_decay, self.updates))
 
     def restored(self, step: int) -> None:
         self.updates = step

@@ -53,7 +53,7 @@ from t2i_ray.models.factory import GANModels, build_gan_models
 from t2i_ray.models.text import word_mask
 from t2i_ray.train.checkpoint import unwrap
 from t2i_ray.train.damsm import damsm_class_ids
-from t2i_ray.train.ema import ema_copy, update_ema
+from t2i_ray.train.ema import ema_copy, update_ema, warmed_decay
 from t2i_ray.train.gather import NO_GATHER, BatchGather
 from t2i_ray.train.method import Assets, Method, SampleFn, encode_text
 
@@ -411,7 +411,7 @@ class GanMethod(Method):
     """`model.method=gan`: the architectures of models/factory.py trained by `gan_step`; samples
     are G(z, e) with z drawn from the sampler's generator by `eval_noise` (N(0, I), or truncated
     with eval.truncation). With train.g_ema > 0, G (and CA, trained with G) has an EMA copy
-    updated after every G step (AttnGAN's avg_param_G, t2i_ray/train/ema.py), checkpointed as
+    updated after every G step (AttnGAN's avg_param_G with a warm-up, t2i_ray/train/ema.py), checkpointed as
     `generator_ema` (`ca_ema`), and the copies sample instead."""
 
     name = "gan"
@@ -425,6 +425,7 @@ class GanMethod(Method):
         self.gather = NO_GATHER
         # GANModels slot -> its EMA copy (copies draw nothing from the RNG: initial weights unchanged)
         self.ema: dict[str, nn.Module] = {}
+        self.updates = 0  # EMA updates since the start, restored from the checkpoint with the step
         if cfg.train.g_ema > 0:
             self.ema = {name: ema_copy(getattr(self.models, name)) for name in ("generator", "ca")
                         if getattr(self.models, name) is not None}
@@ -444,9 +445,15 @@ class GanMethod(Method):
 
     def step(self, batch, rng, autocast) -> dict[str, float]:
         losses = gan_step(self.models, self.optimizers, batch, self.cfg, rng, autocast=autocast, gather=self.gather)
-        for name, ema in self.ema.items():  # after the G step, from the (synchronised) unwrapped G
-            update_ema(ema, getattr(self.models, name), self.cfg.train.g_ema)
+        if self.ema:  # after the G step, from the (synchronised) unwrapped G, with the warm-up
+            self.updates += 1
+            decay = warmed_decay(self.cfg.train.g_ema, self.updates)
+            for name, ema in self.ema.items():
+                update_ema(ema, getattr(self.models, name), decay)
         return losses
+
+    def restored(self, step: int) -> None:
+        self.updates = step  # one G step (one EMA update) per training step
 
     def sampling_modules(self) -> tuple[nn.Module, nn.Module | None]:
         """(G, CA or None) that sample: the EMA copies when train.g_ema > 0, else the trained ones."""
