@@ -6,6 +6,7 @@ files, so that a file the check accepts is a file they can read. Files are loade
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import zipfile
 from collections.abc import Mapping
@@ -50,3 +51,12 @@ def load_state_dict_file(source: str | os.PathLike | IO[bytes], mmap: bool | Non
 
 
 __all__ = ["WeightsFileError", "load_state_dict_file"]
+
+
+def file_sha256(path: str) -> str:
+    """sha256 of a file's bytes, read in 4 MiB chunks (weights files, cached statistics)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()

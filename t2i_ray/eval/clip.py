@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import hashlib
 import html
 import math
 import os
@@ -58,7 +57,7 @@ from torch import Tensor, nn
 
 from t2i_ray.config import ConfigError, ExperimentConfig
 from t2i_ray.console import console
-from t2i_ray.weights import WeightsFileError, load_state_dict_file
+from t2i_ray.weights import WeightsFileError, file_sha256, load_state_dict_file
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -540,13 +539,6 @@ def read_clip_state_dict(path: str) -> dict[str, Tensor]:
     return {k: v for k, v in state.items() if k not in SCALAR_KEYS}
 
 
-def _file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 @dataclass
 class ClipScorer:
@@ -598,9 +590,9 @@ def load_clip(weights_path: str, vocab_path: str, device: str | torch.device = "
         raise ClipWeightsError(f"eval.clip_weights: {weights_path} {e if isinstance(e, WeightsFileError) else e!r}"
                                f"; it must be a CLIP ViT state dict ({_where_to_get()})") from e
     tokenizer = ClipTokenizer.from_file(vocab_path, arch.vocab_size - 514)
-    sha = _file_sha256(weights_path)
+    sha = file_sha256(weights_path)
     info = {"backbone": f"clip-{arch.name}-{sha[:8]}", "model": arch.name, "weights_path": weights_path,
-            "weights_sha256": sha, "vocab_path": vocab_path, "vocab_sha256": _file_sha256(vocab_path),
+            "weights_sha256": sha, "vocab_path": vocab_path, "vocab_sha256": file_sha256(vocab_path),
             "resolution": arch.image_resolution,
             "resize": f"pil_bicubic shorter side->{arch.image_resolution}, center crop"}
     return ClipScorer(model.eval().requires_grad_(False).to(device), tokenizer, info, prefix)

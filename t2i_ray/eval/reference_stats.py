@@ -27,6 +27,7 @@ import numpy as np
 
 from t2i_ray.console import console
 from t2i_ray.eval.fid import feature_stats
+from t2i_ray.weights import file_sha256
 
 REFERENCE_STATS_VERSION = 1
 
@@ -52,13 +53,6 @@ def reference_paths(cache_dir: str, dataset: str, key: dict[str, Any]) -> tuple[
     return os.path.join(folder, stem + ".npz"), os.path.join(folder, stem + ".json")
 
 
-def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def _replace_atomic(path: str, write: Callable[[str], None]) -> None:
     # Concurrent trials may compute the same entry; readers only ever see whole files.
@@ -75,7 +69,7 @@ def _try_load(npz_path: str, json_path: str, key: dict[str, Any]) -> tuple[Refer
         manifest = json.load(fh)
     if manifest.get("key") != key:
         return None, f"cached key {manifest.get('key')} != requested {key}"
-    if not os.path.exists(npz_path) or _sha256_file(npz_path) != manifest.get("npz_sha256"):
+    if not os.path.exists(npz_path) or file_sha256(npz_path) != manifest.get("npz_sha256"):
         return None, f"{npz_path} is missing or does not match its manifest's sha256"
     with np.load(npz_path, allow_pickle=False) as z:
         return ReferenceStats(z["mu"], z["sigma"], z["features"], manifest, cache_hit=True), ""
@@ -119,7 +113,7 @@ def load_or_compute_reference_stats(
     manifest = {
         "key": key, "dataset": dataset, "split": split, "resolution": int(resolution), "detector": detector,
         "num_images": int(features.shape[0]), "feature_dim": int(features.shape[1]),
-        "npz_sha256": _sha256_file(npz_path), "npz_file": os.path.basename(npz_path),
+        "npz_sha256": file_sha256(npz_path), "npz_file": os.path.basename(npz_path),
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         **(provenance or {}),
     }
