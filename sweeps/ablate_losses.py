@@ -52,8 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def table_rows(args: argparse.Namespace, weights, arch: str) -> dict[str, dict]:
-    """Row label -> config overrides of the chosen --table and --rows (ConfigError on an unknown row)."""
+def table_rows(args: argparse.Namespace, weights, arch: str, fixed: dict[str, str]) -> dict[str, dict]:
+    """Row label -> config overrides of the chosen --table and --rows (ConfigError on an unknown row);
+    `fixed`: the keys given with --set/--config, which win over an architecture's recipe."""
     try:
         if args.rows and args.all_rows:
             raise ValueError("give either --rows or --all-rows")
@@ -61,7 +62,6 @@ def table_rows(args: argparse.Namespace, weights, arch: str) -> dict[str, dict]:
             names = list(LOSS_ROWS) if args.all_rows else args.rows or list(DEFAULT_LOSS_ROWS)
             return {row: loss_row_overrides(row, weights, arch) for row in names}
         names = paper_rows(args.table) if args.all_rows else args.rows or default_paper_rows(args.table)
-        fixed = given_keys(args)  # --set/--config keys win over an architecture's recipe
         return {row: paper_row_overrides(args.table, row, weights, fixed) for row in names}
     except ValueError as exc:
         raise ConfigError(f"--rows: {exc}") from exc
@@ -75,13 +75,14 @@ def build_spec(args: argparse.Namespace) -> SweepSpec:
     if args.search == "optuna" and args.table != "one-factor":
         raise ConfigError(f"--search optuna tunes the loss weights of one model; it does not combine with "
                           f"--table {args.table} (drop --table, and pick the model with --set model.arch=...)")
-    if args.table != "one-factor" and "model.arch" in given_keys(args):
-        raise ConfigError(f"model.arch ({given_keys(args)['model.arch']}): every row of --table {args.table} "
+    fixed = given_keys(args)  # reads --config once
+    if args.table != "one-factor" and "model.arch" in fixed:
+        raise ConfigError(f"model.arch ({fixed['model.arch']}): every row of --table {args.table} "
                           f"trains its own paper architecture, so model.arch has no effect there; pick rows "
                           f"with --rows, or use --table one-factor to add the loss terms to one model")
     base = config_from_args(args)
     seeds = list(seeds_for(args))
-    grid = grid_trials(base, table_rows(args, weights, base.model.arch), seeds)
+    grid = grid_trials(base, table_rows(args, weights, base.model.arch, fixed), seeds)
     return SweepSpec(sweep="ablate_losses", base=apply_overrides(base, {"seed": seeds[0]}),
                      search=args.search, grid=grid,
                      optuna_space=optuna_space(arch=base.model.arch) if args.search == "optuna" else None,
