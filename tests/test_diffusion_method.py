@@ -160,6 +160,9 @@ def _rank_main(rank, world, store_path, out_path, cfg_dict, init, batch, draws, 
               drop[shard])
         if rank == 0:
             torch.save(ckpt.unwrap(method.unet).state_dict(), out_path)
+        # Both ranks leave together: a rank tearing gloo down while the other still uses it
+        # once aborted ("terminate called without an active exception") in a CI run.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
