@@ -38,7 +38,6 @@ cityscapesscripts order); class 19 "unlabeled" is never predicted.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
@@ -46,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from t2i_ray.config import ConfigError, ExperimentConfig
+from t2i_ray.config import ConfigError, ExperimentConfig, parse_input_size  # noqa: F401 (re-exported)
 from t2i_ray.weights import WeightsFileError, file_sha256, load_state_dict_file
 
 WEIGHTS_ENV = "T2I_SEGMENTER_WEIGHTS"
@@ -352,17 +351,6 @@ def resolve_segmenter_weights(cfg: ExperimentConfig) -> str:
     return path
 
 
-def parse_input_size(value: str) -> tuple[int, int] | None:
-    """eval.segmenter_input: "HxW" (e.g. "1024x2048", height first) -> (H, W); "native" -> None."""
-    if value == "native":
-        return None
-    m = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", str(value))
-    if not m or min(int(m.group(1)), int(m.group(2))) < 32:
-        raise ValueError(f"must be 'HEIGHTxWIDTH' (each >= 32, e.g. 1024x2048, HRNet's Cityscapes test size) or "
-                         f"'native' (the generated size), got {value!r}")
-    return int(m.group(1)), int(m.group(2))
-
-
 class HRNetSegmenter(nn.Module):
     """The project's segmenter interface (eval/layout.py `segment`): model input (B, 3, H, W) in
     [-1, 1] (uint8 levels) -> logits (B, 20, H, W) of the Cityscapes layout classes, class 19
@@ -375,6 +363,8 @@ class HRNetSegmenter(nn.Module):
         self.input_size = input_size
         self.info = info
         self.config = {"num_classes": CITYSCAPES_TRAIN_CLASSES + 1}
+        # Images per batch (eval/layout.py `segment_batch_size`): ~8M input pixels, 4 at 1024x2048.
+        self.batch_size = 64 if input_size is None else max(1, min(256, 2**23 // (input_size[0] * input_size[1])))
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
