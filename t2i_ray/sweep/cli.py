@@ -406,6 +406,7 @@ def networks_needed(configs: Sequence[ExperimentConfig]) -> list[str]:
             net = {"mmceleba": "a face parser"}.get(ds, "a segmenter")
             lines[f"layout mIoU / semantic recall on {ds}: {net} from a local weights file -- not built yet "
                   f"(these columns stay empty; FSD and image->layout outpainting mIoU need no network)"] = None
+        if ds != "shapes":
             h, w = image_size(cfg.data)
             lines[f"super-resolution stage (GCDP's cascade, {h}x{w} -> {2 * h}x{2 * w}) -- not built yet: "
                   f"one stage is trained at {h}x{w}"] = None
