@@ -15,8 +15,9 @@ from t2i_ray.weights import file_sha256
 SMALL = H.HRNetArch(stem_width=16, layer1_planes=8, layer1_blocks=1, widths=(8, 16, 32, 64),
                     stage_modules=(1, 1, 1), stage_blocks=(1, 1, 1))
 
-# Hand-listed keys and shapes of the official Cityscapes HRNetV2-W48 (github.com/HRNet/HRNet-Semantic-Segmentation
-# lib/models/seg_hrnet.py with experiments/cityscapes/seg_hrnet_w48_train_512x1024_sgd_lr1e-2_wd5e-4_bs_12_epoch484.yaml).
+# Hand-listed keys and shapes of the official Cityscapes HRNetV2-W48: github.com/HRNet/HRNet-Semantic-Segmentation
+# lib/models/seg_hrnet.py built with
+# experiments/cityscapes/seg_hrnet_w48_train_512x1024_sgd_lr1e-2_wd5e-4_bs_12_epoch484.yaml.
 OFFICIAL_W48 = {
     "conv1.weight": (64, 3, 3, 3), "bn1.running_var": (64,), "conv2.weight": (64, 64, 3, 3),
     "layer1.0.conv1.weight": (64, 64, 1, 1), "layer1.0.conv3.weight": (256, 64, 1, 1),
@@ -36,7 +37,8 @@ OFFICIAL_W48 = {
     "last_layer.3.weight": (19, 720, 1, 1), "last_layer.3.bias": (19,),
 }
 NOT_IN_OFFICIAL = ("transition2.0.0.weight", "transition2.1.0.weight", "stage2.0.fuse_layers.0.0.0.weight",
-                   "stage4.3.branches.0.0.conv1.weight", "stage3.0.branches.0.4.conv1.weight", "layer1.1.downsample.0.weight")
+                   "stage4.3.branches.0.0.conv1.weight", "stage3.0.branches.0.4.conv1.weight",
+                   "layer1.1.downsample.0.weight")
 
 
 def test_w48_has_the_official_checkpoint_names_and_shapes():

@@ -132,8 +132,8 @@ def check_eval_assets(cfg: ExperimentConfig) -> str | None:
 
 def eval_asset_overrides(cfg: ExperimentConfig) -> dict[str, str]:
     """`check_eval_assets`, and the resolved absolute paths as config overrides (eval.inception_weights,
-    eval.clip_weights, eval.clip_vocab, eval.segmenter_weights), so that files named by environment variables reach Ray
-    workers on other nodes with the config."""
+    eval.clip_weights, eval.clip_vocab, eval.segmenter_weights), so that files named by environment
+    variables reach Ray workers on other nodes with the config."""
     out = {}
     inception = check_eval_assets(cfg)
     if inception is not None:
@@ -478,7 +478,7 @@ def evaluate_layouts(cfg: ExperimentConfig, ctx: EvalContext, images: Tensor, la
 
 
 @dataclass
-class LayoutSegmenter:
+class ScoringSegmenter:
     """The segmenter of the layout metrics with what its rows record (`_segmenter`)."""
 
     model: Any  # images (B, 3, H, W) in [-1, 1] -> logits (B, K, H, W)
@@ -508,12 +508,12 @@ def _caption_classes(cfg: ExperimentConfig, ctx: EvalContext, num_images: int) -
     return [cityscapes_named_classes(ctx.test_set.captions[i][k]) for i, k in zip(images, captions)]
 
 
-def _segmenter(cfg: ExperimentConfig, ctx: EvalContext) -> LayoutSegmenter:
+def _segmenter(cfg: ExperimentConfig, ctx: EvalContext) -> ScoringSegmenter:
     """The resolved eval.segmenter (`config.resolved_segmenter`) and its scores on the real test
     split: the trained one (shapes; its held-out scores come from its cache) or HRNet (cityscapes:
     its mIoU and semantic recall on the real test images at the data resolution, here)."""
-    from t2i_ray.eval.layout import (DEFAULT_MIN_SHARE, cityscapes_named_classes, default_min_pixels, layout_agreement, load_or_train_segmenter,
-                                     semantic_scores)
+    from t2i_ray.eval.layout import (DEFAULT_MIN_SHARE, cityscapes_named_classes, default_min_pixels,
+                                     layout_agreement, load_or_train_segmenter, semantic_scores)
     from t2i_ray.weights import file_sha256
 
     real = torch.stack([ctx.test_set[i]["image"] for i in range(len(ctx.test_set))])
@@ -524,13 +524,14 @@ def _segmenter(cfg: ExperimentConfig, ctx: EvalContext) -> LayoutSegmenter:
                 "layout_input_size": "native", "layout_miou_ignored_class": "none",
                 "segmenter_heldout_miou": info["heldout_miou"],
                 "segmenter_heldout_semantic_recall": info["heldout_semantic_recall"]}
-        return LayoutSegmenter(model, info, None, (0,), _segment_all(model, real), DEFAULT_MIN_SHARE)
+        return ScoringSegmenter(model, info, None, (0,), _segment_all(model, real), DEFAULT_MIN_SHARE)
     from t2i_ray.data.cityscapes import LAYOUT_CLASSES, TEMPLATE_MIN_FRACTION, UNLABELED
     from t2i_ray.eval.hrnet import load_hrnet, resolve_segmenter_weights
 
     model = load_hrnet(resolve_segmenter_weights(cfg), parse_input_size(cfg.eval.segmenter_input), _eval_device(cfg))
     real_pred = _segment_all(model, real)
-    true = np.asarray(ctx.test_set.layouts)
+    # the true test layouts (a context built for the image-only model has none loaded)
+    true = np.asarray(ctx.test_set.layouts if ctx.test_set.layouts is not None else ctx.test_set.source.layouts())
     heldout = layout_agreement(real_pred, true, len(LAYOUT_CLASSES), ignore_index=UNLABELED)
     named = [cityscapes_named_classes(caps[0]) for caps in ctx.test_set.captions]  # each real image's caption 0
     info = {"layout_backbone": model.info["backbone"], "layout_weights_sha256": model.info["weights_sha256"],
@@ -541,12 +542,12 @@ def _segmenter(cfg: ExperimentConfig, ctx: EvalContext) -> LayoutSegmenter:
                 real_pred, named, default_min_pixels(*real_pred.shape[1:], TEMPLATE_MIN_FRACTION),
                 exclude=(UNLABELED,))[0]}
     # A class counts as found from the share at which the template captions name it (0.1%).
-    return LayoutSegmenter(model, info, UNLABELED, (UNLABELED,), real_pred, TEMPLATE_MIN_FRACTION)
+    return ScoringSegmenter(model, info, UNLABELED, (UNLABELED,), real_pred, TEMPLATE_MIN_FRACTION)
 
 
 @torch.no_grad()
 def evaluate_semantics(cfg: ExperimentConfig, ctx: EvalContext, images: Tensor,
-                       seg: LayoutSegmenter | None = None) -> dict[str, Any]:
+                       seg: ScoringSegmenter | None = None) -> dict[str, Any]:
     """`semantic_recall` of generated images (made for the test captions in evaluation order): the
     share of the classes their captions name (`shapes`: its objects; cityscapes: the class names in
     the text) that the segmenter finds in the image (GCDP Sec. 4.3, arXiv:2308.08157), and

@@ -55,7 +55,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CITYSCAPES_TRAIN_CLASSES = 19
 ALIGN_CORNERS = False  # experiments/cityscapes/seg_hrnet_w48_*.yaml MODEL.ALIGN_CORNERS
 BOTTLENECK_EXPANSION = 4
-# Prefixes of the repository's saved models: FullModel's "model." (tools/test.py strips it), nn.DataParallel's "module.".
+# Prefixes of the repository's saved models: FullModel's "model." (tools/test.py strips it),
+# nn.DataParallel's "module.".
 WRAPPER_PREFIXES = ("module.", "model.")
 DROPPED_PREFIXES = ("loss.",)  # FullModel's criterion (CrossEntropy class weights)
 
