@@ -190,3 +190,17 @@ def test_cityscapes_diffusion_refuses_before_any_work_without_hrnet(tmp_path, ca
     ablate_diffusion.main(argv + ["--set", "eval.segmenter=off"])  # the switch that skips the metrics
     assert "layout mIoU / semantic recall on cityscapes: off (eval.segmenter=off" in capsys.readouterr().out
     assert not (tmp_path / "out").exists()
+
+
+def test_caption_class_search_and_recall_without_unlabeled():
+    from t2i_ray.eval.layout import cityscapes_named_classes, semantic_scores
+
+    text = "An image of an urban scene with road, Sidewalk, traffic light, cars, two buses and people."
+    assert cityscapes_named_classes(text) == [0, 1, 6, 11, 13, 15]
+    # whole words only: no "rain" in terrain, no "wall" in sidewalks, no "car" in "cart"
+    assert cityscapes_named_classes("a cart on the sidewalks beside terrain and a train") == [1, 9, 16]
+    layouts = np.full((2, 4, 4), 19)
+    layouts[0, 0] = 0  # road found (4 pixels) in image 0
+    layouts[1, :2] = 13  # car in image 1
+    # unlabeled covers most pixels but is never "found"; road counts (class 0 is not background here)
+    assert semantic_scores(layouts, [[0, 13], [13]], min_pixels=2, exclude=(19,)) == (pytest.approx(2 / 3), 1.0)
