@@ -204,3 +204,31 @@ def test_caption_class_search_and_recall_without_unlabeled():
     layouts[1, :2] = 13  # car in image 1
     # unlabeled covers most pixels but is never "found"; road counts (class 0 is not background here)
     assert semantic_scores(layouts, [[0, 13], [13]], min_pixels=2, exclude=(19,)) == (pytest.approx(2 / 3), 1.0)
+
+
+def test_sweep_refuses_before_work_and_pins_the_file(tmp_path, monkeypatch):
+    from t2i_ray.config import apply_overrides
+    from t2i_ray.eval.evaluate import eval_asset_overrides
+    from t2i_ray.sweep import run as run_mod
+    from t2i_ray.sweep.run import SweepSpec
+
+    monkeypatch.delenv(H.WEIGHTS_ENV, raising=False)
+    inception = _save(tmp_path, {"w": torch.zeros(1)}, "inception.pth")
+    cfg = build_config("smoke", {"model.method": "diffusion", "data.dataset": "cityscapes",
+                                 "data.data_root": str(tmp_path), "output_dir": str(tmp_path / "out"),
+                                 "eval.inception_weights": inception})
+
+    def no_training(*a, **k):
+        raise AssertionError("work started before the HRNet file was checked")
+
+    monkeypatch.setattr("t2i_ray.data.registry.prepare_data", no_training)
+    monkeypatch.setattr("t2i_ray.train.damsm.ensure_damsm", no_training)
+    with pytest.raises(H.HRNetWeightsError, match="eval.segmenter_weights: the Cityscapes layout metrics"):
+        run_mod.prepare_assets(cfg, log=lambda s: None)  # the sweep's first step
+    weights = _save(tmp_path, H.random_hrnet_state_dict(SMALL))
+    monkeypatch.setenv(H.WEIGHTS_ENV, weights)
+    assert eval_asset_overrides(cfg)["eval.segmenter_weights"] == weights  # reaches Ray workers in the config
+    pinned = apply_overrides(cfg, {"eval.segmenter_weights": weights})
+    moved = apply_overrides(cfg, {"eval.segmenter_weights": "/elsewhere/hrnet.pth"})
+    assert SweepSpec("s", pinned, "grid").name == SweepSpec("s", moved, "grid").name  # a moved file resumes
+    assert "eval.segmenter_weights" not in eval_asset_overrides(apply_overrides(cfg, {"eval.segmenter": "off"}))
