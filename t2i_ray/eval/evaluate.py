@@ -513,14 +513,16 @@ def _segmenter(cfg: ExperimentConfig, ctx: EvalContext) -> ScoringSegmenter:
     split: the trained one (shapes; its held-out scores come from its cache) or HRNet (cityscapes:
     its mIoU and semantic recall on the real test images at the data resolution, here)."""
     from t2i_ray.eval.layout import (DEFAULT_MIN_SHARE, cityscapes_named_classes, default_min_pixels,
-                                     layout_agreement, load_or_train_segmenter, semantic_scores)
+                                     layout_agreement, load_or_train_segmenter, segmenter_cache_path,
+                                     semantic_scores)
     from t2i_ray.weights import file_sha256
 
     real = torch.stack([ctx.test_set[i]["image"] for i in range(len(ctx.test_set))])
     if resolved_segmenter(cfg) == "trained":
-        model, info = load_or_train_segmenter(cfg.data, cfg.eval.segmenter_steps, cfg.eval.segmenter_images,
-                                              str(RunPaths.of(cfg).cache))
-        info = {"layout_backbone": info["backbone"], "layout_weights_sha256": file_sha256(info["cache_path"]),
+        e, cache_dir = cfg.eval, str(RunPaths.of(cfg).cache)
+        model, info = load_or_train_segmenter(cfg.data, e.segmenter_steps, e.segmenter_images, cache_dir)
+        path = segmenter_cache_path(cfg.data, e.segmenter_steps, e.segmenter_images, cache_dir)[0]  # where it is now
+        info = {"layout_backbone": info["backbone"], "layout_weights_sha256": file_sha256(path),
                 "layout_input_size": "native", "layout_miou_ignored_class": "none",
                 "segmenter_heldout_miou": info["heldout_miou"],
                 "segmenter_heldout_semantic_recall": info["heldout_semantic_recall"]}

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from t2i_ray.config import ConfigError, ExperimentConfig, parse_input_size  # noqa: F401 (re-exported)
+from t2i_ray.config import ConfigError, ExperimentConfig
 from t2i_ray.weights import WeightsFileError, file_sha256, load_state_dict_file
 
 WEIGHTS_ENV = "T2I_SEGMENTER_WEIGHTS"
