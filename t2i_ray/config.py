@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -44,9 +45,14 @@ IMAGE_ENCODER_BACKBONES = ("cnn", "inception")
 # inception on every real dataset.
 EVAL_BACKBONES = ("auto", "domain", "inception")
 CLIP_SCORE_MODES = ("auto", "on", "off")
+# eval.segmenter: the network behind the diffusion's layout metrics (layout mIoU, semantic recall,
+# segmenter FSD; t2i_ray/eval/layout.py, t2i_ray/eval/hrnet.py): trained = the project's own, trained
+# on `shapes`; hrnet = HRNetV2 from a local Cityscapes checkpoint (GCDP's HRNet-W48); off = none;
+# auto = trained on shapes, hrnet on cityscapes (refused before training without its file), off elsewhere.
+SEGMENTER_MODES = ("auto", "trained", "hrnet", "off")
 # Eval fields that say where a file lives, not what is measured (its digest is in every row):
 # left out of sweep identities and re-evaluation tags.
-EVAL_PATH_FIELDS = ("inception_weights", "clip_weights", "clip_vocab")
+EVAL_PATH_FIELDS = ("inception_weights", "clip_weights", "clip_vocab", "segmenter_weights")
 # How images reach Inception's 299x299 input (recorded with every number, reference
 # diffusion_metrics.md B.5 item 3 / Part C item 5): tf1_bilinear = torch-fidelity's TF1-exact
 # bilinear (TTUR-comparable), pil_bicubic = PIL bicubic to 299 then uint8 (clean-fid's filter).
@@ -183,9 +189,18 @@ class EvalConfig:
     kid_subset_size: int = 256
     evaluator_steps: int = 1500  # training steps of the `domain` evaluator (cached)
     evaluator_images: int = 16384  # its training pool: fresh procedural images, own seed
-    # The `segmenter` of the layout metrics (shapes only; t2i_ray/eval/layout.py): steps and pool.
+    # The segmenter of the diffusion's layout metrics (SEGMENTER_MODES; auto: the project's trained
+    # one on shapes, HRNet on cityscapes).
+    segmenter: str = "auto"
+    # The trained `segmenter` (shapes only; t2i_ray/eval/layout.py): steps and pool.
     segmenter_steps: int = 800
     segmenter_images: int = 8192
+    # HRNetV2 Cityscapes state dict (hrnet_w48_cityscapes_cls19_1024x2048_trainset.pth of
+    # HRNet/HRNet-Semantic-Segmentation; t2i_ray/eval/hrnet.py); None: $T2I_SEGMENTER_WEIGHTS. Never downloaded.
+    segmenter_weights: str | None = None
+    # HRNet's input size "HxW" (generated images are resized bilinearly to it; 1024x2048 is HRNet's
+    # own Cityscapes test size, GCDP does not state one) or "native" (the generated size).
+    segmenter_input: str = "1024x2048"
     backbone: str = "auto"  # FID/KID features: auto | domain | inception (EVAL_BACKBONES)
     # Local TF-ported FID Inception weights (weights-/pt_inception-2015-12-05-6726825d.pth); None:
     # the T2I_INCEPTION_WEIGHTS environment variable. Never downloaded.
@@ -742,6 +757,20 @@ def _check_diffusion(cfg: ExperimentConfig) -> None:
            "diffusion.extra_guidance_scales", f"must be numbers >= 0, got {f.extra_guidance_scales!r}")
     _check(f.outpaint_resample >= 1, "diffusion.outpaint_resample", f"must be >= 1, got {f.outpaint_resample}")
     _check(f.outpaint_images >= 1, "diffusion.outpaint_images", f"must be >= 1, got {f.outpaint_images}")
+    _check(cfg.eval.segmenter in SEGMENTER_MODES, "eval.segmenter",
+           f"must be one of {', '.join(SEGMENTER_MODES)}, got {cfg.eval.segmenter!r}")
+    _check(cfg.eval.segmenter != "trained" or cfg.data.dataset == "shapes", "eval.segmenter",
+           f"the trained segmenter learns from procedural `shapes` layouts and exists for data.dataset=shapes only, "
+           f"not {cfg.data.dataset!r}; use eval.segmenter=hrnet (cityscapes), auto or off")
+    _check(cfg.eval.segmenter != "hrnet" or cfg.data.dataset == "cityscapes", "eval.segmenter",
+           f"HRNet's Cityscapes checkpoint predicts the 19 Cityscapes classes: it serves data.dataset=cityscapes "
+           f"only, not {cfg.data.dataset!r}; use auto, trained (shapes) or off")
+    _check(cfg.eval.segmenter_weights is None or bool(cfg.eval.segmenter_weights.strip()), "eval.segmenter_weights",
+           f"must be a file path or None (then $T2I_SEGMENTER_WEIGHTS is used), got {cfg.eval.segmenter_weights!r}")
+    try:
+        parse_input_size(cfg.eval.segmenter_input)
+    except ValueError as err:
+        raise ConfigError(f"eval.segmenter_input: {err}") from None
     _check(cfg.eval.segmenter_steps >= 1, "eval.segmenter_steps", f"must be >= 1, got {cfg.eval.segmenter_steps}")
     _check(cfg.eval.segmenter_images >= 32, "eval.segmenter_images",
            f"must be >= 32 (one segmenter batch), got {cfg.eval.segmenter_images}")
@@ -897,6 +926,27 @@ def resolved_eval_backbone(cfg: ExperimentConfig) -> str:
     if cfg.eval.backbone != "auto":
         return cfg.eval.backbone
     return "domain" if cfg.data.dataset == "shapes" else "inception"
+
+
+def resolved_segmenter(cfg: ExperimentConfig) -> str:
+    """eval.segmenter resolved for this run: "trained" | "hrnet" | "off". Only diffusion runs score
+    layouts; auto = trained on shapes, hrnet on cityscapes, off on the other datasets."""
+    if cfg.model.method != "diffusion":
+        return "off"
+    if cfg.eval.segmenter != "auto":
+        return cfg.eval.segmenter
+    return {"shapes": "trained", "cityscapes": "hrnet"}.get(cfg.data.dataset, "off")
+
+
+def parse_input_size(value: str) -> tuple[int, int] | None:
+    """eval.segmenter_input: "HxW" (height first, e.g. "1024x2048") -> (H, W); "native" -> None."""
+    if value == "native":
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", str(value))
+    if not m or min(int(m.group(1)), int(m.group(2))) < 32:
+        raise ValueError(f"must be 'HEIGHTxWIDTH' (each >= 32, e.g. 1024x2048, HRNet's Cityscapes test size) or "
+                         f"'native' (the generated size), got {value!r}")
+    return int(m.group(1)), int(m.group(2))
 
 
 def resolved_damsm_class_mask(cfg: ExperimentConfig) -> bool:

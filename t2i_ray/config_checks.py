@@ -59,6 +59,13 @@ def check_paths(cfg: ExperimentConfig) -> None:
             ClipArchitecture.of(read_clip_state_dict(e.clip_weights))
         except WeightsFileError as err:
             raise ConfigError(f"eval.clip_weights: {e.clip_weights} {err}") from None
+    if e.segmenter_weights and os.path.isfile(e.segmenter_weights):
+        from t2i_ray.eval.hrnet import HRNetWeightsError, read_hrnet_state_dict, where_to_get
+
+        try:  # keys and shapes only (mmap): an OCR or non-Cityscapes checkpoint refuses before training
+            read_hrnet_state_dict(e.segmenter_weights)
+        except HRNetWeightsError as err:
+            raise ConfigError(f"eval.segmenter_weights: {e.segmenter_weights} {err}. {where_to_get()}") from None
 
 
 def check_split_sizes(cfg: ExperimentConfig, sizes: Mapping[str, int],

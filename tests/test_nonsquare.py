@@ -168,8 +168,11 @@ def test_grids_and_layout_metrics_keep_height_and_width():
 def test_diffusion_trains_samples_and_evaluates_on_cityscapes_at_1_to_2(tmp_path, one_thread):
     """The main job's loop in-process on a Cityscapes tree at 32 x 64 (train + val): cache, DAMSM,
     diffusion steps, sampling, the Inception metrics (random weights of the right shapes), FSD and
-    outpainting, the sample grids at 1:2."""
+    outpainting, the HRNet layout metrics (a reduced HRNetV2 of random weights, saved as the official
+    checkpoints are), the sample grids at 1:2."""
+    from t2i_ray.eval.hrnet import HRNetArch, random_hrnet_state_dict
     from t2i_ray.eval.inception import random_inception_state_dict
+    from t2i_ray.weights import file_sha256
     from t2i_ray.train.damsm import ensure_damsm
     from t2i_ray.train.loop import LocalEnv, run_training
 
@@ -177,6 +180,10 @@ def test_diffusion_trains_samples_and_evaluates_on_cityscapes_at_1_to_2(tmp_path
     write_cityscapes(root, n_val=2)  # train + val: 4 images, test: 2
     weights = tmp_path / "inception.pth"
     torch.save(random_inception_state_dict(seed=0), weights)
+    small = HRNetArch(stem_width=16, layer1_planes=8, layer1_blocks=1, widths=(8, 16, 32, 64), stage_modules=(1, 1, 1),
+                      stage_blocks=(1, 1, 1))
+    hrnet = tmp_path / "hrnet.pth"
+    torch.save(random_hrnet_state_dict(small), hrnet)
     paper_data = ablate_diffusion.DATASET_DEFAULTS["cityscapes"]  # 1:2, train + val
     cfg = build_config("ci", {**ablate_diffusion.PRESET_DEFAULTS["ci"], **paper_data, "model.method": "diffusion",
                               "data.dataset": "cityscapes", "data.data_root": str(root),
@@ -184,7 +191,8 @@ def test_diffusion_trains_samples_and_evaluates_on_cityscapes_at_1_to_2(tmp_path
                               "train.report_every": 1, "train.checkpoint_every": 2, "damsm.batch_size": 2,
                               "eval.inception_weights": str(weights), "eval.num_images": 4, "eval.batch_size": 4,
                               "eval.r_precision_candidates": 2, "eval.r_precision_folds": 1, "eval.kid_subsets": 2,
-                              "eval.kid_subset_size": 2, "eval.is_splits": 2, "diffusion.outpaint_images": 1})
+                              "eval.kid_subset_size": 2, "eval.is_splits": 2, "diffusion.outpaint_images": 1,
+                              "eval.segmenter_weights": str(hrnet), "eval.segmenter_input": "64x128"})
     assert image_size(cfg.data) == (32, 64) and cfg.data.trainval
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -194,7 +202,14 @@ def test_diffusion_trains_samples_and_evaluates_on_cityscapes_at_1_to_2(tmp_path
     assert final["fid_real_set"] == "cityscapes/test" and final["fid_num_fake"] == 4
     for key in ("fid", "kid", "fsd", "outpaint_image_to_layout_miou"):
         assert math.isfinite(final[key]), key
-    assert "layout_miou" not in final  # needs a segmentation network for real data (not built yet)
+    for key in ("layout_miou", "outpaint_layout_to_image_miou", "semantic_recall", "semantic_precision",
+                "segmenter_heldout_miou", "segmenter_heldout_semantic_recall"):
+        assert 0 <= final[key] <= 1, key
+    assert math.isfinite(final["fsd_segmenter"]) and final["fsd_segmenter_num_real"] == 2
+    assert final["layout_backbone"] == small.name + "-cityscapes19" and final["layout_input_size"] == "64x128"
+    assert final["layout_weights_sha256"] == file_sha256(str(hrnet))
+    assert final["layout_miou_ignored_class"] == "unlabeled (19)" and final["layout_num_images"] == 4
+    assert final["semantic_recall_num_images"] == 4 and final["semantic_recall_min_pixels"] == 3  # 0.1% of 32x64
     grid = np.asarray(Image.open(final["samples_path"]))
     assert grid.shape == (2 * 32, 2 * 64, 3)  # two test images: a real row and a sample row, 32 x 64 each
     assert np.asarray(Image.open(final["layout_samples_path"])).shape == (4 * 32, 2 * 64, 3)
@@ -210,7 +225,13 @@ def test_paper_dry_run_lists_trials_and_networks_per_dataset(tmp_path, capsys):
     torch.save({"w": torch.zeros(1)}, weights)
     write_cityscapes(tmp_path / "cityscapes")
     write_celeba(tmp_path / "celeba")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "T2I_INCEPTION_WEIGHTS": str(weights)}
+    from t2i_ray.eval.hrnet import HRNetArch, random_hrnet_state_dict
+
+    hrnet = tmp_path / "hrnet.pth"  # checked for HRNetV2 keys and shapes by the dry run
+    torch.save(random_hrnet_state_dict(HRNetArch(stem_width=8, layer1_planes=4, layer1_blocks=1, widths=(4, 8, 16, 32),
+                                                 stage_modules=(1, 1, 1), stage_blocks=(1, 1, 1))), hrnet)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "T2I_INCEPTION_WEIGHTS": str(weights),
+           "T2I_SEGMENTER_WEIGHTS": str(hrnet)}
     out = subprocess.run([sys.executable, str(REPO / "sweeps" / "ablate_diffusion.py"), "--dataset", "cityscapes",
                           "--data-root", str(tmp_path / "cityscapes"), "--preset", "paper", "--dry-run",
                           "--output-dir", str(tmp_path / "out"), "--set", "train.batch_size=3",
@@ -222,7 +243,8 @@ def test_paper_dry_run_lists_trials_and_networks_per_dataset(tmp_path, capsys):
     trials = [line.split() for line in text.splitlines() if " seed " in line and "{" in line]
     assert sorted((t[0], t[2]) for t in trials) == sorted((r, s) for r in ("joint", "image-only") for s in "012")
     assert f"Inception (pt_inception-2015-12-05) from the local file {weights}" in text
-    assert "HRNet-W48 (Cityscapes) from a local weights file -- not built yet" in text
+    assert f"semantic recall / segmenter FSD on cityscapes: HRNetV2 (GCDP's HRNet-W48) from the local file {hrnet}, " \
+           f"input 1024x2048" in text
     assert "CLIP score: off -- no CLIP weights configured (GCDP uses CLIP ViT-L/14@336px" in text
     assert "super-resolution stage" in text and "DAMSM text + image encoders" in text
     os.environ["T2I_INCEPTION_WEIGHTS"] = str(weights)

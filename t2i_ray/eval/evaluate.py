@@ -41,7 +41,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from t2i_ray.paths import RunPaths
-from t2i_ray.config import BEST_METRICS, ExperimentConfig, apply_overrides, resolved_eval_backbone
+from t2i_ray.config import (BEST_METRICS, ExperimentConfig, apply_overrides, parse_input_size, resolved_eval_backbone,
+                             resolved_segmenter)
 from t2i_ray.data.dataset import TextImageDataset
 from t2i_ray.data import registry
 from t2i_ray.eval.clip import (CLIP_SCORE_DEFINITION, ClipScorer, clip_score, clip_score_enabled, load_clip,
@@ -120,6 +121,10 @@ def check_eval_assets(cfg: ExperimentConfig) -> str | None:
     (absolute) for eval.backbone=inception, else None."""
     if clip_score_enabled(cfg):
         resolve_clip_files(cfg)
+    if resolved_segmenter(cfg) == "hrnet":
+        from t2i_ray.eval.hrnet import resolve_segmenter_weights
+
+        resolve_segmenter_weights(cfg)
     if resolved_eval_backbone(cfg) == "inception":
         return resolve_inception_weights(cfg.eval.inception_weights)
     return None
@@ -127,14 +132,18 @@ def check_eval_assets(cfg: ExperimentConfig) -> str | None:
 
 def eval_asset_overrides(cfg: ExperimentConfig) -> dict[str, str]:
     """`check_eval_assets`, and the resolved absolute paths as config overrides (eval.inception_weights,
-    eval.clip_weights, eval.clip_vocab), so that files named by environment variables reach Ray
-    workers on other nodes with the config."""
+    eval.clip_weights, eval.clip_vocab, eval.segmenter_weights), so that files named by environment
+    variables reach Ray workers on other nodes with the config."""
     out = {}
     inception = check_eval_assets(cfg)
     if inception is not None:
         out["eval.inception_weights"] = inception
     if clip_score_enabled(cfg):
         out["eval.clip_weights"], out["eval.clip_vocab"] = resolve_clip_files(cfg)
+    if resolved_segmenter(cfg) == "hrnet":
+        from t2i_ray.eval.hrnet import resolve_segmenter_weights
+
+        out["eval.segmenter_weights"] = resolve_segmenter_weights(cfg)
     return out
 
 
@@ -320,9 +329,9 @@ def evaluate_method(cfg: ExperimentConfig, method, damsm: Damsm, run_name: str,
 
     start = time.time()
     layout_sample = method.layout_sampler()
-    # Semantic recall needs only images: every diffusion row on `shapes` gets it (the image-only
+    # Semantic recall needs only images: every diffusion row with a segmenter gets it (the image-only
     # baseline included, GCDP's comparison), with the segmenter prepared beside the sweep's assets.
-    semantics = cfg.model.method == "diffusion" and cfg.data.dataset == "shapes"
+    semantics = resolved_segmenter(cfg) != "off"
     if ctx is None:
         ctx = build_eval_context(cfg, damsm, layouts=layout_sample is not None)
     metrics: dict[str, Any] = {}
@@ -421,12 +430,15 @@ def evaluate_layouts(cfg: ExperimentConfig, ctx: EvalContext, images: Tensor, la
     order (item k of the test split for sample k, cycling), GCDP Sec. 4 (arXiv:2308.08157):
     - `fsd`: Frechet segmentation distance of the layouts' class shares vs the real test layouts;
     - `outpaint_image_to_layout_miou`: layouts generated from real test images vs their true ones;
-    and, on `shapes`, with the project's `segmenter` (eval/layout.py; real datasets need a
-    segmentation network from a local weights file, not built yet):
+    and, with the segmenter of eval.segmenter (`config.resolved_segmenter`: on `shapes` the project's
+    trained one, eval/layout.py; on cityscapes HRNetV2 from a local file, eval/hrnet.py):
     - `layout_miou`: generated layout vs the segmenter on the generated image (image-layout alignment);
-    - `semantic_recall`: share of the caption's shapes the segmenter finds in the generated image;
+    - `semantic_recall` / `fsd_segmenter` (`evaluate_semantics`);
     - `outpaint_layout_to_image_miou`: a real test layout vs the segmenter on the image generated
-      from it. Each number carries its N and the segmenter's name and held-out mIoU."""
+      from it. On cityscapes the mIoUs leave out the pixels whose (generated or given) layout is
+      class 19 "unlabeled", which HRNet never predicts (the Cityscapes benchmark's void), and
+      average over the 19 classes present. Each number carries its N and the segmenter's name,
+      weights digest, input size and its scores on the real test images."""
     from t2i_ray.eval.layout import fsd, image_layout_alignment, layout_agreement
 
     k = method.num_layout_classes
@@ -453,39 +465,108 @@ def evaluate_layouts(cfg: ExperimentConfig, ctx: EvalContext, images: Tensor, la
     to_layout = layout_agreement(torch.cat(from_image), true_layouts, k)
     out.update(outpaint_image_to_layout_miou=to_layout["miou"], outpaint_num_images=n_out,
                outpaint_resample=cfg.diffusion.outpaint_resample)
-    if cfg.data.dataset != "shapes":
+    if resolved_segmenter(cfg) == "off":
         return out
-    segmenter, info = _segmenter(cfg)
-    align = image_layout_alignment(segmenter, images, layouts)
+    seg = _segmenter(cfg, ctx)
+    align = image_layout_alignment(seg.model, images, layouts, ignore_index=seg.ignore_index)
     out.update(
         layout_miou=align["miou"], layout_pixel_accuracy=align["pixel_accuracy"], layout_num_images=len(images),
-        outpaint_layout_to_image_miou=image_layout_alignment(segmenter, torch.cat(from_layout), true_layouts)["miou"],
-        **evaluate_semantics(cfg, ctx, images, (segmenter, info)))
+        outpaint_layout_to_image_miou=image_layout_alignment(seg.model, torch.cat(from_layout), true_layouts,
+                                                             ignore_index=seg.ignore_index)["miou"],
+        **evaluate_semantics(cfg, ctx, images, seg))
     return out
 
 
-def _segmenter(cfg: ExperimentConfig):
-    from t2i_ray.eval.layout import load_or_train_segmenter
+@dataclass
+class ScoringSegmenter:
+    """The segmenter of the layout metrics with what its rows record (`_segmenter`)."""
 
-    return load_or_train_segmenter(cfg.data, cfg.eval.segmenter_steps, cfg.eval.segmenter_images,
-                                   str(RunPaths.of(cfg).cache))
+    model: Any  # images (B, 3, H, W) in [-1, 1] -> logits (B, K, H, W)
+    info: dict[str, Any]  # layout_* / segmenter_* columns
+    ignore_index: int | None  # layout class left out of mIoU (cityscapes: 19, unlabeled)
+    exclude: tuple[int, ...]  # classes never counted by semantic recall (shapes: 0 background; cityscapes: 19)
+    real_pred: np.ndarray  # (N_test, H, W) the segmenter on the real test images
+    min_share: float  # semantic recall: a class is found from this share of the pixels
+
+
+def _segment_all(model, images) -> np.ndarray:
+    from t2i_ray.eval.layout import segment, segment_batch_size
+
+    b = segment_batch_size(model)
+    return segment(model, [images[i:i + b] for i in range(0, len(images), b)])
+
+
+def _caption_classes(cfg: ExperimentConfig, ctx: EvalContext, num_images: int) -> list[list[int]]:
+    """Per generated image (made for test image j % N_test, caption `caption_choices`), the layout
+    classes its caption names: the `shapes` objects, or the Cityscapes class names in the text."""
+    from t2i_ray.eval.layout import cityscapes_named_classes, named_classes
+
+    if cfg.data.dataset == "shapes":
+        n_test = len(ctx.test_set)
+        return [named_classes(ctx.test_set.source.meta(i % n_test)) for i in range(num_images)]
+    images, captions = caption_choices(ctx, num_images, cfg.seed)
+    return [cityscapes_named_classes(ctx.test_set.captions[i][k]) for i, k in zip(images, captions)]
+
+
+def _segmenter(cfg: ExperimentConfig, ctx: EvalContext) -> ScoringSegmenter:
+    """The resolved eval.segmenter (`config.resolved_segmenter`) and its scores on the real test
+    split: the trained one (shapes; its held-out scores come from its cache) or HRNet (cityscapes:
+    its mIoU and semantic recall on the real test images at the data resolution, here)."""
+    from t2i_ray.eval.layout import (DEFAULT_MIN_SHARE, cityscapes_named_classes, default_min_pixels,
+                                     layout_agreement, load_or_train_segmenter, segmenter_cache_path,
+                                     semantic_scores)
+    from t2i_ray.weights import file_sha256
+
+    real = torch.stack([ctx.test_set[i]["image"] for i in range(len(ctx.test_set))])
+    if resolved_segmenter(cfg) == "trained":
+        e, cache_dir = cfg.eval, str(RunPaths.of(cfg).cache)
+        model, info = load_or_train_segmenter(cfg.data, e.segmenter_steps, e.segmenter_images, cache_dir)
+        path = segmenter_cache_path(cfg.data, e.segmenter_steps, e.segmenter_images, cache_dir)[0]  # where it is now
+        info = {"layout_backbone": info["backbone"], "layout_weights_sha256": file_sha256(path),
+                "layout_input_size": "native", "layout_miou_ignored_class": "none",
+                "segmenter_heldout_miou": info["heldout_miou"],
+                "segmenter_heldout_semantic_recall": info["heldout_semantic_recall"]}
+        return ScoringSegmenter(model, info, None, (0,), _segment_all(model, real), DEFAULT_MIN_SHARE)
+    from t2i_ray.data.cityscapes import LAYOUT_CLASSES, TEMPLATE_MIN_FRACTION, UNLABELED
+    from t2i_ray.eval.hrnet import load_hrnet, resolve_segmenter_weights
+
+    model = load_hrnet(resolve_segmenter_weights(cfg), parse_input_size(cfg.eval.segmenter_input), _eval_device(cfg))
+    real_pred = _segment_all(model, real)
+    # the true test layouts (a context built for the image-only model has none loaded)
+    true = np.asarray(ctx.test_set.layouts if ctx.test_set.layouts is not None else ctx.test_set.source.layouts())
+    heldout = layout_agreement(real_pred, true, len(LAYOUT_CLASSES), ignore_index=UNLABELED)
+    named = [cityscapes_named_classes(caps[0]) for caps in ctx.test_set.captions]  # each real image's caption 0
+    info = {"layout_backbone": model.info["backbone"], "layout_weights_sha256": model.info["weights_sha256"],
+            "layout_input_size": model.info["input_size"],
+            "layout_miou_ignored_class": f"{LAYOUT_CLASSES[UNLABELED]} ({UNLABELED})",
+            "segmenter_heldout_miou": heldout["miou"], "segmenter_heldout_pixel_accuracy": heldout["pixel_accuracy"],
+            "segmenter_heldout_semantic_recall": semantic_scores(
+                real_pred, named, default_min_pixels(*real_pred.shape[1:], TEMPLATE_MIN_FRACTION),
+                exclude=(UNLABELED,))[0]}
+    # A class counts as found from the share at which the template captions name it (0.1%).
+    return ScoringSegmenter(model, info, UNLABELED, (UNLABELED,), real_pred, TEMPLATE_MIN_FRACTION)
 
 
 @torch.no_grad()
 def evaluate_semantics(cfg: ExperimentConfig, ctx: EvalContext, images: Tensor,
-                       segmenter_and_info: tuple[Any, dict[str, Any]] | None = None) -> dict[str, Any]:
+                       seg: ScoringSegmenter | None = None) -> dict[str, Any]:
     """`semantic_recall` of generated images (made for the test captions in evaluation order): the
-    share of the caption's shapes that the `shapes` segmenter finds in the image (GCDP Sec. 4,
-    arXiv:2308.08157), and `semantic_precision`, the share of the shapes it finds that the caption
-    names, with their N and the segmenter's name and held-out scores. Needs no layout,
-    so the image-only model is scored the same way."""
-    from t2i_ray.eval.layout import named_classes, segment, semantic_scores
+    share of the classes their captions name (`shapes`: its objects; cityscapes: the class names in
+    the text) that the segmenter finds in the image (GCDP Sec. 4.3, arXiv:2308.08157), and
+    `semantic_precision`, the share of the classes it finds that the caption names; `fsd_segmenter`,
+    the Frechet segmentation distance of the segmenter's layouts of the generated vs the real test
+    images (Bau et al. arXiv:1910.11626, both sides through the network); with their N, the
+    segmenter's name, weights digest, input size and its scores on real test images. Needs no
+    layout, so the image-only model is scored the same way."""
+    from t2i_ray.eval.layout import default_min_pixels, fsd, semantic_scores
 
-    segmenter, info = segmenter_and_info or _segmenter(cfg)  # loaded once by evaluate_layouts
-    n_test = len(ctx.test_set)
-    predicted = segment(segmenter, [images[i:i + 256] for i in range(0, len(images), 256)])
-    named = [named_classes(ctx.test_set.source.meta(i % n_test)) for i in range(len(images))]
-    recall, precision = semantic_scores(predicted, named)
+    seg = seg or _segmenter(cfg, ctx)  # built once by evaluate_layouts
+    predicted = _segment_all(seg.model, images)
+    min_pixels = default_min_pixels(*predicted.shape[1:], seg.min_share)
+    recall, precision = semantic_scores(predicted, _caption_classes(cfg, ctx, len(images)), min_pixels,
+                                        exclude=seg.exclude)
+    k = seg.model.config["num_classes"]
     return {"semantic_recall": recall, "semantic_precision": precision, "semantic_recall_num_images": len(images),
-            "layout_backbone": info["backbone"], "segmenter_heldout_miou": info["heldout_miou"],
-            "segmenter_heldout_semantic_recall": info["heldout_semantic_recall"]}
+            "semantic_recall_min_pixels": min_pixels,
+            "fsd_segmenter": fsd(seg.real_pred, predicted, k), "fsd_segmenter_num_fake": len(predicted),
+            "fsd_segmenter_num_real": len(seg.real_pred), **seg.info}

@@ -19,6 +19,7 @@ Metrics, all on integer layouts (N, H, W) with values in [0, K), K = len(LAYOUT_
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -105,19 +106,29 @@ def mean_iou(confusion: np.ndarray) -> float:
 
 
 def layout_agreement(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor,
-                     num_classes: int = NUM_LAYOUT_CLASSES) -> dict[str, float]:
+                     num_classes: int = NUM_LAYOUT_CLASSES, ignore_index: int | None = None) -> dict[str, float]:
     """mIoU and pixel accuracy of layouts pred vs target, both (N, H, W) integer class ids.
 
     One confusion matrix accumulated over the whole set (as the Cityscapes benchmark and
     mmsegmentation do), not a mean of per-image mIoUs: small classes in one image would swing a
     per-image mean. Symmetric in pred and target. Used for image-layout alignment (generated
     layout vs segmenter(generated image)) and both outpainting directions (see the module doc).
+    `ignore_index`: pixels whose *target* has this class are left out, and the class drops out of
+    the mean (the Cityscapes benchmark's void pixels; HRNet never predicts "unlabeled").
     """
     shape = tuple(pred.shape)
     if len(shape) != 3:
         raise ValueError(f"layout_agreement: expected layouts (N, H, W), got pred {shape}")
     c = confusion_matrix(pred, target, num_classes)
-    return {"miou": mean_iou(c), "pixel_accuracy": float(np.trace(c) / c.sum()), "n": shape[0]}
+    if ignore_index is None:
+        return {"miou": mean_iou(c), "pixel_accuracy": float(np.trace(c) / c.sum()), "n": shape[0]}
+    c = c.copy()
+    c[ignore_index, :] = 0  # target pixels of the ignored class are not scored
+    if c.sum() == 0:
+        raise ValueError(f"layout_agreement: every target pixel is of the ignored class {ignore_index}")
+    iou = class_iou(c)  # a prediction of the ignored class on a scored pixel still costs its true class
+    iou[ignore_index] = np.nan
+    return {"miou": float(np.nanmean(iou)), "pixel_accuracy": float(np.trace(c) / c.sum()), "n": shape[0]}
 
 
 # Objects of `shapes` cover >= 2.2% of the image (a small circle, radius 0.085: ~23 pixels at
@@ -126,9 +137,10 @@ def layout_agreement(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch
 DEFAULT_MIN_SHARE = 0.005
 
 
-def default_min_pixels(height: int, width: int) -> int:
-    """Pixels a class needs to count as found by `semantic_recall`: ceil(0.5% of H * W) (6 at 32x32)."""
-    return max(1, math.ceil(DEFAULT_MIN_SHARE * height * width))
+def default_min_pixels(height: int, width: int, share: float = DEFAULT_MIN_SHARE) -> int:
+    """Pixels a class needs to count as found by `semantic_recall`: ceil(share of H * W), by
+    default 0.5% (6 at 32x32); cityscapes uses 0.1%, its template captions' naming threshold."""
+    return max(1, math.ceil(share * height * width))
 
 
 def named_classes(meta: dict[str, Any]) -> list[int]:
@@ -138,6 +150,23 @@ def named_classes(meta: dict[str, Any]) -> list[int]:
     captions' ground truth: a generated image is scored against the objects it was asked for.
     """
     return sorted({1 + shapes.SHAPE_NAMES.index(o["shape"]) for o in meta["objects"]})
+
+
+def cityscapes_named_classes(caption: str) -> list[int]:
+    """Cityscapes train ids (sorted) whose class name a caption contains, GCDP's "searching class
+    names in the caption" (arXiv:2308.08157 Sec. 4.3): whole words, case-insensitive, a plural "s"/"es"
+    allowed ("cars", "buses"), and "people" for person. The template captions (data/cityscapes.py)
+    name every class by its exact name."""
+    from t2i_ray.data.cityscapes import TRAIN_CLASSES
+
+    text = caption.lower()
+    found = []
+    for k, name in enumerate(TRAIN_CLASSES):
+        words = r"\s+".join(re.escape(w) for w in name.split())
+        pattern = rf"\b{words}(?:s|es)?\b" + (r"|\bpeople\b" if name == "person" else "")
+        if re.search(pattern, text):
+            found.append(k)
+    return found
 
 
 def semantic_recall(pred_layouts: np.ndarray | torch.Tensor, caption_classes: Sequence[Iterable[int]],
@@ -168,9 +197,10 @@ def semantic_precision(pred_layouts: np.ndarray | torch.Tensor, caption_classes:
 
 
 def semantic_scores(pred_layouts, caption_classes, min_pixels: int | None = None,
-                    name: str = "semantic_scores") -> tuple[float, float]:
-    """(`semantic_recall`, `semantic_precision`) in one pass over the images; class 0 (background)
-    is never counted."""
+                    name: str = "semantic_scores", exclude: Iterable[int] = (0,)) -> tuple[float, float]:
+    """(`semantic_recall`, `semantic_precision`) in one pass over the images; the classes in
+    `exclude` are never counted as found (`shapes`: 0, the background; cityscapes: 19, unlabeled)."""
+    exclude = set(int(k) for k in exclude)
     layouts = np.asarray(pred_layouts.cpu() if isinstance(pred_layouts, torch.Tensor) else pred_layouts)
     if layouts.ndim != 3 or len(layouts) != len(caption_classes):
         raise ValueError(f"{name}: expected pred_layouts (N, H, W) and N caption class lists, got "
@@ -182,7 +212,7 @@ def semantic_scores(pred_layouts, caption_classes, min_pixels: int | None = None
         if not named:
             continue
         counts = np.bincount(layout.ravel().astype(np.int64), minlength=max(named) + 1)
-        found = set(np.flatnonzero(counts >= threshold).tolist()) - {0}
+        found = set(np.flatnonzero(counts >= threshold).tolist()) - exclude
         named_found += len(found & set(named))
         named_total += len(named)
         found_total += len(found)
@@ -329,7 +359,8 @@ def _batches(images: np.ndarray | torch.Tensor, batch_size: int) -> list:
 
 
 def image_layout_alignment(model: LayoutSegmenter, images: np.ndarray | torch.Tensor,
-                           layouts: np.ndarray | torch.Tensor, batch_size: int = 256) -> dict[str, float]:
+                           layouts: np.ndarray | torch.Tensor, batch_size: int | None = None,
+                           ignore_index: int | None = None) -> dict[str, float]:
     """`layout_agreement` of layouts (N, R, R) vs the segmenter's prediction on images (N, ...).
 
     images: generated float (N, 3, R, R) in [-1, 1] or uint8 (N, R, R, 3). With the generated
@@ -338,8 +369,13 @@ def image_layout_alignment(model: LayoutSegmenter, images: np.ndarray | torch.Te
     """
     if len(images) != len(layouts):
         raise ValueError(f"image_layout_alignment: {len(images)} images but {len(layouts)} layouts")
-    pred = segment(model, _batches(images, batch_size))  # (N, R, R)
-    return layout_agreement(pred, layouts, model.config["num_classes"])
+    pred = segment(model, _batches(images, batch_size or segment_batch_size(model)))  # (N, R, R)
+    return layout_agreement(pred, layouts, model.config["num_classes"], ignore_index)
+
+
+def segment_batch_size(model: nn.Module) -> int:
+    """Images per segmenter batch: 256, or what the model asks for (HRNet at 1024x2048: a few)."""
+    return int(getattr(model, "batch_size", 256))
 
 
 def _cache_config(data_cfg: DataConfig, steps: int, pool_images: int) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from t2i_ray.paths import RunPaths
 from t2i_ray.config import (EVAL_PROTOCOLS, PRESETS, ConfigError, ExperimentConfig, apply_overrides,
                             build_config_with_file, parse_override, protocol_overrides, read_config_file,
-                            resolved_eval_backbone)
+                            resolved_eval_backbone, resolved_segmenter)
 
 if TYPE_CHECKING:
     from t2i_ray.sweep.run import SweepSpec
@@ -136,6 +136,10 @@ def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = No
         if clip_score_enabled(cfg):  # a missing CLIP file refuses here too (eval.clip_score)
             weights, vocab = resolve_clip_files(cfg)
             cfg = apply_overrides(cfg, {"eval.clip_weights": weights, "eval.clip_vocab": vocab})
+        if resolved_segmenter(cfg) == "hrnet":  # the Cityscapes layout metrics' HRNet file, likewise
+            from t2i_ray.eval.hrnet import resolve_segmenter_weights
+
+            cfg = apply_overrides(cfg, {"eval.segmenter_weights": resolve_segmenter_weights(cfg)})
     from t2i_ray.config_checks import check_inputs
 
     check_inputs(cfg, sizes, stages)  # paths that exist but are wrong, a real train split smaller than a batch
@@ -387,13 +391,22 @@ def networks_needed(configs: Sequence[ExperimentConfig]) -> list[str]:
                   "'CLIP score')"] = None
         if not diffusion:
             continue
-        if ds == "shapes":
+        segmenter = resolved_segmenter(cfg)
+        if segmenter == "trained":
             lines[f"layout mIoU / semantic recall: the project's `segmenter`, trained on {ds} "
                   f"({cfg.eval.segmenter_steps} steps), cached under {RunPaths.of(cfg).cache}/evaluators"] = None
+        elif segmenter == "hrnet":
+            lines[f"layout mIoU / semantic recall / segmenter FSD on {ds}: HRNetV2 (GCDP's HRNet-W48) from the local "
+                  f"file {cfg.eval.segmenter_weights or '$T2I_SEGMENTER_WEIGHTS'}, input "
+                  f"{cfg.eval.segmenter_input}"] = None
+        elif ds == "cityscapes":
+            lines["layout mIoU / semantic recall on cityscapes: off (eval.segmenter=off; these columns stay empty, "
+                  "FSD and image->layout outpainting mIoU need no network)"] = None
         else:
-            net = {"cityscapes": "HRNet-W48 (Cityscapes)", "mmceleba": "a face parser"}.get(ds, "a segmenter")
+            net = {"mmceleba": "a face parser"}.get(ds, "a segmenter")
             lines[f"layout mIoU / semantic recall on {ds}: {net} from a local weights file -- not built yet "
                   f"(these columns stay empty; FSD and image->layout outpainting mIoU need no network)"] = None
+        if ds != "shapes":
             h, w = image_size(cfg.data)
             lines[f"super-resolution stage (GCDP's cascade, {h}x{w} -> {2 * h}x{2 * w}) -- not built yet: "
                   f"one stage is trained at {h}x{w}"] = None

@@ -269,7 +269,17 @@ def prepare_assets(cfg: ExperimentConfig, log: Callable[[str], None] = console,
         _, info = load_or_train_domain_evaluator(cfg.data, e.evaluator_steps, e.evaluator_images,
                                                  str(RunPaths.of(cfg).cache), log=log)
         log(f"[eval] domain evaluator {info['backbone']} ready")
-    if cfg.model.method == "diffusion" and cfg.data.dataset == "shapes":
+    from t2i_ray.config import resolved_segmenter
+
+    if resolved_segmenter(cfg) == "hrnet":  # an unreadable HRNet file fails here, once, rather than in every trial
+        from t2i_ray.config import parse_input_size
+        from t2i_ray.eval.hrnet import load_hrnet, resolve_segmenter_weights
+
+        hrnet = load_hrnet(resolve_segmenter_weights(cfg), parse_input_size(e.segmenter_input))
+        log(f"[eval] layout segmenter {hrnet.info['backbone']} ready ({hrnet.info['weights_path']}, input "
+            f"{hrnet.info['input_size']})")
+        del hrnet
+    if resolved_segmenter(cfg) == "trained":
         # The layout metrics' segmenter (eval/layout.py), trained here once rather than inside a
         # trial's evaluation (where several trials would race to train it).
         from t2i_ray.eval.layout import load_or_train_segmenter

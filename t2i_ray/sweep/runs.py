@@ -33,8 +33,10 @@ PROTOCOL_COLUMNS = {"fid": ("fid_backbone", "fid_num_fake", "fid_real_set", "fid
                     "attr_pair_recall": ("attr_backbone", "attr_num_images"),
                     "is": ("is_backbone", "is_num_images", "is_splits"),
                     "fsd": ("fsd_num_fake", "fsd_num_real"),
-                    "layout_miou": ("layout_backbone", "layout_num_images"),
-                    "semantic_recall": ("layout_backbone", "layout_num_images")}
+                    "layout_miou": ("layout_backbone", "layout_weights_sha256", "layout_input_size",
+                                    "layout_num_images"),
+                    "semantic_recall": ("layout_backbone", "layout_weights_sha256", "layout_input_size",
+                                        "semantic_recall_num_images", "semantic_recall_min_pixels")}
 
 
 class RunError(LookupError):
