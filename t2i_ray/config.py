@@ -787,6 +787,10 @@ def _check_diffusion(cfg: ExperimentConfig) -> None:
                                                      f"data.aspect={d.aspect:g}")
     else:
         _check_unet_sizes(cfg, "", image_size(d), f"data.resolution={d.resolution}, data.aspect={d.aspect:g}")
+        for key in ("sr_dim", "sr_dim_mults", "sr_blocks", "sr_attention_levels"):
+            _check(not getattr(f, key), f"diffusion.{key}",
+                   f"sizes the super-resolution stage, which a one-stage run (diffusion.base_resolution=0) does not "
+                   f"have: set diffusion.base_resolution (e.g. {d.resolution // 2}) or leave it unset")
     _check(0 <= f.sr_noise_level < 1, "diffusion.sr_noise_level", f"must be in [0, 1), got {f.sr_noise_level}")
     _check(f.sr_guidance_scale >= 0, "diffusion.sr_guidance_scale", f"must be >= 0, got {f.sr_guidance_scale}")
     _check(f.layout_channels >= 1, "diffusion.layout_channels", f"must be >= 1, got {f.layout_channels}")
@@ -1059,7 +1063,8 @@ __all__ = [
     "ConfigError", "DataConfig", "ModelConfig", "LossWeights", "TrainConfig", "EvalConfig",
     "DamsmConfig", "CaptionerConfig", "DiffusionConfig", "ExperimentConfig", "PRESETS", "EVAL_PROTOCOLS", "build_config",
     "apply_overrides", "coerce_value", "parse_override", "protocol_overrides", "resolved_eval_backbone",
-    "resolved_damsm_class_mask", "validate", "replace", "image_size", "base_image_size", "sr_unet_settings", "legacy_data_key",
+    "resolved_damsm_class_mask", "validate", "replace", "image_size", "base_image_size", "sr_unet_settings",
+    "legacy_data_key",
     "check_batches_fit",
     "read_config_file", "build_config_with_file",
 ]

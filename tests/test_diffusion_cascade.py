@@ -44,7 +44,8 @@ def _randomise_zero_layers(net: torch.nn.Module) -> None:
 
 def _text(n: int, text_dim: int = 256):
     g = torch.Generator().manual_seed(1)
-    return torch.randn(n, 5, text_dim, generator=g), torch.ones(n, 5, dtype=torch.bool), torch.randn(n, text_dim, generator=g)
+    words, sentence = torch.randn(n, 5, text_dim, generator=g), torch.randn(n, text_dim, generator=g)
+    return words, torch.ones(n, 5, dtype=torch.bool), sentence
 
 
 def _offline_method(cfg):
@@ -67,8 +68,8 @@ def test_sr_unet_reads_each_part_of_its_low_res_condition():
     y = torch.randint(0, 5, (2, 16, 16), generator=g)
     t = torch.tensor([10, 500])
     words, mask, sentence = _text(2)
-    low = {"lowres_image": torch.randn(2, 3, 8, 8, generator=g), "lowres_layout": torch.randint(0, 5, (2, 8, 8), generator=g),
-           "lowres_level": torch.tensor([0.2, 0.2])}
+    low = {"lowres_image": torch.randn(2, 3, 8, 8, generator=g),
+           "lowres_layout": torch.randint(0, 5, (2, 8, 8), generator=g), "lowres_level": torch.tensor([0.2, 0.2])}
     with torch.no_grad():
         eps, logits = net(x, y, t, words, mask, sentence, **low)
         assert eps.shape == (2, 3, 16, 16) and logits.shape == (2, 5, 16, 16)
@@ -90,7 +91,8 @@ def test_sr_unet_reads_each_part_of_its_low_res_condition():
 
 def test_noise_augmentation_and_downsampling_by_hand():
     # abar of the linear log-SNR schedule: exp(-(1e-4 + 10 l^2)); at GCDP's 0.2: exp(-0.4001)
-    assert float(lowres_alpha_bar(torch.tensor([0.2], dtype=torch.float64))) == pytest.approx(math.exp(-0.4001), rel=1e-12)
+    level = torch.tensor([0.2], dtype=torch.float64)
+    assert float(lowres_alpha_bar(level)) == pytest.approx(math.exp(-0.4001), rel=1e-12)
     assert float(lowres_alpha_bar(torch.tensor([0.0]))) == pytest.approx(math.exp(-1e-4), rel=1e-12)
     n, K = 200_000, 4
     images = torch.full((1, 3, n // 100, 100), 0.5)
@@ -158,7 +160,8 @@ def test_cascade_at_1_to_2_samples_pairs_and_its_sr_stage_follows_the_condition(
     method = _offline_method(cfg)
     K = method.num_classes
     g = torch.Generator().manual_seed(0)
-    batch = {"image": torch.rand(3, 3, 32, 64, generator=g) * 2 - 1, "layout": torch.randint(0, K, (3, 32, 64), generator=g),
+    batch = {"image": torch.rand(3, 3, 32, 64, generator=g) * 2 - 1,
+             "layout": torch.randint(0, K, (3, 32, 64), generator=g),
              "caption": torch.randint(1, 30, (3, 6), generator=g), "caption_len": torch.tensor([6, 4, 2])}
     before = {k: v.clone() for k, v in method.sr_unet.state_dict().items()}
     for i in range(2):
@@ -208,6 +211,7 @@ def test_cascade_at_1_to_2_samples_pairs_and_its_sr_stage_follows_the_condition(
      r"^diffusion.sr_blocks: needs one count >= 1 per level \(3 levels in diffusion.sr_dim_mults\)"),
     ({"diffusion.base_resolution": 16, "diffusion.sr_dim": 12}, r"^diffusion.sr_dim: must be a multiple of 8"),
     ({"diffusion.sr_noise_level": 1.0}, r"^diffusion.sr_noise_level: must be in \[0, 1\)"),
+    ({"diffusion.sr_dim": 16}, r"^diffusion.sr_dim: sizes the super-resolution stage, which a one-stage run"),
     ({"data.dataset": "cityscapes", "data.data_root": "/d", "data.aspect": 1.0625, "diffusion.base_resolution": 8},
      r"^diffusion.base_resolution: diffusion.base_resolution x data.aspect must be a whole number of pixels"),
 ])

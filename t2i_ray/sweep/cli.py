@@ -327,10 +327,12 @@ def print_dry_run(spec: "SweepSpec", cpus: int | None = None) -> None:
 
     b = spec.base
     h, w = image_size(b.data)
-    cascade = f" from a {'x'.join(map(str, base_image_size(b)))} base stage" if b.diffusion.base_resolution else ""
+    bh, bw = base_image_size(b)
+    cascade = f" from a {bh}x{bw} base stage" if b.diffusion.base_resolution else ""
     print(f"[dry-run] experiment {spec.name}")
     print(f"  dataset {b.data.dataset}" + (f" ({b.data.data_root})" if b.data.data_root else "")
-          + f", {h}x{w}{'' if h == w else ' (height x width)'}{cascade}, {b.train.steps} steps, batch {b.train.batch_size} x "
+          + f", {h}x{w}{'' if h == w else ' (height x width)'}{cascade}, {b.train.steps} steps, "
+          f"batch {b.train.batch_size} x "
           f"{b.train.num_workers} worker(s), {'GPU' if b.train.use_gpu else 'CPU'}, "
           f"output {Path(b.output_dir).resolve()}")
     defaults = ExperimentConfig().flat()
