@@ -35,15 +35,18 @@ PRESET_DEFAULTS: dict[str, dict[str, object]] = {
               "eval.kid_subset_size": 128, "eval.kid_subsets": 50, "eval.r_precision_folds": 4,
               # off: each in-training evaluation would sample like the final one (README "The best checkpoint")
               "eval.every": 0},
-    "paper": {"data.resolution": 128, "train.batch_size": 8, "diffusion.dim": 128,
-              "diffusion.dim_mults": "1,2,3,4", "diffusion.blocks": "3,3,3,3",
-              "diffusion.attention_levels": "0,1,1,1", "diffusion.heads": 8,
-              "diffusion.sample_steps": 100, "diffusion.ema_decay": 0.9999},
+    # GCDP's cascade: base 128 -> SR 256 (with data.aspect=2: 128x256 -> 256x512); its SR U-Net
+    # attends to the text at the lowest level only (pmh9960/GCDP train.py, SR overrides)
+    "paper": {"model.method": "diffusion",  # (the cascade's field is refused for a GAN: the defaults validate alone)
+              "data.resolution": 256, "diffusion.base_resolution": 128, "train.batch_size": 8,
+              "diffusion.dim": 128, "diffusion.dim_mults": "1,2,3,4", "diffusion.blocks": "3,3,3,3",
+              "diffusion.attention_levels": "0,1,1,1", "diffusion.sr_attention_levels": "0,0,0,1",
+              "diffusion.heads": 8, "diffusion.sample_steps": 100, "diffusion.ema_decay": 0.9999},
 }
 
 # Per dataset, on top of the preset's sizes (and below the user's --config/--set): the data as GCDP
 # uses it (arXiv:2308.08157; README "Diffusion on Cityscapes and MM CelebA-HQ").
-# Cityscapes: the whole 1:2 frame (128 x 256 at the paper preset's resolution 128) and train + val
+# Cityscapes: the whole 1:2 frame (256 x 512 from a 128 x 256 base at the paper preset) and train + val
 # (3,475 images). MM CelebA-HQ: square, all captions (data.caption_subset=25/50 for -25/-50).
 DATASET_DEFAULTS: dict[str, dict[str, object]] = {
     "cityscapes": {"data.aspect": 2.0, "data.trainval": True},

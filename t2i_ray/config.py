@@ -289,6 +289,22 @@ class DiffusionConfig:
     extra_guidance_scales: str = ""
     outpaint_resample: int = 5  # RePaint resampling n of layout -> image outpainting (GCDP: 5)
     outpaint_images: int = 64  # real test items scored in each outpainting direction at evaluation
+    # Super-resolution cascade (GCDP, as Imagen: a base model, then an SR model conditioned on its
+    # output; README "The super-resolution cascade"). 0: one stage at data.resolution. Otherwise the
+    # base model generates at this short side (data.resolution / 2^k, same aspect) and a second
+    # U-Net, conditioned on the base's image and layout, brings them to data.resolution, the
+    # resolution of the data, the samples and every metric (GCDP: 128 -> 256).
+    base_resolution: int = 0
+    # The SR U-Net's sizes; 0 / "": the base U-Net's value (diffusion.dim, dim_mults, blocks,
+    # attention_levels). Heads, layout_channels, lr, EMA and sample_steps are shared.
+    sr_dim: int = 0
+    sr_dim_mults: str = ""
+    sr_blocks: str = ""
+    sr_attention_levels: str = ""
+    # Level in [0, 1) of the noise added to the base's output before the SR stage sees it (Imagen's
+    # noise conditioning augmentation; training draws U(0, 1) per sample; GCDP samples at 0.2).
+    sr_noise_level: float = 0.2
+    sr_guidance_scale: float = 1.0  # classifier-free guidance of the SR stage (GCDP test_sr.sh: 1)
 
 
 @dataclass(frozen=True)
@@ -503,6 +519,19 @@ def image_size(data_cfg: DataConfig) -> tuple[int, int]:
     if a == 1:
         return r, r
     return (r, int(round(r * a))) if a > 1 else (int(round(r / a)), r)
+
+
+def base_image_size(cfg: "ExperimentConfig") -> tuple[int, int]:
+    """(height, width) of the base stage's samples: diffusion.base_resolution at data.aspect, or
+    image_size(cfg.data) when there is no super-resolution stage (base_resolution 0)."""
+    base = cfg.diffusion.base_resolution
+    return image_size(replace(cfg.data, resolution=base)) if base else image_size(cfg.data)
+
+
+def sr_unet_settings(f: "DiffusionConfig") -> dict[str, Any]:
+    """The SR U-Net's dim, dim_mults, blocks, attention_levels: diffusion.sr_* where set, else the base's."""
+    return {"dim": f.sr_dim or f.dim, "dim_mults": f.sr_dim_mults or f.dim_mults, "blocks": f.sr_blocks or f.blocks,
+            "attention_levels": f.sr_attention_levels or f.attention_levels}
 
 
 def legacy_data_key(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -724,24 +753,61 @@ def float_list(text: str, where: str) -> tuple[float, ...]:
     return values
 
 
+def _check_unet_sizes(cfg: ExperimentConfig, prefix: str, size: tuple[int, int], what: str) -> None:
+    """The sizes of one diffusion U-Net (prefix "": the base's fields, "sr_": the SR stage's) at
+    image size `size` (H, W), described by `what` in the message."""
+    f = cfg.diffusion
+    s = sr_unet_settings(f) if prefix else {"dim": f.dim, "dim_mults": f.dim_mults, "blocks": f.blocks,
+                                            "attention_levels": f.attention_levels}
+    key = {k: f"diffusion.{prefix}{k}" for k in s}
+    mults = int_list(s["dim_mults"], key["dim_mults"])
+    blocks = int_list(s["blocks"], key["blocks"])
+    attn = int_list(s["attention_levels"], key["attention_levels"])
+    _check(len(mults) >= 1 and all(m >= 1 for m in mults), key["dim_mults"],
+           f"needs one multiplier >= 1 per level, got {s['dim_mults']!r}")
+    _check(len(blocks) == len(mults) and all(b >= 1 for b in blocks), key["blocks"],
+           f"needs one count >= 1 per level ({len(mults)} levels in {key['dim_mults']}), got {s['blocks']!r}")
+    _check(len(attn) == len(mults) and set(attn) <= {0, 1}, key["attention_levels"],
+           f"needs one 0/1 per level ({len(mults)} levels in {key['dim_mults']}), got {s['attention_levels']!r}")
+    h, w = size
+    _check(h % 2 ** (len(mults) - 1) == 0 and w % 2 ** (len(mults) - 1) == 0, key["dim_mults"],
+           f"{len(mults)} levels halve the image {len(mults) - 1} times: the image size {h}x{w} ({what}) is not "
+           f"divisible by {2 ** (len(mults) - 1)}")
+    _check(s["dim"] >= 8 and s["dim"] % 8 == 0, key["dim"],
+           f"must be a multiple of 8 (GroupNorm groups), got {s['dim']}")
+    _check(f.heads >= 1 and (s["dim"] * min(mults)) % f.heads == 0, "diffusion.heads",
+           f"must divide every level's width ({key['dim']} x multiplier), got {f.heads}")
+
+
 def _check_diffusion(cfg: ExperimentConfig) -> None:
     f = cfg.diffusion
-    mults = int_list(f.dim_mults, "diffusion.dim_mults")
-    blocks = int_list(f.blocks, "diffusion.blocks")
-    attn = int_list(f.attention_levels, "diffusion.attention_levels")
-    _check(len(mults) >= 1 and all(m >= 1 for m in mults), "diffusion.dim_mults",
-           f"needs one multiplier >= 1 per level, got {f.dim_mults!r}")
-    _check(len(blocks) == len(mults) and all(b >= 1 for b in blocks), "diffusion.blocks",
-           f"needs one count >= 1 per level ({len(mults)} levels in diffusion.dim_mults), got {f.blocks!r}")
-    _check(len(attn) == len(mults) and set(attn) <= {0, 1}, "diffusion.attention_levels",
-           f"needs one 0/1 per level ({len(mults)} levels in diffusion.dim_mults), got {f.attention_levels!r}")
-    h, w = image_size(cfg.data)
-    _check(h % 2 ** (len(mults) - 1) == 0 and w % 2 ** (len(mults) - 1) == 0, "diffusion.dim_mults",
-           f"{len(mults)} levels halve the image {len(mults) - 1} times: the image size {h}x{w} (data.resolution="
-           f"{cfg.data.resolution}, data.aspect={cfg.data.aspect:g}) is not divisible by {2 ** (len(mults) - 1)}")
-    _check(f.dim >= 8 and f.dim % 8 == 0, "diffusion.dim", f"must be a multiple of 8 (GroupNorm groups), got {f.dim}")
-    _check(f.heads >= 1 and (f.dim * min(mults)) % f.heads == 0, "diffusion.heads",
-           f"must divide every level's width (diffusion.dim x multiplier), got {f.heads}")
+    d, base = cfg.data, f.base_resolution
+    _check(f.sr_dim >= 0, "diffusion.sr_dim", f"must be >= 0 (0: diffusion.dim), got {f.sr_dim}")
+    if base:
+        _check(cfg.model.method == "diffusion", "diffusion.base_resolution",
+               f"the super-resolution cascade belongs to model.method=diffusion, not {cfg.model.method!r}: "
+               f"set diffusion.base_resolution=0")
+        _check(8 <= base < d.resolution and base & (base - 1) == 0, "diffusion.base_resolution",
+               f"the base stage's short side must be a power of two >= 8 below data.resolution={d.resolution} "
+               f"(the resolution of the data and of the cascade's output; e.g. {d.resolution // 2} for GCDP's 2x), "
+               f"or 0 for one stage; got {base}")
+        long_side = base * max(d.aspect, 1 / d.aspect)
+        _check(abs(long_side - round(long_side)) < 1e-6, "diffusion.base_resolution",
+               f"diffusion.base_resolution x data.aspect must be a whole number of pixels, got {base} x "
+               f"{d.aspect:g} -> {long_side:g}; pick another base_resolution or aspect")
+        bh, bw = base_image_size(cfg)
+        _check_unet_sizes(cfg, "", (bh, bw), f"the base stage: diffusion.base_resolution={base}, "
+                                             f"data.aspect={d.aspect:g}")
+        _check_unet_sizes(cfg, "sr_", image_size(d), f"the SR stage's output: data.resolution={d.resolution}, "
+                                                     f"data.aspect={d.aspect:g}")
+    else:
+        _check_unet_sizes(cfg, "", image_size(d), f"data.resolution={d.resolution}, data.aspect={d.aspect:g}")
+        for key in ("sr_dim", "sr_dim_mults", "sr_blocks", "sr_attention_levels"):
+            _check(not getattr(f, key), f"diffusion.{key}",
+                   f"sizes the super-resolution stage, which a one-stage run (diffusion.base_resolution=0) does not "
+                   f"have: set diffusion.base_resolution (e.g. {d.resolution // 2}) or leave it unset")
+    _check(0 <= f.sr_noise_level < 1, "diffusion.sr_noise_level", f"must be in [0, 1), got {f.sr_noise_level}")
+    _check(f.sr_guidance_scale >= 0, "diffusion.sr_guidance_scale", f"must be >= 0, got {f.sr_guidance_scale}")
     _check(f.layout_channels >= 1, "diffusion.layout_channels", f"must be >= 1, got {f.layout_channels}")
     _check(f.timesteps >= 2, "diffusion.timesteps", f"must be >= 2, got {f.timesteps}")
     _check(1 <= f.sample_steps <= f.timesteps, "diffusion.sample_steps",
@@ -1047,7 +1113,8 @@ __all__ = [
     "ConfigError", "DataConfig", "ModelConfig", "LossWeights", "TrainConfig", "EvalConfig",
     "DamsmConfig", "CaptionerConfig", "DiffusionConfig", "ExperimentConfig", "PRESETS", "EVAL_PROTOCOLS", "build_config",
     "apply_overrides", "coerce_value", "parse_override", "protocol_overrides", "resolved_eval_backbone",
-    "resolved_damsm_class_mask", "validate", "replace", "image_size", "legacy_data_key",
+    "resolved_damsm_class_mask", "validate", "replace", "image_size", "base_image_size", "sr_unet_settings",
+    "legacy_data_key",
     "check_batches_fit",
     "read_config_file", "build_config_with_file",
 ]

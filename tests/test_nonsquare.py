@@ -239,14 +239,16 @@ def test_paper_dry_run_lists_trials_and_networks_per_dataset(tmp_path, capsys):
                          env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     text = out.stdout
-    assert "128x256 (height x width)" in text and "data.aspect=2.0" in text and "data.trainval=True" in text
+    assert "256x512 (height x width) from a 128x256 base stage" in text and "data.aspect=2.0" in text
+    assert "data.trainval=True" in text and "diffusion.base_resolution=128" in text
     trials = [line.split() for line in text.splitlines() if " seed " in line and "{" in line]
     assert sorted((t[0], t[2]) for t in trials) == sorted((r, s) for r in ("joint", "image-only") for s in "012")
     assert f"Inception (pt_inception-2015-12-05) from the local file {weights}" in text
     assert f"semantic recall / segmenter FSD on cityscapes: HRNetV2 (GCDP's HRNet-W48) from the local file {hrnet}, " \
            f"input 1024x2048" in text
     assert "CLIP score: off -- no CLIP weights configured (GCDP uses CLIP ViT-L/14@336px" in text
-    assert "super-resolution stage" in text and "DAMSM text + image encoders" in text
+    assert "base U-Net at 128x256, SR U-Net (dim 128, mults 1,2,3,4) to 256x512" in text
+    assert "DAMSM text + image encoders" in text
     os.environ["T2I_INCEPTION_WEIGHTS"] = str(weights)
     try:
         ablate_diffusion.main(["--dataset", "mmceleba", "--data-root", str(tmp_path / "celeba"), "--preset", "paper",
@@ -255,6 +257,6 @@ def test_paper_dry_run_lists_trials_and_networks_per_dataset(tmp_path, capsys):
     finally:
         del os.environ["T2I_INCEPTION_WEIGHTS"]
     text = capsys.readouterr().out
-    assert "128x128, " in text and "data.caption_subset=50" in text
+    assert "256x256 from a 128x128 base stage, " in text and "data.caption_subset=50" in text
     assert "a face parser from a local weights file -- not built yet" in text
     assert len([line for line in text.splitlines() if " seed " in line and "{" in line]) == 6

@@ -326,14 +326,17 @@ def print_dry_run(spec: "SweepSpec", cpus: int | None = None) -> None:
     """The settings that differ from the defaults, the trials, and an estimated wall time."""
     import os
 
-    from t2i_ray.config import image_size
+    from t2i_ray.config import base_image_size, image_size
     from t2i_ray.sweep.estimate import estimate_sweep, trial_configs
 
     b = spec.base
     h, w = image_size(b.data)
+    bh, bw = base_image_size(b)
+    cascade = f" from a {bh}x{bw} base stage" if b.diffusion.base_resolution else ""
     print(f"[dry-run] experiment {spec.name}")
     print(f"  dataset {b.data.dataset}" + (f" ({b.data.data_root})" if b.data.data_root else "")
-          + f", {h}x{w}{'' if h == w else ' (height x width)'}, {b.train.steps} steps, batch {b.train.batch_size} x "
+          + f", {h}x{w}{'' if h == w else ' (height x width)'}{cascade}, {b.train.steps} steps, "
+          f"batch {b.train.batch_size} x "
           f"{b.train.num_workers} worker(s), {'GPU' if b.train.use_gpu else 'CPU'}, "
           f"output {Path(b.output_dir).resolve()}")
     defaults = ExperimentConfig().flat()
@@ -361,9 +364,9 @@ def print_dry_run(spec: "SweepSpec", cpus: int | None = None) -> None:
 def networks_needed(configs: Sequence[ExperimentConfig]) -> list[str]:
     """One line per network that the trials `configs` read or pre-train, with where it comes from
     (a local weights file, a project cache) or "not built yet" for what the protocol names but this
-    repository does not have (GCDP arXiv:2308.08157 Sec. 4: HRNet-W48, the super-resolution stage).
+    repository does not have (GCDP arXiv:2308.08157 Sec. 4: HRNet-W48), and the cascade's stages.
     Nothing is loaded or downloaded."""
-    from t2i_ray.config import image_size, resolved_eval_backbone
+    from t2i_ray.config import base_image_size, image_size, resolved_eval_backbone, sr_unet_settings
     from t2i_ray.eval.clip import clip_score_enabled
     from t2i_ray.train.damsm import damsm_dir
 
@@ -406,10 +409,17 @@ def networks_needed(configs: Sequence[ExperimentConfig]) -> list[str]:
             net = {"mmceleba": "a face parser"}.get(ds, "a segmenter")
             lines[f"layout mIoU / semantic recall on {ds}: {net} from a local weights file -- not built yet "
                   f"(these columns stay empty; FSD and image->layout outpainting mIoU need no network)"] = None
-        if ds != "shapes":
-            h, w = image_size(cfg.data)
-            lines[f"super-resolution stage (GCDP's cascade, {h}x{w} -> {2 * h}x{2 * w}) -- not built yet: "
-                  f"one stage is trained at {h}x{w}"] = None
+        h, w = image_size(cfg.data)
+        if cfg.diffusion.base_resolution:
+            bh, bw = base_image_size(cfg)
+            sr = sr_unet_settings(cfg.diffusion)
+            lines[f"super-resolution stage (GCDP's cascade, diffusion.base_resolution): base U-Net at {bh}x{bw}, SR "
+                  f"U-Net (dim {sr['dim']}, mults {sr['dim_mults']}) to {h}x{w}, both trained in each trial; "
+                  f"metrics on the {h}x{w} output"] = None
+        elif ds != "shapes":
+            lines[f"super-resolution stage: none, one stage at {h}x{w} (GCDP's cascade: set "
+                  f"diffusion.base_resolution, e.g. {cfg.data.resolution // 2}, for {h // 2}x{w // 2} -> "
+                  f"{h}x{w})"] = None
     return list(lines)
 
 

@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from t2i_ray.config import ExperimentConfig, apply_overrides, image_size
+from t2i_ray.config import ExperimentConfig, apply_overrides, base_image_size, image_size
 
 if TYPE_CHECKING:
     from t2i_ray.sweep.run import SweepSpec
@@ -64,13 +64,25 @@ def train_images_per_s(cfg: ExperimentConfig) -> float:
     h, w = image_size(cfg.data)
     pixels = h * w / GAN_REFERENCE["resolution"] ** 2
     if cfg.model.method == "diffusion":
-        width = (cfg.diffusion.dim / DIFFUSION_REFERENCE["dim"]) ** 2
-        return DIFFUSION_IMAGES_PER_S / (pixels * width)
+        return DIFFUSION_IMAGES_PER_S / _diffusion_cost(cfg)
     rate = GAN_IMAGES_PER_S[cfg.model.arch][threads - 1] / (pixels * (cfg.model.nf / GAN_REFERENCE["nf"]) ** 2)
     loss = cfg.loss
     if loss.damsm > 0 or loss.f2r > 0 or loss.f2f > 0 or loss.recap > 0:
         rate *= EXTRA_TERMS_FACTOR
     return rate
+
+
+def _diffusion_cost(cfg: ExperimentConfig, sr_passes: float = 1.0) -> float:
+    """Cost of one diffusion image relative to the measured reference (pixels x width^2), summed
+    over the cascade's stages: the base U-Net at its size, the SR U-Net (sr_passes times as many
+    passes) at data.resolution; its extra input channels are not counted."""
+    f, ref = cfg.diffusion, DIFFUSION_REFERENCE
+    bh, bw = base_image_size(cfg)
+    cost = bh * bw / ref["resolution"] ** 2 * (f.dim / ref["dim"]) ** 2
+    if f.base_resolution:
+        h, w = image_size(cfg.data)
+        cost += sr_passes * h * w / ref["resolution"] ** 2 * ((f.sr_dim or f.dim) / ref["dim"]) ** 2
+    return cost
 
 
 def estimate_trial(cfg: ExperimentConfig) -> TrialEstimate:
@@ -80,8 +92,10 @@ def estimate_trial(cfg: ExperimentConfig) -> TrialEstimate:
     if cfg.model.method == "diffusion":
         # Sampling: sample_steps U-Net passes per image, two with guidance; a forward pass taken
         # as a third of a training step.
-        passes = cfg.diffusion.sample_steps * (2 if cfg.diffusion.guidance_scale != 1 else 1)
-        eval_s = e.num_images * passes / (3 * rate)
+        f = cfg.diffusion
+        passes = f.sample_steps * (2 if f.guidance_scale != 1 else 1)
+        sr_passes = (2 if f.sr_guidance_scale != 1 else 1) / (2 if f.guidance_scale != 1 else 1)
+        eval_s = e.num_images * passes * _diffusion_cost(cfg, sr_passes) / (3 * DIFFUSION_IMAGES_PER_S)
     else:
         eval_s = e.num_images * GAN_EVAL_S_PER_IMAGE * (cfg.data.resolution / 32) ** 2
     return TrialEstimate(train_s, eval_s, rate)

@@ -9,28 +9,57 @@ encoder with (words (B, E, T), sentence (B, E)) plugs in through `Assets`). An E
 U-Net (warmed up as (1 + s) / (10 + s), capped at diffusion.ema_decay) is what samples, as GCDP
 samples with its EMA weights. `diffusion.joint=false` is the image-only model: the same U-Net
 without the layout input and output.
+
+`diffusion.base_resolution` > 0 makes it GCDP's two-stage cascade (as Imagen, arXiv:2205.11487 Sec.
+2.5): a base U-Net at the base resolution and a super-resolution U-Net (the same class with
+`lowres_cond`) at data.resolution, conditioned on the noise-augmented low-res image and layout.
+Batches carry the data at data.resolution; the base stage's pair is made from it on the fly (image:
+area downsampling, the mean of each f x f block; layout: nearest, one pixel per block, as GCDP
+resizes labels). Both stages train at every step on the same batch, each with its own loss, Adam and
+EMA: their losses share no parameter (the SR stage is conditioned on real low-res data, never on
+base samples, as in Imagen and GCDP), so this is the same as training them one after the other,
+with one run, one data pass and one checkpoint holding both. Sampling runs the base, then the SR
+stage conditioned on its output augmented at diffusion.sr_noise_level.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-from t2i_ray.config import ExperimentConfig, float_list, image_size, int_list
+import torch.nn.functional as F
+
+from t2i_ray.config import ExperimentConfig, base_image_size, float_list, image_size, int_list, sr_unet_settings
 from t2i_ray.data.registry import layout_classes
-from t2i_ray.models.diffusion.gaussian_categorical import (GaussianCategoricalDiffusion, outpaint, sample,
-                                                           text_drop_mask)
+from t2i_ray.models.diffusion.gaussian_categorical import (GaussianCategoricalDiffusion, augment_lowres, draw,
+                                                           outpaint, sample, text_drop_mask)
 from t2i_ray.models.diffusion.unet import JointUNet
 from t2i_ray.models.text import word_mask
 from t2i_ray.train.ema import ema_copy, update_ema, warmed_decay
 from t2i_ray.train.method import Assets, Method, SampleFn, encode_text
 
 
-def build_unet(cfg: ExperimentConfig, num_classes: int) -> JointUNet:
+def build_unet(cfg: ExperimentConfig, num_classes: int, sr: bool = False) -> JointUNet:
+    """The base U-Net (diffusion.dim, ...), or with sr=True the super-resolution stage's
+    (diffusion.sr_dim, ..., falling back to the base's; conditioned on the low-res pair)."""
     f = cfg.diffusion
-    attention = tuple(bool(a) for a in int_list(f.attention_levels, "diffusion.attention_levels"))
-    return JointUNet(num_classes=num_classes, dim=f.dim, dim_mults=int_list(f.dim_mults, "diffusion.dim_mults"),
-                     blocks=int_list(f.blocks, "diffusion.blocks"), attention_levels=attention, heads=f.heads,
-                     text_dim=cfg.model.embed_dim, layout_channels=f.layout_channels, image_only=not f.joint)
+    s = sr_unet_settings(f) if sr else {"dim": f.dim, "dim_mults": f.dim_mults, "blocks": f.blocks,
+                                        "attention_levels": f.attention_levels}
+    attention = tuple(bool(a) for a in int_list(s["attention_levels"], "diffusion.attention_levels"))
+    return JointUNet(num_classes=num_classes, dim=s["dim"], dim_mults=int_list(s["dim_mults"], "diffusion.dim_mults"),
+                     blocks=int_list(s["blocks"], "diffusion.blocks"), attention_levels=attention, heads=f.heads,
+                     text_dim=cfg.model.embed_dim, layout_channels=f.layout_channels, image_only=not f.joint,
+                     lowres_cond=sr)
+
+
+def downsample_pair(images: Tensor | None, layouts: Tensor | None, size: tuple[int, int]
+                    ) -> tuple[Tensor | None, Tensor | None]:
+    """The low-res version of a batch at `size` (h, w), a whole factor below: images (B, 3, H, W) by
+    area averaging (each output pixel the mean of its f x f block), layouts (B, H, W) long by nearest
+    (the block's top-left pixel: a label stays a label; GCDP resizes labels with nearest throughout)."""
+    low = None if images is None else F.interpolate(images, size=size, mode="area")
+    if layouts is None:
+        return low, None
+    return low, F.interpolate(layouts[:, None].float(), size=size, mode="nearest")[:, 0].long()
 
 
 class DiffusionMethod(Method):
@@ -51,6 +80,12 @@ class DiffusionMethod(Method):
         self.ema = ema_copy(self.unet)
         adam = torch.optim.Adam(self.unet.parameters(), lr=f.lr, betas=(0.9, 0.99), eps=1e-8)  # GCDP's
         self.optimizers = {"unet": adam}
+        self.cascade = f.base_resolution > 0
+        if self.cascade:  # built after the base: a one-stage run's initial weights stay what they were
+            self.sr_unet = build_unet(cfg, self.num_classes, sr=True)
+            self.sr_ema = ema_copy(self.sr_unet)
+            self.optimizers["sr_unet"] = torch.optim.Adam(self.sr_unet.parameters(), lr=f.lr, betas=(0.9, 0.99),
+                                                          eps=1e-8)
         self.updates = 0  # EMA updates since the start, restored from the checkpoint with the step
 
     @classmethod
@@ -58,15 +93,21 @@ class DiffusionMethod(Method):
         return cfg.diffusion.joint
 
     def trainable(self) -> dict[str, nn.Module]:
-        return {"unet": self.unet}
+        return {"unet": self.unet, **({"sr_unet": self.sr_unet} if self.cascade else {})}
 
     def checkpointed(self) -> dict[str, nn.Module]:
-        return {"unet": self.unet, "unet_ema": self.ema}
+        out = {"unet": self.unet, "unet_ema": self.ema}
+        if self.cascade:
+            out.update(sr_unet=self.sr_unet, sr_unet_ema=self.sr_ema)
+        return out
 
     def prepare(self, wrap, prepare_module, device) -> None:
         self.device = device
         self.unet = wrap(self.unet)
         self.ema = self.ema.to(device)
+        if self.cascade:
+            self.sr_unet = wrap(self.sr_unet)
+            self.sr_ema = self.sr_ema.to(device)
         self.text = self.text.to(device)
 
     def _text(self, ids: Tensor, lens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -75,38 +116,78 @@ class DiffusionMethod(Method):
         return words.transpose(1, 2), word_mask(lens, ids.shape[1]), sentence
 
     def step(self, batch, rng, autocast) -> dict[str, float]:
+        """One update of the U-Net, or of both stages of the cascade: losses "loss", "image_loss",
+        "layout_loss" of the base stage, and "sr_loss", "sr_image_loss", ... of the SR stage."""
         f = self.cfg.diffusion
         images = batch["image"]
         layouts = batch["layout"] if f.joint else None
         words, mask, sentence = self._text(batch["caption"], batch["caption_len"])
         drop = text_drop_mask(images.shape[0], f.cond_drop, rng).to(images.device)
-        opt = self.optimizers["unet"]
+        high = (images, layouts)
+        if self.cascade:
+            images, layouts = downsample_pair(images, layouts, base_image_size(self.cfg))
+        losses = self._update("unet", self.unet, images, layouts, (words, mask, sentence, drop), rng, autocast)
+        if self.cascade:
+            # The SR stage on the same captions (and text dropout): the real low-res pair,
+            # noise-augmented at a level ~ U(0, 1) per sample (imagen-pytorch draws one per batch
+            # by default and per sample with `per_sample_random_aug_noise_level`), is its condition.
+            level = draw(torch.rand, (images.shape[0],), rng, "cpu")
+            cond = augment_lowres(images, layouts, level, self.num_classes, rng)
+            sr = self._update("sr_unet", self.sr_unet, *high, (words, mask, sentence, drop), rng, autocast, cond)
+            losses.update({f"sr_{k}": v for k, v in sr.items()})
+        self._update_ema()
+        return losses
+
+    def _update(self, name: str, unet: nn.Module, images: Tensor, layouts: Tensor | None, text, rng, autocast,
+                cond: dict | None = None) -> dict[str, float]:
+        f = self.cfg.diffusion
+        opt = self.optimizers[name]
         opt.zero_grad(set_to_none=True)
         with autocast():
-            losses = self.process.training_losses(self.unet, images, layouts, words, mask, sentence, drop,
-                                                  rng, layout_weight=f.layout_weight, p2_gamma=f.p2_gamma)
+            losses = self.process.training_losses(unet, images, layouts, *text, rng, layout_weight=f.layout_weight,
+                                                  p2_gamma=f.p2_gamma, cond=cond)
         losses["loss"].backward()
         opt.step()
-        self._update_ema()
         return {k: float(v.detach()) for k, v in losses.items()}
 
     def _update_ema(self) -> None:
         self.updates += 1
-        update_ema(self.ema, self.unet, warmed_decay(self.cfg.diffusion.ema_decay, self.updates))
+        decay = warmed_decay(self.cfg.diffusion.ema_decay, self.updates)
+        update_ema(self.ema, self.unet, decay)
+        if self.cascade:
+            update_ema(self.sr_ema, self.sr_unet, decay)
 
     def restored(self, step: int) -> None:
         self.updates = step
 
     def sample_pairs(self, ids: Tensor, lens: Tensor, rng: torch.Generator,
                      guidance_scale: float | None = None) -> tuple[Tensor, Tensor | None]:
-        """(images (B, 3, H, W) in [-1, 1], layouts (B, H, W) long or None) from the EMA U-Net."""
-        f, (h, w) = self.cfg.diffusion, image_size(self.cfg.data)
+        """(images (B, 3, H, W) in [-1, 1], layouts (B, H, W) long or None) from the EMA U-Net(s),
+        at data.resolution: the cascade's base sample brought up by the SR stage."""
+        f = self.cfg.diffusion
         device = next(self.ema.parameters()).device
         words, mask, sentence = self._text(ids.to(device), lens.to(device))
-        return sample(self.ema, self.process, len(ids), h, w, words, mask, sentence, rng,
-                      sample_steps=f.sample_steps,
-                      guidance_scale=f.guidance_scale if guidance_scale is None else guidance_scale,
-                      with_layout=f.joint, device=device)
+        bh, bw = base_image_size(self.cfg)
+        images, layouts = sample(self.ema, self.process, len(ids), bh, bw, words, mask, sentence, rng,
+                                 sample_steps=f.sample_steps,
+                                 guidance_scale=f.guidance_scale if guidance_scale is None else guidance_scale,
+                                 with_layout=f.joint, device=device)
+        if not self.cascade:
+            return images, layouts
+        return self.super_resolve(images, layouts, (words, mask, sentence), rng)
+
+    def sr_condition(self, images: Tensor, layouts: Tensor | None, rng: torch.Generator) -> dict:
+        """The SR stage's keyword inputs for a low-res pair: augmented at diffusion.sr_noise_level."""
+        level = torch.full((images.shape[0],), self.cfg.diffusion.sr_noise_level)
+        return augment_lowres(images, layouts, level, self.num_classes, rng)
+
+    def super_resolve(self, images: Tensor, layouts: Tensor | None, text: tuple, rng: torch.Generator
+                      ) -> tuple[Tensor, Tensor | None]:
+        """The SR stage's sample at data.resolution conditioned on the low-res (images, layouts)."""
+        f, (h, w) = self.cfg.diffusion, image_size(self.cfg.data)
+        return sample(self.sr_ema, self.process, images.shape[0], h, w, *text, rng, sample_steps=f.sample_steps,
+                      guidance_scale=f.sr_guidance_scale, with_layout=f.joint, device=images.device,
+                      cond=self.sr_condition(images, layouts, rng))
 
     def sampler(self, guidance_scale: float | None = None) -> SampleFn:
         return lambda ids, lens, rng: self.sample_pairs(ids, lens, rng, guidance_scale)[0]
@@ -137,9 +218,24 @@ class DiffusionMethod(Method):
         device = next(self.ema.parameters()).device
         words, mask, sentence = self._text(ids.to(device), lens.to(device))
         n = f.outpaint_resample if known_layouts is not None else 1
-        return outpaint(self.ema, self.process, words, mask, sentence, rng, known_images=known_images,
+        if not self.cascade:
+            return outpaint(self.ema, self.process, words, mask, sentence, rng, known_images=known_images,
+                            known_layouts=known_layouts, sample_steps=f.sample_steps,
+                            guidance_scale=f.guidance_scale, resample_steps=n)
+        # Cascade: outpaint at the base resolution from the downsampled known modality, then again
+        # with the SR stage at full resolution, conditioned on that low-res pair.
+        size = base_image_size(self.cfg)
+        if known_images is not None:
+            low_known, _ = downsample_pair(known_images, None, size)
+            low = outpaint(self.ema, self.process, words, mask, sentence, rng, known_images=low_known,
+                           sample_steps=f.sample_steps, guidance_scale=f.guidance_scale, resample_steps=n)
+        else:
+            _, low_known = downsample_pair(None, known_layouts, size)
+            low = outpaint(self.ema, self.process, words, mask, sentence, rng, known_layouts=low_known,
+                           sample_steps=f.sample_steps, guidance_scale=f.guidance_scale, resample_steps=n)
+        return outpaint(self.sr_ema, self.process, words, mask, sentence, rng, known_images=known_images,
                         known_layouts=known_layouts, sample_steps=f.sample_steps,
-                        guidance_scale=f.guidance_scale, resample_steps=n)
+                        guidance_scale=f.sr_guidance_scale, resample_steps=n, cond=self.sr_condition(*low, rng))
 
 
-__all__ = ["DiffusionMethod", "build_unet"]
+__all__ = ["DiffusionMethod", "build_unet", "downsample_pair"]

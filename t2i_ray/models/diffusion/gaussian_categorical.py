@@ -21,7 +21,7 @@ categorical process the transition matrices commute and multiply the same way).
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -188,8 +188,8 @@ class GaussianCategoricalDiffusion:
                         words: torch.Tensor | None, word_mask: torch.Tensor | None,
                         sentence: torch.Tensor | None, drop_text: torch.Tensor | None,
                         generator: torch.Generator, layout_weight: float = 1.0,
-                        p2_gamma: float = 0.0, draws: dict[str, torch.Tensor] | None = None
-                        ) -> dict[str, torch.Tensor]:
+                        p2_gamma: float = 0.0, draws: dict[str, torch.Tensor] | None = None,
+                        cond: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """One Monte-Carlo draw of the GCDP loss for a batch: t, eps and y_t drawn from `generator`.
 
         images (B, 3, H, W) in [-1, 1]; layouts (B, H, W) long in 0..K-1, None for an image-only
@@ -206,14 +206,15 @@ class GaussianCategoricalDiffusion:
         lambda = 1 means the same here). The constant prior term KL(q(y_T|y_0) || U) is left out.
         p2_gamma > 0 weights each sample by (1 + SNR_t)^-gamma (Choi et al., arXiv:2204.00227;
         GCDP trains with imagen-pytorch's default 0.5 on both terms); 0 (default) = unweighted.
-        `draws` (training_draws' dict) gives t, eps and y_t instead of drawing them.
+        `draws` (training_draws' dict) gives t, eps and y_t instead of drawing them. `cond`: more
+        per-sample inputs of the net as keyword arguments (a super-resolution stage's low-res pair).
         """
         B = images.shape[0]
         if draws is None:
             draws = self.training_draws(images, layouts, generator)
         t, noise, y_t = draws["t"], draws["noise"], draws.get("y_t")
         x_t = self.q_sample_image(images, t, noise)
-        eps_hat, logits = net(x_t, y_t, t, words, word_mask, sentence, drop_text)
+        eps_hat, logits = net(x_t, y_t, t, words, word_mask, sentence, drop_text, **(cond or {}))
         weight = torch.ones(B, device=images.device, dtype=images.dtype)
         if p2_gamma:
             abar = self.image_alpha_bar[t.cpu()]
@@ -251,6 +252,35 @@ class GaussianCategoricalDiffusion:
         return term.mean(dim=(1, 2)) * self.num_steps / (K * math.log(2))
 
 
+def lowres_alpha_bar(level: torch.Tensor) -> torch.Tensor:
+    """abar at a continuous level in [0, 1] of the linear log-SNR schedule that noise-augments a
+    cascade's low-res conditioning: log SNR = -log(expm1(1e-4 + 10 level²)), so abar = sigmoid(log
+    SNR) = exp(-(1e-4 + 10 level²)) (imagen-pytorch `beta_linear_log_snr`, its default
+    `lowres_noise_schedule='linear'`, which GCDP keeps)."""
+    return torch.exp(-(1e-4 + 10 * level.double() ** 2))
+
+
+def augment_lowres(images: torch.Tensor, layouts: torch.Tensor | None, level: torch.Tensor,
+                   num_classes: int, generator: torch.Generator
+                   ) -> dict[str, torch.Tensor | None]:
+    """Noise conditioning augmentation of a super-resolution stage's low-res input (Imagen,
+    Saharia et al., arXiv:2205.11487 Sec. 2.5; GCDP applies it to both modalities): the image
+    through its Gaussian forward process and the layout through the uniform categorical one, both
+    at `level` (B,) in [0, 1) with `lowres_alpha_bar`. Training draws level ~ U(0, 1) per sample;
+    sampling uses one fixed level (GCDP `lowres_sample_noise_level` 0.2), which the net is told.
+    images (B, 3, h, w), layouts (B, h, w) long or None. Returns the net's keyword inputs
+    lowres_image, lowres_layout, lowres_level (float32, like images)."""
+    abar = lowres_alpha_bar(level.cpu())  # (B,) float64
+    noise = draw(torch.randn, images.shape, generator, images.device, dtype=images.dtype)
+    view = (-1, 1, 1, 1)
+    image = (abar.sqrt().to(images).view(view) * images
+             + (1 - abar).sqrt().to(images).view(view) * noise)
+    layout = (None if layouts is None
+              else uniform_resample(layouts, abar, num_classes, generator))
+    return {"lowres_image": image, "lowres_layout": layout,
+            "lowres_level": level.to(device=images.device, dtype=torch.float32)}
+
+
 def text_drop_mask(batch: int, p: float, generator: torch.Generator,
                    device: torch.device | str = "cpu") -> torch.Tensor:
     """(B,) bool, True (use the null text) with probability p: classifier-free guidance training
@@ -262,13 +292,17 @@ def text_drop_mask(batch: int, p: float, generator: torch.Generator,
 
 def guided_prediction(net: Callable, x_t: torch.Tensor, y_t: torch.Tensor | None, t: torch.Tensor,
                       words: torch.Tensor | None, word_mask: torch.Tensor | None,
-                      sentence: torch.Tensor | None, guidance_scale: float
+                      sentence: torch.Tensor | None, guidance_scale: float,
+                      cond: Mapping[str, torch.Tensor] | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(eps, logits) with classifier-free guidance, uncond + w (cond - uncond), applied to eps and
     to the raw layout logits (GCDP `JointUnet.forward_with_cond_scale`). w = 1 is the conditional
-    prediction (one forward); otherwise cond and uncond run as one doubled batch."""
+    prediction (one forward); otherwise cond and uncond run as one doubled batch. `cond`: more
+    per-sample keyword inputs of the net (the low-res pair of a super-resolution stage), kept in
+    both halves: only the text is dropped."""
+    cond = dict(cond or {})
     if guidance_scale == 1.0 or words is None:
-        return net(x_t, y_t, t, words, word_mask, sentence)
+        return net(x_t, y_t, t, words, word_mask, sentence, **cond)
     B = x_t.shape[0]
     drop = torch.cat((torch.zeros(B, dtype=torch.bool), torch.ones(B, dtype=torch.bool)))
 
@@ -276,7 +310,7 @@ def guided_prediction(net: Callable, x_t: torch.Tensor, y_t: torch.Tensor | None
         return None if v is None else torch.cat((v, v))
 
     eps, logits = net(twice(x_t), twice(y_t), twice(t), twice(words), twice(word_mask),
-                      twice(sentence), drop.to(x_t.device))
+                      twice(sentence), drop.to(x_t.device), **{k: twice(v) for k, v in cond.items()})
     eps = apply_guidance(eps[:B], eps[B:], guidance_scale)
     if logits is not None:
         logits = apply_guidance(logits[:B], logits[B:], guidance_scale)
@@ -290,7 +324,8 @@ def apply_guidance(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> to
 def denoise_step(net: Callable, process: GaussianCategoricalDiffusion, x_t: torch.Tensor,
                  y_t: torch.Tensor | None, t: int, s: int, words: torch.Tensor | None,
                  word_mask: torch.Tensor | None, sentence: torch.Tensor | None,
-                 guidance_scale: float, generator: torch.Generator, clip_x0: bool = True
+                 guidance_scale: float, generator: torch.Generator, clip_x0: bool = True,
+                 cond: Mapping[str, torch.Tensor] | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One ancestral step from timestep t to s < t for both modalities: (x_s, y_s).
 
@@ -302,7 +337,7 @@ def denoise_step(net: Callable, process: GaussianCategoricalDiffusion, x_t: torc
     B = x_t.shape[0]
     tt = torch.full((B,), t, dtype=torch.long, device=x_t.device)
     eps_hat, logits = guided_prediction(net, x_t, y_t, tt, words, word_mask, sentence,
-                                        guidance_scale)
+                                        guidance_scale, cond)
     abar_t = float(process.image_alpha_bar[t])
     abar_s = float(process.image_alpha_bar[s])
     beta = 1 - abar_t / abar_s
@@ -350,16 +385,18 @@ def sample(net: Callable, process: GaussianCategoricalDiffusion, batch: int, hei
            width: int, words: torch.Tensor | None, word_mask: torch.Tensor | None,
            sentence: torch.Tensor | None, generator: torch.Generator, sample_steps: int = 100,
            guidance_scale: float = 1.0, with_layout: bool = True, clip_x0: bool = True,
-           device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor | None]:
+           device: torch.device | str = "cpu", cond: Mapping[str, torch.Tensor] | None = None
+           ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Ancestral sampling of (images (B, 3, H, W) in [-1, 1], layouts (B, H, W) long) from the
     prior through sample_steps respaced steps (GCDP samples 100 steps, guidance 3). Text as
     JointUNet.forward takes it (all None: unconditional). with_layout=False for an image-only net.
-    The final layout is a draw from p(y_0 | y_1), as in GCDP's sampler."""
+    The final layout is a draw from p(y_0 | y_1), as in GCDP's sampler. `cond`: the net's extra
+    per-sample inputs (a super-resolution stage's low-res pair, `augment_lowres`)."""
     timesteps = sampling_timesteps(process.num_steps, sample_steps).tolist()
     x, y = _prior(process, batch, height, width, with_layout, generator, device)
     for t, s in zip(reversed(timesteps), reversed([0] + timesteps[:-1])):
         x, y = denoise_step(net, process, x, y, t, s, words, word_mask, sentence, guidance_scale,
-                            generator, clip_x0)
+                            generator, clip_x0, cond)
     return x.clamp(-1, 1), y
 
 
@@ -367,8 +404,8 @@ def outpaint_step(net: Callable, process: GaussianCategoricalDiffusion, x_t: tor
                   y_t: torch.Tensor, t: int, s: int, known_images: torch.Tensor | None,
                   known_layouts: torch.Tensor | None, words: torch.Tensor | None,
                   word_mask: torch.Tensor | None, sentence: torch.Tensor | None,
-                  guidance_scale: float, generator: torch.Generator, clip_x0: bool = True
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+                  guidance_scale: float, generator: torch.Generator, clip_x0: bool = True,
+                  cond: Mapping[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One RePaint step t -> s: the known modality is first replaced by a fresh draw from its own
     forward process q(. | known_0) at t (drawn first from `generator`), then both are denoised;
     the model's draw for the known modality at s is discarded by the next replacement."""
@@ -379,7 +416,7 @@ def outpaint_step(net: Callable, process: GaussianCategoricalDiffusion, x_t: tor
     else:
         y_t = process.q_sample_layout(known_layouts, tt, generator)
     return denoise_step(net, process, x_t, y_t, t, s, words, word_mask, sentence,
-                        guidance_scale, generator, clip_x0)
+                        guidance_scale, generator, clip_x0, cond)
 
 
 @torch.no_grad()
@@ -387,8 +424,8 @@ def outpaint(net: Callable, process: GaussianCategoricalDiffusion, words: torch.
              word_mask: torch.Tensor | None, sentence: torch.Tensor | None,
              generator: torch.Generator, known_images: torch.Tensor | None = None,
              known_layouts: torch.Tensor | None = None, sample_steps: int = 100,
-             guidance_scale: float = 1.0, resample_steps: int = 1, clip_x0: bool = True
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+             guidance_scale: float = 1.0, resample_steps: int = 1, clip_x0: bool = True,
+             cond: Mapping[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-modal outpainting (GCDP Sec. 4.6 with RePaint, Lugmayr et al., arXiv:2201.09865
     Alg. 1): give exactly one of known_images (B, 3, H, W) (image -> layout, text-guided
     segmentation) or known_layouts (B, H, W) (layout -> image, text-guided semantic synthesis).
@@ -397,6 +434,7 @@ def outpaint(net: Callable, process: GaussianCategoricalDiffusion, words: torch.
     denoised resample_steps = n times, going back up with the exact forward transition between
     passes (n = 1: plain replacement; GCDP uses n = 1 for layouts and n = 5 for images, its
     `inpaint_resample_times`). Returns (images, layouts) with the known one equal to the input.
+    `cond`: the net's extra per-sample inputs (a super-resolution stage's low-res pair).
     """
     if (known_images is None) == (known_layouts is None):
         raise ValueError("outpaint needs exactly one of known_images or known_layouts")
@@ -411,7 +449,7 @@ def outpaint(net: Callable, process: GaussianCategoricalDiffusion, words: torch.
             if r > 0:  # RePaint jump: back up from s to t with the forward transition
                 x, y = renoise_step(process, x, y, s, t, generator)
             x, y = outpaint_step(net, process, x, y, t, s, known_images, known_layouts, words,
-                                 word_mask, sentence, guidance_scale, generator, clip_x0)
+                                 word_mask, sentence, guidance_scale, generator, clip_x0, cond)
     if known_images is not None:
         return known_images, y
     return x.clamp(-1, 1), known_layouts

@@ -21,6 +21,14 @@ and self-attention once per level; one skip connection per ResBlock
 (lucidrains/denoising-diffusion-pytorch Unet); the cheap resamplers of Imagen's Efficient U-Net:
 space-to-depth + 1x1 conv down, 1x1 conv + pixel shuffle up. `image_only=True` drops the layout
 input and output (the ablation baseline).
+
+`lowres_cond=True` makes it the super-resolution stage of a cascade (Imagen, arXiv:2205.11487
+Sec. 2.5; GCDP's SR JointUnet with `lowres_cond=True`): the noise-augmented low-res image and (joint
+model) layout, nearest-upsampled to the output size, are concatenated to the input, the layout
+through its own embedding (GCDP embeds the low-res label separately), and the augmentation level
+gets its own time embedding, added to the timestep's (imagen-pytorch `Unet`, `lowres_cond`:
+`to_lowres_time_hiddens`). GCDP also concatenates the conditioning before its final conv; here it
+enters at the input only.
 """
 from __future__ import annotations
 
@@ -168,7 +176,7 @@ class JointUNet(nn.Module):
                  blocks: tuple[int, ...] = (1, 2, 2),
                  attention_levels: tuple[bool, ...] = (False, True, True), heads: int = 4,
                  text_dim: int = 256, layout_channels: int = 3, norm_groups: int = 8,
-                 image_only: bool = False):
+                 image_only: bool = False, lowres_cond: bool = False):
         super().__init__()
         # JSON gives lists back: store tuples, so that config round-trips compare equal
         dim_mults, blocks = tuple(dim_mults), tuple(blocks)
@@ -179,9 +187,10 @@ class JointUNet(nn.Module):
         self.config = dict(num_classes=num_classes, dim=dim, dim_mults=dim_mults, blocks=blocks,
                            attention_levels=attention_levels, heads=heads, text_dim=text_dim,
                            layout_channels=layout_channels, norm_groups=norm_groups,
-                           image_only=image_only)
+                           image_only=image_only, lowres_cond=lowres_cond)
         self.num_classes = num_classes
         self.image_only = image_only
+        self.lowres_cond = lowres_cond
         self.num_levels = len(dim_mults)
         widths = [dim * m for m in dim_mults]
         emb_dim = 4 * dim
@@ -201,6 +210,11 @@ class JointUNet(nn.Module):
         else:
             self.layout_embed = nn.Conv2d(num_classes, layout_channels, 1)  # embed(y_t), GCDP: 3 ch
             in_ch, out_ch = 3 + layout_channels, 3 + num_classes
+        if lowres_cond:  # + the low-res image (3) and the low-res layout's own embedding
+            self.lowres_layout_embed = None if image_only else nn.Conv2d(num_classes, layout_channels, 1)
+            in_ch += 3 if image_only else 3 + layout_channels
+            self.lowres_time_mlp = nn.Sequential(nn.Linear(dim, emb_dim), nn.SiLU(),
+                                                 nn.Linear(emb_dim, emb_dim))
         self.init_conv = nn.Conv2d(in_ch, widths[0], 3, 1, 1)
 
         def attentions(enabled: bool, ch: int, n: int) -> nn.ModuleList:
@@ -239,13 +253,29 @@ class JointUNet(nn.Module):
         nn.init.zeros_(self.out_conv.weight)
         nn.init.zeros_(self.out_conv.bias)
 
-    def _embed_layout(self, y_t: torch.Tensor) -> torch.Tensor:
+    def _embed_layout(self, y_t: torch.Tensor, embed: nn.Conv2d | None = None) -> torch.Tensor:
         # indices (B, H, W) -> (B, layout_channels, H, W) by a lookup of the 1x1 conv's weights
         # (exactly the conv applied to their one-hot); probabilities (B, K, H, W) -> the conv.
+        embed = self.layout_embed if embed is None else embed
         if y_t.dtype in (torch.int64, torch.int32, torch.uint8):
-            table = self.layout_embed.weight[:, :, 0, 0].t()  # (K, layout_channels)
-            return (F.embedding(y_t.long(), table) + self.layout_embed.bias).permute(0, 3, 1, 2)
-        return self.layout_embed(y_t)
+            table = embed.weight[:, :, 0, 0].t()  # (K, layout_channels)
+            return (F.embedding(y_t.long(), table) + embed.bias).permute(0, 3, 1, 2)
+        return embed(y_t)
+
+    def _lowres_input(self, size: tuple[int, int], lowres_image: torch.Tensor | None,
+                      lowres_layout: torch.Tensor | None) -> torch.Tensor:
+        """concat(up(lowres_image), up(embed'(lowres_layout))) at `size` (H, W), nearest upsampling
+        (GCDP / imagen-pytorch `resize_image_to`, F.interpolate's default mode)."""
+        if lowres_image is None or (not self.image_only and lowres_layout is None):
+            raise ValueError("the super-resolution U-Net (lowres_cond=True) needs lowres_image"
+                             + ("" if self.image_only else " and lowres_layout"))
+        parts = [lowres_image]
+        if not self.image_only:
+            parts.append(self._embed_layout(lowres_layout, self.lowres_layout_embed))
+        low = torch.cat(parts, dim=1)  # (B, 3 [+ layout_channels], h, w)
+        if low.shape[-2:] != size:
+            low = F.interpolate(low, size=size, mode="nearest")
+        return low
 
     def _text_context(self, words: torch.Tensor | None, word_mask: torch.Tensor | None,
                       sentence: torch.Tensor | None, drop_text: torch.Tensor | None, batch: int
@@ -269,13 +299,17 @@ class JointUNet(nn.Module):
 
     def forward(self, x_t: torch.Tensor, y_t: torch.Tensor | None, t: torch.Tensor,
                 words: torch.Tensor | None = None, word_mask: torch.Tensor | None = None,
-                sentence: torch.Tensor | None = None, drop_text: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                sentence: torch.Tensor | None = None, drop_text: torch.Tensor | None = None,
+                lowres_image: torch.Tensor | None = None, lowres_layout: torch.Tensor | None = None,
+                lowres_level: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x_t (B, 3, H, W); y_t (B, H, W) int or (B, K, H, W) float, None if image_only;
         t (B,) timesteps (1..T); words (B, T, text_dim) with word_mask (B, T) True at real words
         (the DAMSM TextEncoder's words (B, 256, T) go in as words.transpose(1, 2)),
         sentence (B, text_dim), both None for an unconditional call; drop_text (B,) bool: use
-        the null text for these samples. Returns eps (B, 3, H, W), logits (B, K, H, W) or None."""
+        the null text for these samples. Super-resolution stage only (lowres_cond): lowres_image
+        (B, 3, h, w) and lowres_layout (B, h, w) int (None if image_only), the noise-augmented
+        low-res pair at any h, w (upsampled here to H, W), and lowres_level (B,) its augmentation
+        level in [0, 1). Returns eps (B, 3, H, W), logits (B, K, H, W) or None."""
         B, _, H, W = x_t.shape
         if H % 2 ** (self.num_levels - 1) or W % 2 ** (self.num_levels - 1):
             raise ValueError(f"image size {H}x{W} must be divisible by 2^{self.num_levels - 1}")
@@ -283,10 +317,17 @@ class JointUNet(nn.Module):
             h = x_t
         else:
             h = torch.cat((x_t, self._embed_layout(y_t)), dim=1)  # (B, 3 + layout_channels, H, W)
+        if self.lowres_cond:
+            h = torch.cat((h, self._lowres_input((H, W), lowres_image, lowres_layout)), dim=1)
         context, context_mask, sentence = self._text_context(words, word_mask, sentence,
                                                              drop_text, B)
         emb = self.time_mlp(timestep_embedding(t, self.config["dim"]))
         emb = emb + self.sentence_proj(sentence)
+        if self.lowres_cond:
+            if lowres_level is None:
+                raise ValueError("the super-resolution U-Net (lowres_cond=True) needs lowres_level")
+            # the level in [0, 1) on the timestep scale 0..1000 of the sinusoidal embedding
+            emb = emb + self.lowres_time_mlp(timestep_embedding(lowres_level * 1000, self.config["dim"]))
         emb = F.silu(emb)  # (B, 4 dim); every ResBlock's projection starts with this SiLU
 
         h = self.init_conv(h)  # (B, w0, H, W)
