@@ -4,7 +4,8 @@
     python benchmarks/reference_step.py --reference /tmp/DF-GAN/code \
         --out benchmarks/results/reference_step.json
     python benchmarks/reference_step.py --reference /tmp/DF-GAN/code --sizes 32 64   # skip 256 px
-    python benchmarks/reference_step.py --reference /tmp/DF-GAN/code --eval          # + evaluation backbones
+    python benchmarks/reference_step.py --reference /tmp/DF-GAN/code --sizes 32 \
+        --channels-last --profile 2 --eval   # + ours with NHWC, top ops, evaluation backbones
 
 The reference is tobran/DF-GAN at commit 78f14fd, imported at run time from the local checkout
 given by --reference (its `code` folder): `models/GAN.py` (NetG, NetD, NetC) and, from
@@ -22,9 +23,12 @@ adversarial losses and MA-GP only; the sentence embeddings are fixed random tens
 stand-in for the frozen DAMSM encoder that costs nothing, as the reference has no encoder).
 
 Per setting: one warm-up step each, then --rounds rounds of (reference --steps steps, ours
---steps steps), so a change in the machine's load hits both; img/s per round, medians reported.
-The JSON records the 1-minute load average before and after every setting, the threads, the
-machine and the process's peak RSS. With --eval: seconds per 1,000 images of the evaluation
+--steps steps), so a change in the machine's load hits both; img/s per round, medians reported,
+and images per CPU second of the process (steadier than wall-clock time on a shared machine).
+--channels-last adds ours with train.channels_last=on as a third side; --profile N lists the top
+ops by self CPU time of each side at the first size (torch.profiler). The JSON records the
+1-minute load average before and after every setting, the threads, the machine and the
+process's peak RSS. With --eval: seconds per 1,000 images of the evaluation
 backbones (the `domain` evaluator, t2i_ray/eval/features.py, and the FID Inception of
 t2i_ray/eval/inception.py with random weights of the right shapes: its cost does not depend on
 the values), measured on --eval-images images and scaled.
