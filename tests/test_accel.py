@@ -110,3 +110,22 @@ def test_training_run_with_bf16_and_channels_last_on_cpu_checkpoints_and_evaluat
     state = torch.load(tmp_path / "bf16" / "checkpoint" / "state.pt", weights_only=True)
     # parameters are stored in float32 (autocast never changes the weights' dtype)
     assert all(v.dtype == torch.float32 for v in state["modules"]["generator"].values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("arch", ["attngan_style", "style1attngan"])
+def test_channels_last_prepares_the_stylegan_architectures_5d_weights_and_all(one_thread, tiny_cfg, tiny_damsm,
+                                                                               arch):
+    """Their modulated convs keep a 5-D weight, which Module.to(memory_format=channels_last) refuses
+    ("required rank 4 tensor"): `auto` on a GPU failed before the first step. The 4-D tensors go NHWC,
+    the 5-D ones stay, and the step's losses are the float32 ones up to reduction order."""
+    cfg = apply_overrides(tiny_cfg, {"model.arch": arch})
+    models, batch = _models_and_batch(cfg, tiny_damsm)
+    prepared = resolve_accel(apply_overrides(cfg, {"train.channels_last": "on"}).train, CPU).prepare_module(
+        copy.deepcopy(models.generator))
+    ranks = {p.dim() for p in prepared.parameters()}
+    assert 5 in ranks and 4 in ranks
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in prepared.parameters() if p.dim() == 4)
+    ref, _ = _one_step(cfg, models, batch, "off", "off")
+    nhwc, _ = _one_step(cfg, models, batch, "off", "on")
+    for k in ref:
+        assert math.isclose(nhwc[k], ref[k], rel_tol=1e-4, abs_tol=1e-5), (k, nhwc[k], ref[k])

@@ -46,7 +46,17 @@ class Accel:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def prepare_module(self, module: torch.nn.Module) -> torch.nn.Module:
-        return module.to(memory_format=torch.channels_last) if self.channels_last else module
+        """NHWC for the module's 4-D parameters and buffers (conv weights). `Module.to(memory_format=)`
+        refuses any module holding a tensor of another rank that it cannot convert (the StyleGAN2
+        modulated convs of attngan_style / style1attngan keep a 5-D (1, out, in, k, k) weight), so the
+        4-D tensors are converted one by one and the others left as they are."""
+        if not self.channels_last:
+            return module
+        with torch.no_grad():
+            for t in [*module.parameters(), *module.buffers()]:
+                if t.dim() == 4:
+                    t.data = t.data.contiguous(memory_format=torch.channels_last)
+        return module
 
     def prepare_batch(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
