@@ -25,6 +25,7 @@ _IS_PROVENANCE = ("is_backbone", "is_num_images", "is_splits", "is_resize", "con
 
 def provenance_columns(metric: str) -> tuple[str, ...]:
     """Columns that must hold one value for numbers of `metric` to be comparable (existing or not)."""
+    metric = metric.split("@g")[0]  # a guidance variant shares its metric's evaluation
     if metric in ("fid", "kid") or metric.startswith(("fid_", "kid_")):
         return _FID_PROVENANCE
     if metric.startswith("r_precision"):
@@ -37,10 +38,14 @@ def provenance_columns(metric: str) -> tuple[str, ...]:
 
 
 def higher_is_better(metric: str) -> bool | None:
-    """True for is, r_precision, attr_*; False for fid/kid; None when the direction is unknown."""
-    if metric in ("fid", "kid"):
+    """True for is, r_precision, attr_*, clip_score and the diffusion's semantic recall/precision and
+    mIoU columns; False for fid/kid/fsd; None when the direction is unknown. A guidance variant
+    `<metric>@g<scale>` goes the way of its metric."""
+    metric = metric.split("@g")[0]
+    if metric in ("fid", "kid", "fsd"):
         return False
-    if metric == "is" or metric.startswith(("r_precision", "attr_")):
+    if metric in ("is", "clip_score") or metric.startswith(("r_precision", "attr_", "semantic_")) \
+            or metric.endswith("miou"):
         return True
     return None
 
@@ -231,6 +236,8 @@ def metric_range(metric: str) -> tuple[float, float]:
         return 0.0, float("inf")
     if metric == "is":
         return 1.0, float("inf")
+    if metric == "clip_score":  # Hessel et al.'s CLIP-S = 2.5 * max(cos, 0)
+        return 0.0, 2.5
     if metric.startswith(("r_precision", "attr_", "semantic_")) or metric.endswith(("recall", "precision", "miou")):
         return 0.0, 1.0
     return float("-inf"), float("inf")

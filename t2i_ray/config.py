@@ -274,6 +274,9 @@ class DiffusionConfig:
     extra_guidance_scales: str = ""
     outpaint_resample: int = 5  # RePaint resampling n of layout -> image outpainting (GCDP: 5)
     outpaint_images: int = 64  # real test items scored in each outpainting direction at evaluation
+    # True: unconditional image-layout generation (GCDP Table 1, arXiv:2308.08157): the U-Net sees
+    # only the null text, in training and sampling (no guidance; cond_drop and guidance_scale unused).
+    unconditional: bool = False
 
 
 @dataclass(frozen=True)
@@ -740,6 +743,9 @@ def _check_diffusion(cfg: ExperimentConfig) -> None:
     _check(f.guidance_scale >= 0, "diffusion.guidance_scale", f"must be >= 0, got {f.guidance_scale}")
     _check(all(g >= 0 for g in float_list(f.extra_guidance_scales, "diffusion.extra_guidance_scales")),
            "diffusion.extra_guidance_scales", f"must be numbers >= 0, got {f.extra_guidance_scales!r}")
+    _check(not (f.unconditional and float_list(f.extra_guidance_scales, "diffusion.extra_guidance_scales")),
+           "diffusion.extra_guidance_scales", "an unconditional model (diffusion.unconditional=true) has no guidance "
+           f"to vary; leave it empty, got {f.extra_guidance_scales!r}")
     _check(f.outpaint_resample >= 1, "diffusion.outpaint_resample", f"must be >= 1, got {f.outpaint_resample}")
     _check(f.outpaint_images >= 1, "diffusion.outpaint_images", f"must be >= 1, got {f.outpaint_images}")
     _check(cfg.eval.segmenter_steps >= 1, "eval.segmenter_steps", f"must be >= 1, got {cfg.eval.segmenter_steps}")

@@ -8,7 +8,9 @@ encoder's word and sentence features (GCDP uses frozen T5, which is not availabl
 encoder with (words (B, E, T), sentence (B, E)) plugs in through `Assets`). An EMA copy of the
 U-Net (warmed up as (1 + s) / (10 + s), capped at diffusion.ema_decay) is what samples, as GCDP
 samples with its EMA weights. `diffusion.joint=false` is the image-only model: the same U-Net
-without the layout input and output.
+without the layout input and output. `diffusion.unconditional=true` never shows the U-Net the text
+(only its null tokens, in training and sampling): GCDP's unconditional image-layout generation
+(arXiv:2308.08157 Table 1).
 """
 from __future__ import annotations
 
@@ -69,8 +71,11 @@ class DiffusionMethod(Method):
         self.ema = self.ema.to(device)
         self.text = self.text.to(device)
 
-    def _text(self, ids: Tensor, lens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(words (B, T, E), mask (B, T), sentence (B, E)) of the frozen text encoder, float32."""
+    def _text(self, ids: Tensor, lens: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        """(words (B, T, E), mask (B, T), sentence (B, E)) of the frozen text encoder, float32;
+        all None for an unconditional model (JointUNet then uses its null text for every sample)."""
+        if self.cfg.diffusion.unconditional:
+            return None, None, None
         words, sentence = encode_text(self.text, ids, lens, trainable=False)  # (B, E, T), (B, E)
         return words.transpose(1, 2), word_mask(lens, ids.shape[1]), sentence
 
