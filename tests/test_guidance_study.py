@@ -309,3 +309,24 @@ def test_paper_dry_runs_of_the_studies(tmp_path, capsys):
     assert "128x128, " in text and "diffusion.extra_guidance_scales=1,2,5" in text
     assert "pre-trained by the project once on mmceleba (the base config's data, seed 0) and shared by all 9" in text
     assert "face parser" in text  # layout mIoU on MM CelebA-HQ
+
+
+def test_unconditional_run_reports_table_1_metrics_and_its_grids(tiny_cfg, tiny_damsm, tmp_path, one_thread):
+    """The unconditional row's trial in-process on `shapes`: trained, sampled without text, scored
+    with FID, layout mIoU and FSD, its image | layout | outpainting grids read back by analysis."""
+    from t2i_ray.train.loop import LocalEnv, run_training
+
+    cfg = apply_overrides(tiny_cfg, {**ablate_diffusion.PRESET_DEFAULTS["ci"], "model.method": "diffusion",
+                                     **ablate_diffusion.UNCONDITIONAL})  # the session's evaluator caches
+    final = run_training(cfg, LocalEnv(tmp_path / "run"), tiny_damsm, "ad-unconditional-s0")
+    for key in ("fid", "layout_miou", "fsd", "outpaint_image_to_layout_miou"):
+        assert math.isfinite(final[key]), key
+    assert 0 <= final["layout_miou"] <= 1 and final["layout_num_images"] == cfg.eval.num_images
+    row = pd.DataFrame([{"run_name": "ad-unconditional-s0", "row": "unconditional", "seed": 0, "status": "ok",
+                         **{f"config.{k}": v for k, v in cfg.flat().items()}, **final}])
+    table = compare_with_paper(row, "gcdp_cityscapes_uncond")
+    assert table.iloc[0]["fid"] == f"{final['fid']:.3f}" and table.iloc[0]["n"] == 1
+    fig = plots.plot_layout_samples(row, num=4)
+    assert [ax.get_ylabel().split("\n")[-1] for ax in fig.axes] == [
+        "real image", "real layout", "generated image", "generated layout", "layout → image", "image → layout"]
+    assert all(np.asarray(ax.get_images()[0].get_array()).shape == (32, 4 * 32, 3) for ax in fig.axes)
