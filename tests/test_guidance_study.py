@@ -330,3 +330,19 @@ def test_unconditional_run_reports_table_1_metrics_and_its_grids(tiny_cfg, tiny_
     assert [ax.get_ylabel().split("\n")[-1] for ax in fig.axes] == [
         "real image", "real layout", "generated image", "generated layout", "layout → image", "image → layout"]
     assert all(np.asarray(ax.get_images()[0].get_array()).shape == (32, 4 * 32, 3) for ax in fig.axes)
+
+
+def test_sample_script_refuses_guidance_for_an_unconditional_run(tmp_path, capsys):
+    from t2i_ray.sweep import store
+    from tests.test_sweep_scripts import _script
+
+    out = tmp_path / "runs"
+    cfg = build_config("ci", {"model.method": "diffusion", **ablate_diffusion.UNCONDITIONAL})
+    store.write_row(out, store.make_row(run_name="u", sweep="s", row="unconditional", seed=0, status="ok", error=None,
+                                        wall_time_s=1.0, config=cfg.to_dict(), metrics={"fid": 1.0}, version="test"))
+    (tmp_path / "caps.txt").write_text("a red circle\n")
+    with pytest.raises(SystemExit) as exit_info:
+        _script("sample").main(["--run", "u", "--captions", str(tmp_path / "caps.txt"), "--guidance-scale", "3",
+                                "--output-dir", str(out)])
+    assert exit_info.value.code == 2
+    assert "error: --guidance-scale: run u is unconditional (diffusion.unconditional=true)" in capsys.readouterr().err
