@@ -14,6 +14,10 @@
 - `plot_sample_grid`: one row of generated images per configuration, for the same test captions and
   the same noise (every run saves its grid with noise seed 1234 on the first test items), real
   images on top, each column captioned with its text (`samples/<run>.json`).
+- `plot_guidance_curve` (diffusion): FID against CLIP score (or R-precision where there is none)
+  over classifier-free guidance scales, one line per row, points labelled by scale (GCDP Fig. 7).
+- `plot_layout_samples` (diffusion): image | layout | outpainting rows per configuration, from the
+  `samples/<run>_layouts.png` and `_outpaint.png` grids the joint trials save.
 
 Inputs are results DataFrames from `analysis.load.load_results` and the files the trials wrote
 next to the results table (`curves/`, `samples/`); nothing here imports `t2i_ray`. File paths
