@@ -165,13 +165,14 @@ def compare_with_paper(df: pd.DataFrame, name: str, rows: Sequence[str] | None =
                                                          + (f" ± {std:.{digits}f}" if np.isfinite(std) else ""))
         out.append(rec)
     for _, r in ref.iterrows():
-        rec = {"method": r["method"], "source": "paper", "n": np.nan}
+        rec = {"method": r["method"], "source": "paper", "n": pd.NA}
         for m in metrics:
             v = float(r[m])
             rec[f"{m}_mean"] = v
             rec[m] = f"{v:.{digits}f}" if np.isfinite(v) else "–"
         out.append(rec)
     table = pd.DataFrame(out, columns=["method", "source", "n", *metrics, *[f"{m}_mean" for m in metrics]])
+    table["n"] = table["n"].astype("Int64")  # seeds of our rows; <NA> for the paper's
     table.attrs.update(ref.attrs)
     return table
 

@@ -128,7 +128,7 @@ def test_paper_reference_rows_beside_ours():
     # mean ± std (ddof 1): fid (40, 44) -> 42 ± 2.828; no layout_miou without a segmentation network
     assert (first["source"], first["n"], first["fid"], first["fsd"], first["layout_miou"]) == (
         "ours", 2, "42.000 ± 2.828", "52.000 ± 2.828", "–")
-    assert table.iloc[-1]["fid"] == "20.360" and table.iloc[1]["layout_miou"] == "–"
+    assert table.iloc[-1]["fid"] == "20.360" and table.iloc[1]["layout_miou"] == "–" and pd.isna(table.iloc[-1]["n"])
     assert table.attrs["citation"] == ref.attrs["citation"]
 
 
