@@ -21,6 +21,10 @@ _FID_PROVENANCE = ("fid_backbone", "fid_num_fake", "fid_num_real", "fid_real_set
 _RP_PROVENANCE = ("r_precision_backbone", "r_precision_num_images", "r_precision_candidates", "config.data.dataset")
 _ATTR_PROVENANCE = ("attr_backbone", "attr_num_images", "config.data.dataset")
 _IS_PROVENANCE = ("is_backbone", "is_num_images", "is_splits", "is_resize", "config.data.dataset")
+_CLIP_PROVENANCE = ("clip_score_backbone", "clip_score_n", "clip_score_definition", "clip_score_prefix",
+                    "config.data.dataset")
+_LAYOUT_PROVENANCE = ("layout_backbone", "layout_num_images", "config.data.dataset")
+_FSD_PROVENANCE = ("fsd_num_fake", "fsd_num_real", "config.data.dataset")
 
 
 def provenance_columns(metric: str) -> tuple[str, ...]:
@@ -34,6 +38,12 @@ def provenance_columns(metric: str) -> tuple[str, ...]:
         return _ATTR_PROVENANCE
     if metric == "is" or metric.startswith("is_"):
         return _IS_PROVENANCE
+    if metric.startswith("clip_score"):
+        return _CLIP_PROVENANCE
+    if metric in ("layout_miou", "layout_pixel_accuracy"):
+        return _LAYOUT_PROVENANCE
+    if metric == "fsd":
+        return _FSD_PROVENANCE
     return ("config.data.dataset",)
 
 

@@ -84,6 +84,10 @@ def test_guidance_curve_refusals():
     df.loc[1, "fid_num_fake"] = 128  # FIDs from different N are not pooled, at any scale
     with pytest.raises(ValueError, match="'fid' values are not comparable.*fid_num_fake"):
         guidance_curve(df)
+    df = _guidance_table().assign(clip_score_backbone="clip-ViT-L/14@336px-abc")
+    df.loc[0, "clip_score_backbone"] = "clip-ViT-B/32-def"  # CLIP scores of two CLIP models
+    with pytest.raises(ValueError, match="'clip_score' values are not comparable.*clip_score_backbone"):
+        guidance_curve(df)
     with pytest.raises(KeyError, match=r"\['semantic_recall'\] not in the results table"):
         guidance_curve(_guidance_table(), metrics=["semantic_recall"])
     with pytest.raises(KeyError, match="not diffusion results"):
