@@ -14,6 +14,10 @@
 - `plot_sample_grid`: one row of generated images per configuration, for the same test captions and
   the same noise (every run saves its grid with noise seed 1234 on the first test items), real
   images on top, each column captioned with its text (`samples/<run>.json`).
+- `plot_guidance_curve` (diffusion): FID against CLIP score (or R-precision where there is none)
+  over classifier-free guidance scales, one line per row, points labelled by scale (GCDP Fig. 7).
+- `plot_layout_samples` (diffusion): image | layout | outpainting rows per configuration, from the
+  `samples/<run>_layouts.png` and `_outpaint.png` grids the joint trials save.
 
 Inputs are results DataFrames from `analysis.load.load_results` and the files the trials wrote
 next to the results table (`curves/`, `samples/`); nothing here imports `t2i_ray`. File paths
@@ -436,3 +440,155 @@ def sample_captions(df: pd.DataFrame, roots: Iterable[str | Path] = ()) -> list[
         if saved is not None:
             return saved
     return []
+
+
+# ---- diffusion: guidance curves, image | layout | outpainting grids --------------------------------
+
+def _guidance_axis(curve: pd.DataFrame, wanted: str | None, fallbacks: Sequence[str], what: str) -> str:
+    have = set(curve["metric"])
+    if wanted is not None and wanted != "auto":
+        if wanted not in have:
+            raise ValueError(f"{what}={wanted!r}: no trial has it at any guidance scale; available: {sorted(have)}")
+        return wanted
+    for m in fallbacks:
+        if m in have:
+            return m
+    raise ValueError(f"{what}: none of {list(fallbacks)} in the results; available: {sorted(have)}")
+
+
+def plot_guidance_curve(df: pd.DataFrame, x: str | None = "auto", y: str = "fid", by: str = "row",
+                        order: Sequence[str] | None = None) -> plt.Figure:
+    """`y` against `x` over classifier-free guidance scales, one line per group of `by` (e.g. joint /
+    image-only / MM CelebA-HQ-25/50/100 rows), points in order of scale and labelled "w=<scale>"
+    (text artists with gid "scale"); each point the mean over seeds, with std bars in both directions
+    where a point has more than one seed (GCDP arXiv:2308.08157 Fig. 7: FID against CLIP score).
+
+    x: a metric of `analysis.diffusion.guidance_curve`; "auto" (default) takes `clip_score` when the
+    trials have it, else `r_precision` (on `shapes` there is no CLIP score: CLIP has not seen such
+    images; semantic recall is scored at the main scale only), else `attr_pair_recall`; the axis
+    label and title name what was drawn. Raises ValueError when the metric is absent.
+    """
+    from analysis.diffusion import guidance_curve
+
+    curve = guidance_curve(df, by=by)
+    if curve.empty:
+        raise ValueError("no successful guided diffusion trial in the table (unconditional and GAN rows have no "
+                         "guidance scale)")
+    xm = _guidance_axis(curve, x, ("clip_score", "r_precision", "attr_pair_recall"), "x")
+    ym = _guidance_axis(curve, y, (y,), "y")
+    wide = curve[curve["metric"].isin([xm, ym])].pivot_table(index=[by, "scale"], columns="metric",
+                                                             values=["mean", "std", "n"], aggfunc="first")
+    groups = _ordered(pd.unique(curve[by]), order)
+    fig, ax = plt.subplots(figsize=(5.8, 4.2))
+    colors = plt.get_cmap("tab10")
+    for i, g in enumerate(groups):
+        if g not in wide.index.get_level_values(0):
+            continue
+        sub = wide.loc[g].dropna(subset=[("mean", xm), ("mean", ym)]).sort_index()
+        if sub.empty:
+            continue
+        xs, ys = sub[("mean", xm)].to_numpy(float), sub[("mean", ym)].to_numpy(float)
+        xe = sub[("std", xm)].to_numpy(float) if ("std", xm) in sub.columns else np.full(len(sub), np.nan)
+        ye = sub[("std", ym)].to_numpy(float) if ("std", ym) in sub.columns else np.full(len(sub), np.nan)
+        n = int(np.nanmin(sub[("n", ym)].to_numpy(float)))
+        ax.errorbar(xs, ys, xerr=np.nan_to_num(xe), yerr=np.nan_to_num(ye), fmt="o-", color=colors(i % 10),
+                    ms=4, lw=1.3, capsize=2, label=f"{g} (n={n})")
+        for scale, px, py in zip(sub.index, xs, ys):
+            ax.annotate(f"w={scale:g}", (px, py), xytext=(4, 3), textcoords="offset points", fontsize=6.5,
+                        color=colors(i % 10), gid="scale")
+    ax.set_xlabel(xm + _ARROW[higher_is_better(xm)])
+    ax.set_ylabel(ym + _ARROW[higher_is_better(ym)])
+    note = "" if xm == "clip_score" or x not in ("auto", None) else f" (no clip_score in these results: {xm})"
+    ax.set_title(f"{ym} against {xm} over guidance scales w{note}\nmean over seeds, bars: std", fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, title=by, title_fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+# The rows of the diffusion grids (t2i_ray/eval/samples.py save_layout_samples), top to bottom.
+LAYOUT_GRID_ROWS = ("real image", "real layout", "generated image", "generated layout")
+OUTPAINT_GRID_ROWS = ("real layout", "image from real layout", "real image", "layout from real image")
+
+
+def _cell_size(row: pd.Series, png_height: int, rows: int) -> tuple[int, int]:
+    """(height, width) of one image in a grid PNG of `rows` rows: height from the PNG, width from
+    the trial's `config.data.aspect` (width / height; 1 when not recorded)."""
+    h = png_height // rows
+    aspect = pd.to_numeric(pd.Series([row.get("config.data.aspect", 1.0)]), errors="coerce").iloc[0]
+    return h, int(round(h * (aspect if np.isfinite(aspect) else 1.0)))
+
+
+def load_layout_grid(path: str | Path, row: pd.Series, num: int | None = None,
+                     names: Sequence[str] = LAYOUT_GRID_ROWS) -> dict[str, np.ndarray]:
+    """A diffusion grid PNG -> {row name: strip (H, k*W, 3)}, its first `num` columns."""
+    from PIL import Image
+
+    img = np.asarray(Image.open(path).convert("RGB"))
+    h, w = _cell_size(row, img.shape[0], len(names))
+    cols = img.shape[1] // w
+    k = cols if num is None else min(num, cols)
+    return {name: img[i * h:(i + 1) * h, : k * w] for i, name in enumerate(names)}
+
+
+def plot_layout_samples(df: pd.DataFrame, by: str = "row", order: Sequence[str] | None = None,
+                        seed: int | None = None, num: int | None = 8, outpaint: bool = True,
+                        roots: Iterable[str | Path] = ()) -> plt.Figure:
+    """Image | layout | outpainting grids of joint diffusion trials, from the files their rows name.
+
+    Every joint diffusion trial saves `samples/<run>_layouts.png` (rows: real image, real layout,
+    generated image, generated layout, for the first test captions under noise seed 1234) and
+    `samples/<run>_outpaint.png` (real layout, the image generated from it, real image, the layout
+    generated from it), recorded as `layout_samples_path` / `outpaint_samples_path`. Shown: the real
+    image and layout rows once on top, then per group of `by` (one trial: `seed`, default the
+    lowest) its generated image and layout, and with `outpaint` its layout -> image and image ->
+    layout rows. Layout colours: class 0 black, the other classes evenly spaced hues (the same in
+    every figure of a dataset). Raises ValueError when no trial has a layout grid (image-only rows
+    have none), or the trials' data configs differ (the columns would show other test items).
+    """
+    ok = _ok(df)
+    roots = list(roots)
+    differ = [c[len("config."):] for c in ok.columns
+              if c.startswith("config.data.") and c != "config.data.caption_subset"
+              and ok[c].dropna().astype(str).nunique() > 1]
+    if differ:
+        raise ValueError(f"the trials use different data configs ({', '.join(differ)}), so their grids do not "
+                         f"show the same test items; filter to one dataset/resolution first")
+    strips: list[tuple[str, np.ndarray]] = []
+    real: dict[str, np.ndarray] | None = None
+    for g in _ordered(pd.unique(ok[by]), order):
+        trials = ok[ok[by] == g].sort_values("seed")
+        if seed is not None:
+            trials = trials[trials["seed"] == seed]
+        for _, row in trials.iterrows():
+            path = _locate(row, "layout_samples_path", "samples", "_layouts.png", roots)
+            if path is None:
+                continue
+            grid = load_layout_grid(path, row, num)
+            real = real or grid
+            label = f"{g} (s{row['seed']})"
+            strips += [(f"{label}\ngenerated image", grid["generated image"]),
+                       (f"{label}\ngenerated layout", grid["generated layout"])]
+            out_path = _locate(row, "outpaint_samples_path", "samples", "_outpaint.png", roots) if outpaint else None
+            if out_path is not None:
+                out = load_layout_grid(out_path, row, num, OUTPAINT_GRID_ROWS)
+                strips += [(f"{label}\nlayout → image", out["image from real layout"]),
+                           (f"{label}\nimage → layout", out["layout from real image"])]
+            break
+    if real is None:
+        raise ValueError("no layout grid found for any trial (joint diffusion trials write "
+                         "<output_dir>/samples/<run_name>_layouts.png; image-only rows have none); pass "
+                         "roots=[<output_dir>] if the results folder was moved")
+    rows = [("real image", real["real image"]), ("real layout", real["real layout"]), *strips]
+    h, w = rows[0][1].shape[:2]
+    fig, axes = plt.subplots(len(rows), 1, figsize=(min(1.0 * w / h, 16) + 1.2, 1.0 * len(rows) + 0.4),
+                             squeeze=False)
+    for ax, (name, strip) in zip(axes[:, 0], rows):
+        ax.imshow(strip, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=7)
+    axes[0, 0].set_title("layouts: class 0 black, other classes evenly spaced hues; outpainting from the same "
+                         "real test items", fontsize=7)
+    fig.subplots_adjust(hspace=0.08)
+    return fig

@@ -21,10 +21,15 @@ _FID_PROVENANCE = ("fid_backbone", "fid_num_fake", "fid_num_real", "fid_real_set
 _RP_PROVENANCE = ("r_precision_backbone", "r_precision_num_images", "r_precision_candidates", "config.data.dataset")
 _ATTR_PROVENANCE = ("attr_backbone", "attr_num_images", "config.data.dataset")
 _IS_PROVENANCE = ("is_backbone", "is_num_images", "is_splits", "is_resize", "config.data.dataset")
+_CLIP_PROVENANCE = ("clip_score_backbone", "clip_score_n", "clip_score_definition", "clip_score_prefix",
+                    "config.data.dataset")
+_LAYOUT_PROVENANCE = ("layout_backbone", "layout_num_images", "config.data.dataset")
+_FSD_PROVENANCE = ("fsd_num_fake", "fsd_num_real", "config.data.dataset")
 
 
 def provenance_columns(metric: str) -> tuple[str, ...]:
     """Columns that must hold one value for numbers of `metric` to be comparable (existing or not)."""
+    metric = metric.split("@g")[0]  # a guidance variant shares its metric's evaluation
     if metric in ("fid", "kid") or metric.startswith(("fid_", "kid_")):
         return _FID_PROVENANCE
     if metric.startswith("r_precision"):
@@ -33,14 +38,24 @@ def provenance_columns(metric: str) -> tuple[str, ...]:
         return _ATTR_PROVENANCE
     if metric == "is" or metric.startswith("is_"):
         return _IS_PROVENANCE
+    if metric.startswith("clip_score"):
+        return _CLIP_PROVENANCE
+    if metric in ("layout_miou", "layout_pixel_accuracy"):
+        return _LAYOUT_PROVENANCE
+    if metric == "fsd":
+        return _FSD_PROVENANCE
     return ("config.data.dataset",)
 
 
 def higher_is_better(metric: str) -> bool | None:
-    """True for is, r_precision, attr_*; False for fid/kid; None when the direction is unknown."""
-    if metric in ("fid", "kid"):
+    """True for is, r_precision, attr_*, clip_score and the diffusion's semantic recall/precision and
+    mIoU columns; False for fid/kid/fsd; None when the direction is unknown. A guidance variant
+    `<metric>@g<scale>` goes the way of its metric."""
+    metric = metric.split("@g")[0]
+    if metric in ("fid", "kid", "fsd"):
         return False
-    if metric == "is" or metric.startswith(("r_precision", "attr_")):
+    if metric in ("is", "clip_score") or metric.startswith(("r_precision", "attr_", "semantic_")) \
+            or metric.endswith("miou"):
         return True
     return None
 
@@ -231,6 +246,8 @@ def metric_range(metric: str) -> tuple[float, float]:
         return 0.0, float("inf")
     if metric == "is":
         return 1.0, float("inf")
+    if metric == "clip_score":  # Hessel et al.'s CLIP-S = 2.5 * max(cos, 0)
+        return 0.0, 2.5
     if metric.startswith(("r_precision", "attr_", "semantic_")) or metric.endswith(("recall", "precision", "miou")):
         return 0.0, 1.0
     return float("-inf"), float("inf")

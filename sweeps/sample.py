@@ -83,6 +83,9 @@ def main(argv: list[str] | None = None) -> None:
                                   f"{cfg.model.method}); guidance applies to model.method=diffusion runs")
             if not args.guidance_scale >= 0:
                 raise ConfigError(f"--guidance-scale: must be >= 0, got {args.guidance_scale}")
+            if cfg.diffusion.unconditional:
+                raise ConfigError(f"--guidance-scale: run {row['run_name']} is unconditional (diffusion.unconditional"
+                                  f"=true): it never sees the text, so there is no guidance to set; drop the option")
             overrides["diffusion.guidance_scale"] = args.guidance_scale
         vocab = Vocabulary.load(Path(damsm_location(row, cfg, output_dir)) / "vocab.json")
         captions = encode_captions(texts, vocab, cfg.data.words_num)
@@ -107,6 +110,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"warning: caption {i + 1} {c.text!r}: the run reads at most data.words_num="
                   f"{cfg.data.words_num} words; dropped: {', '.join(c.cut)}", file=sys.stderr)
     name = row["run_name"]
+    if cfg.model.method == "diffusion" and cfg.diffusion.unconditional:
+        print(f"note: run {name} is unconditional (diffusion.unconditional=true): its samples do not depend on the "
+              f"captions", file=sys.stderr)
     print(f"[sample] run {name} ({reason}): {args.checkpoint} checkpoint, step {trained.step}, {trained.checkpoint}")
     images, layouts = sample_captions(trained.method, captions, args.n_per_caption, args.seed,
                                       trained.cfg.eval.batch_size, trained.cfg.data.words_num)

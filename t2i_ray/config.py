@@ -305,6 +305,9 @@ class DiffusionConfig:
     # noise conditioning augmentation; training draws U(0, 1) per sample; GCDP samples at 0.2).
     sr_noise_level: float = 0.2
     sr_guidance_scale: float = 1.0  # classifier-free guidance of the SR stage (GCDP test_sr.sh: 1)
+    # True: unconditional image-layout generation (GCDP Table 1, arXiv:2308.08157): the U-Net sees
+    # only the null text, in training and sampling (no guidance; cond_drop and guidance_scale unused).
+    unconditional: bool = False
 
 
 @dataclass(frozen=True)
@@ -821,6 +824,9 @@ def _check_diffusion(cfg: ExperimentConfig) -> None:
     _check(f.guidance_scale >= 0, "diffusion.guidance_scale", f"must be >= 0, got {f.guidance_scale}")
     _check(all(g >= 0 for g in float_list(f.extra_guidance_scales, "diffusion.extra_guidance_scales")),
            "diffusion.extra_guidance_scales", f"must be numbers >= 0, got {f.extra_guidance_scales!r}")
+    _check(not (f.unconditional and float_list(f.extra_guidance_scales, "diffusion.extra_guidance_scales")),
+           "diffusion.extra_guidance_scales", "an unconditional model (diffusion.unconditional=true) has no guidance "
+           f"to vary; leave it empty, got {f.extra_guidance_scales!r}")
     _check(f.outpaint_resample >= 1, "diffusion.outpaint_resample", f"must be >= 1, got {f.outpaint_resample}")
     _check(f.outpaint_images >= 1, "diffusion.outpaint_images", f"must be >= 1, got {f.outpaint_images}")
     _check(cfg.eval.segmenter in SEGMENTER_MODES, "eval.segmenter",

@@ -356,23 +356,30 @@ def print_dry_run(spec: "SweepSpec", cpus: int | None = None) -> None:
         print(f"  ASHA on {s['metric']} ({s['mode']}), after at least {s['grace']} of {s['max_t']} steps, "
               f"keeping 1 in {s['reduction']} at each rung")
     print("  networks the trials need:")
-    for line in networks_needed(trial_configs(spec)):
+    for line in networks_needed(trial_configs(spec), spec.base):
         print(f"    {line}")
     print("  " + estimate_sweep(spec, cpus or os.cpu_count() or 1).describe())
 
 
-def networks_needed(configs: Sequence[ExperimentConfig]) -> list[str]:
+def networks_needed(configs: Sequence[ExperimentConfig], base: ExperimentConfig | None = None) -> list[str]:
     """One line per network that the trials `configs` read or pre-train, with where it comes from
     (a local weights file, a project cache) or "not built yet" for what the protocol names but this
     repository does not have (GCDP arXiv:2308.08157 Sec. 4: HRNet-W48), and the cascade's stages.
-    Nothing is loaded or downloaded."""
+    `base`: the sweep's base config, whose DAMSM encoders every trial of the sweep shares (the sweep
+    pre-trains them once, `prepare_assets`). Nothing is loaded or downloaded."""
     from t2i_ray.config import base_image_size, image_size, resolved_eval_backbone, sr_unet_settings
     from t2i_ray.eval.clip import clip_score_enabled
     from t2i_ray.train.damsm import damsm_dir
 
     lines: dict[str, None] = {}
     damsm = sorted({str(damsm_dir(cfg)) for cfg in configs})
-    if damsm:
+    if damsm and base is not None:
+        subset = f", caption subset {base.data.caption_subset}%" if base.data.caption_subset != 100 else ""
+        diffusion = any(cfg.model.method == "diffusion" for cfg in configs)
+        lines[f"DAMSM text + image encoders ({'conditioning text encoder and ' if diffusion else ''}R-precision): "
+              f"pre-trained by the project once on {base.data.dataset} (the base config's data{subset}, seed "
+              f"{base.seed}) and shared by all {len(configs)} trial(s), cached at {damsm_dir(base)}"] = None
+    elif damsm:
         diffusion = any(cfg.model.method == "diffusion" for cfg in configs)
         lines[f"DAMSM text + image encoders ({'conditioning text encoder and ' if diffusion else ''}R-precision): "
               f"pre-trained by the project on {configs[0].data.dataset}, {len(damsm)} set(s) (one per seed and "

@@ -19,7 +19,9 @@ resizes labels). Both stages train at every step on the same batch, each with it
 EMA: their losses share no parameter (the SR stage is conditioned on real low-res data, never on
 base samples, as in Imagen and GCDP), so this is the same as training them one after the other,
 with one run, one data pass and one checkpoint holding both. Sampling runs the base, then the SR
-stage conditioned on its output augmented at diffusion.sr_noise_level.
+stage conditioned on its output augmented at diffusion.sr_noise_level. `diffusion.unconditional=true` never shows the U-Net
+the text (only its null tokens, in training and sampling): GCDP's unconditional image-layout
+generation (arXiv:2308.08157 Table 1).
 """
 from __future__ import annotations
 
@@ -110,8 +112,11 @@ class DiffusionMethod(Method):
             self.sr_ema = self.sr_ema.to(device)
         self.text = self.text.to(device)
 
-    def _text(self, ids: Tensor, lens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(words (B, T, E), mask (B, T), sentence (B, E)) of the frozen text encoder, float32."""
+    def _text(self, ids: Tensor, lens: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        """(words (B, T, E), mask (B, T), sentence (B, E)) of the frozen text encoder, float32;
+        all None for an unconditional model (JointUNet then uses its null text for every sample)."""
+        if self.cfg.diffusion.unconditional:
+            return None, None, None
         words, sentence = encode_text(self.text, ids, lens, trainable=False)  # (B, E, T), (B, E)
         return words.transpose(1, 2), word_mask(lens, ids.shape[1]), sentence
 
