@@ -159,7 +159,7 @@ def fit_resources(total_cpus: float, total_gpus: float, num_workers: int, cpus_p
                 f"cluster hold only {slots} such worker(s) (a worker cannot span nodes; the largest node "
                 f"has {largest.get('CPU', 0.0):g} CPUs" + (f" and {largest.get('GPU', 0.0):g} GPUs" if use_gpu
                                                            else "") +
-                f"); lower train.cpus_per_worker or train.num_workers, or add larger nodes")
+                "); lower train.cpus_per_worker or train.num_workers, or add larger nodes")
         k = min(k, slots // num_workers)
     k = max(1, min(k, max(num_trials, 1)))
     cpu = min(cpus_per_worker, (total_cpus - k * DRIVER_CPUS) / (k * num_workers))
