@@ -284,7 +284,13 @@ def test_paper_dry_runs_of_the_studies(tmp_path, capsys):
     torch.save({"w": torch.zeros(1)}, weights)
     write_cityscapes(tmp_path / "cityscapes")
     write_celeba(tmp_path / "celeba", n=9)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "T2I_INCEPTION_WEIGHTS": str(weights)}
+    from t2i_ray.eval.hrnet import HRNetArch, random_hrnet_state_dict
+
+    hrnet = tmp_path / "hrnet.pth"  # checked for HRNetV2 keys and shapes by the dry run (Cityscapes layout metrics)
+    torch.save(random_hrnet_state_dict(HRNetArch(stem_width=8, layer1_planes=4, layer1_blocks=1, widths=(4, 8, 16, 32),
+                                                 stage_modules=(1, 1, 1), stage_blocks=(1, 1, 1))), hrnet)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "T2I_INCEPTION_WEIGHTS": str(weights),
+           "T2I_SEGMENTER_WEIGHTS": str(hrnet)}
     out = subprocess.run([sys.executable, str(REPO / "sweeps" / "ablate_diffusion.py"), "--dataset", "cityscapes",
                           "--data-root", str(tmp_path / "cityscapes"), "--preset", "paper", "--dry-run",
                           "--rows", "unconditional", "joint", "--guidance", "3", "1", "5",
@@ -295,8 +301,10 @@ def test_paper_dry_runs_of_the_studies(tmp_path, capsys):
     assert [(t[0], t[2]) for t in trials] == [(r, s) for r in ("unconditional", "joint") for s in "012"]
     assert all("'diffusion.unconditional': True" in t[3] and "'diffusion.extra_guidance_scales': ''" in t[3]
                for t in trials[:3])
-    assert "128x256 (height x width)" in out.stdout and "diffusion.extra_guidance_scales=1,5" in out.stdout
-    assert "shared by all 6 trial(s)" in out.stdout and "HRNet-W48 (Cityscapes)" in out.stdout
+    # the paper preset's cascade: 128 x 256 base, 256 x 512 samples and metrics
+    assert "256x512 (height x width)" in out.stdout and "diffusion.extra_guidance_scales=1,5" in out.stdout
+    assert "base U-Net at 128x256" in out.stdout
+    assert "shared by all 6 trial(s)" in out.stdout and f"HRNetV2 (GCDP's HRNet-W48) from the local file {hrnet}" in out.stdout
     assert f"Inception (pt_inception-2015-12-05) from the local file {weights}" in out.stdout
     os.environ["T2I_INCEPTION_WEIGHTS"] = str(weights)
     try:
