@@ -103,6 +103,10 @@ class DataConfig:
     # mmceleba: the share of the train split kept, in percent (25, 50 or 100: MM CelebA-HQ-25/50/100);
     # the images with the lowest sha1(key) (data/celeba.py `caption_subset`): nested, order-free.
     caption_subset: int = 100
+    # `shapes`: at most this many objects per image (1-3; each image draws 1..max_objects). 3 is the
+    # dataset as built; 1 is the laptop difficulty (one object per image: the `local` preset's
+    # 20-minute budget learns it; README "The built-in dataset").
+    max_objects: int = 3
 
 
 @dataclass(frozen=True)
@@ -558,6 +562,9 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     _check(d.captions_file is None or d.dataset in CAPTION_FILE_DATASETS, "data.captions_file",
            f"only {', '.join(CAPTION_FILE_DATASETS)} read a captions JSONL, not {d.dataset!r}")
     _check(d.cache_dir is None or bool(d.cache_dir), "data.cache_dir", "must be a non-empty path or none")
+    _check(1 <= d.max_objects <= 3, "data.max_objects", f"must be 1, 2 or 3 (objects per shapes image), got {d.max_objects}")
+    _check(d.max_objects == 3 or d.dataset == "shapes", "data.max_objects",
+           f"sets the difficulty of the generated shapes dataset only, not {d.dataset!r}; drop it")
     r = d.resolution
     _check(32 <= r <= 256 and r & (r - 1) == 0, "data.resolution",
            f"must be a power of two in 32..256 (32, 64, 128, 256), got {r}")

@@ -37,6 +37,8 @@ def test_overrides_are_typed_from_strings():
     ({"captioner.dropout": 1.0}, "captioner.dropout"),
     ({"captioner.epochs": 0}, "captioner.epochs"),
     ({"eval.r_precision_candidates": 5000}, "eval.r_precision_candidates"),
+    ({"data.max_objects": 0}, "data.max_objects"),
+    ({"data.max_objects": 4}, "data.max_objects"),
 ])
 def test_bad_values_name_their_field(override, field):
     with pytest.raises(ConfigError) as err:
@@ -86,6 +88,9 @@ def test_recap_weight_is_accepted_now_that_a_captioner_exists():
     ({"model.ca_kl_weight": -1.0}, "model.ca_kl_weight", ">= 0"),
     # the inception DAMSM image encoder needs its ImageNet weights (offline: a local file)
     ({"damsm.image_backbone": "inception"}, "damsm.inception_weights", "image_backbone=cnn"),
+    # the object count is a difficulty of the generated dataset; real datasets are what they are
+    ({"data.dataset": "cub", "data.data_root": "/nowhere", "data.max_objects": 1}, "data.max_objects",
+     "generated shapes dataset only"),
 ])
 def test_contradictory_combinations_are_refused_with_the_fix(override, field, hint):
     with pytest.raises(ConfigError) as err:

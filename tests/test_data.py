@@ -215,6 +215,25 @@ def test_bad_arguments_raise_naming_the_argument():
         S.build_source(DataConfig(), "val")
 
 
+def test_max_objects_lowers_the_object_count_and_leaves_the_full_dataset_unchanged():
+    full, explicit = S.ShapesSource(60, 32, seed=5), S.ShapesSource(60, 32, seed=5, max_objects=3)
+    assert all(full[i].image.tobytes() == explicit[i].image.tobytes() for i in range(0, 60, 7))
+    assert {len(full.meta(i)["objects"]) for i in range(60)} == {1, 2, 3}
+    one = S.ShapesSource(60, 32, seed=5, max_objects=1)
+    assert all(len(one.meta(i)["objects"]) == 1 for i in range(60))
+    for i in range(0, 60, 6):  # captions name the one object, layouts cover one shape class
+        (obj,) = one.meta(i)["objects"]
+        assert all(obj["color"] in c for c in one.captions(i))
+        assert set(np.unique(one.layout(i))) <= {0, 1 + S.SHAPE_NAMES.index(obj["shape"])}
+    two = S.ShapesSource(60, 32, seed=5, max_objects=2)
+    assert {len(two.meta(i)["objects"]) for i in range(60)} == {1, 2}
+    assert "max_objects=1" in repr(one) and "max_objects" not in repr(full)
+    cfg = DataConfig(num_train=8, num_test=8, max_objects=1)
+    assert S.build_source(cfg, "test").max_objects == 1
+    with pytest.raises(ValueError, match="max_objects"):
+        S.ShapesSource(4, 32, 0, max_objects=4)
+
+
 def test_the_procedural_dataset_does_not_import_the_registry():
     """Records at the bottom, readers above, the registry the one way in: shapes never reaches up."""
     above = ["t2i_ray.data.registry", "t2i_ray.data.cub", "t2i_ray.data.coco", "t2i_ray.data.celeba",

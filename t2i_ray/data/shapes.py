@@ -51,6 +51,7 @@ LAYOUT_CLASSES: tuple[str, ...] = ("background", *SHAPE_NAMES)
 NUM_ATTRIBUTES: int = len(SHAPE_NAMES) * len(COLOR_NAMES)
 NUM_CAPTIONS = 10
 MAX_CAPTION_WORDS = 25
+MAX_OBJECTS = 3  # objects per image: 1..MAX_OBJECTS (data.max_objects may lower it)
 
 # (singular, plural) words per shape; the first is the canonical name.
 SHAPE_SYNONYMS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -220,10 +221,10 @@ def _place(bound: float, cand: list[float],
     return None
 
 
-def _sample_objects(rng: np.random.Generator) -> list[_Object]:
-    """1-3 objects placed by rejection sampling so that no object covers another's centre."""
+def _sample_objects(rng: np.random.Generator, max_objects: int = MAX_OBJECTS) -> list[_Object]:
+    """1..max_objects objects placed by rejection sampling so that no object covers another's centre."""
     per_object = 8 + 2 * _PLACEMENT_CANDIDATES  # shape, colour, size, s, angle, 3 x jitter, centres
-    n = int(rng.integers(1, 4))  # drawn once: a retry must not bias the count towards 1
+    n = int(rng.integers(1, max_objects + 1))  # drawn once: a retry must not bias the count towards 1
     for _ in range(_MAX_SCENE_TRIES):
         u = rng.random(n * per_object).tolist()
         objects: list[_Object] = []
@@ -615,20 +616,23 @@ def _render(objs: list[_Object], bg: _Background, resolution: int) -> tuple[np.n
 class ShapesSource:
     """n procedural samples at `resolution`; item i is a pure function of (seed, i, resolution)."""
 
-    def __init__(self, n: int, resolution: int, seed: int):
+    def __init__(self, n: int, resolution: int, seed: int, max_objects: int = MAX_OBJECTS):
+        if not isinstance(max_objects, int) or not 1 <= max_objects <= MAX_OBJECTS:
+            raise ValueError(f"max_objects: must be an integer in 1..{MAX_OBJECTS}, got {max_objects!r}")
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n: must be a positive integer, got {n!r}")
         if not isinstance(resolution, int) or resolution < 8:
             raise ValueError(f"resolution: must be an integer >= 8, got {resolution!r}")
         if not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seed: must be a non-negative integer, got {seed!r}")
-        self.n, self.resolution, self.seed = n, resolution, seed
+        self.n, self.resolution, self.seed, self.max_objects = n, resolution, seed, max_objects
 
     def __len__(self) -> int:
         return self.n
 
     def __repr__(self) -> str:
-        return f"ShapesSource(n={self.n}, resolution={self.resolution}, seed={self.seed})"
+        extra = "" if self.max_objects == MAX_OBJECTS else f", max_objects={self.max_objects}"
+        return f"ShapesSource(n={self.n}, resolution={self.resolution}, seed={self.seed}{extra})"
 
     def _check(self, i: int) -> int:
         if not isinstance(i, (int, np.integer)) or isinstance(i, bool):
@@ -645,7 +649,7 @@ class ShapesSource:
         # so rendering never depends on how many draws the captions took.
         rng = np.random.default_rng([self.seed, i])
         bg = _sample_background(rng)
-        return _sample_objects(rng), bg, rng
+        return _sample_objects(rng, self.max_objects), bg, rng
 
     def __getitem__(self, i: int) -> Sample:
         i = self._check(i)
@@ -719,7 +723,7 @@ def build_source(data_cfg: DataConfig, split: Literal["train", "test"]) -> Shape
     """A split of the procedural dataset (data.dataset must be 'shapes'; others: the registry)."""
     _require_shapes(data_cfg, "build_source")
     n = data_cfg.num_train if split == "train" else data_cfg.num_test
-    return ShapesSource(n, data_cfg.resolution, split_seed(data_cfg.data_seed, split))
+    return ShapesSource(n, data_cfg.resolution, split_seed(data_cfg.data_seed, split), data_cfg.max_objects)
 
 
 def build_vocabulary(data_cfg: DataConfig) -> Vocabulary:

@@ -232,6 +232,8 @@ def _cache_config(data_cfg: DataConfig, steps: int, pool_images: int, num_attrib
         "version": DOMAIN_EVALUATOR_VERSION,
         "dataset": data_cfg.dataset, "resolution": data_cfg.resolution, "data_seed": data_cfg.data_seed,
         "pool_images": pool_images, "pool_seed": _POOL_SEED_OFFSET + data_cfg.data_seed,
+        # Only when lowered: the caches of the full dataset keep their keys.
+        **({"max_objects": data_cfg.max_objects} if data_cfg.max_objects != shapes.MAX_OBJECTS else {}),
         "steps": steps, "num_attributes": num_attributes, "feature_dim": 128, **_RECIPE,
     }
 
@@ -325,7 +327,7 @@ def load_or_train_domain_evaluator(
         return model.to(device), dict(payload["info"])
 
     start = time.perf_counter()
-    pool = shapes.ShapesSource(pool_images, data_cfg.resolution, config["pool_seed"])
+    pool = shapes.ShapesSource(pool_images, data_cfg.resolution, config["pool_seed"], data_cfg.max_objects)
     model = train_domain_evaluator(pool, steps, batch_size=_RECIPE["batch_size"], seed=_RECIPE["seed"],
                                    lr=_RECIPE["lr"], log=log, device=device)
     train_seconds = time.perf_counter() - start

@@ -384,6 +384,8 @@ def _cache_config(data_cfg: DataConfig, steps: int, pool_images: int) -> dict[st
         "version": SEGMENTER_VERSION,
         "dataset": data_cfg.dataset, "resolution": data_cfg.resolution, "data_seed": data_cfg.data_seed,
         "pool_images": pool_images, "pool_seed": _POOL_SEED_OFFSET + data_cfg.data_seed,
+        # Only when lowered: the caches of the full dataset keep their keys.
+        **({"max_objects": data_cfg.max_objects} if data_cfg.max_objects != shapes.MAX_OBJECTS else {}),
         "steps": steps, "num_classes": NUM_LAYOUT_CLASSES, **_RECIPE,
     }
 
@@ -423,7 +425,7 @@ def load_or_train_segmenter(
         return model.to(device), dict(payload["info"])
 
     start = time.perf_counter()
-    pool = shapes.ShapesSource(pool_images, data_cfg.resolution, config["pool_seed"])
+    pool = shapes.ShapesSource(pool_images, data_cfg.resolution, config["pool_seed"], data_cfg.max_objects)
     model = train_segmenter(pool, steps, batch_size=_RECIPE["batch_size"], seed=_RECIPE["seed"], lr=_RECIPE["lr"],
                             width=_RECIPE["width"], log=log, device=device)
     train_seconds = time.perf_counter() - start
