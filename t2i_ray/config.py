@@ -27,7 +27,7 @@ ASPECT_DATASETS = ("mmceleba", "cityscapes")
 CAPTION_SUBSETS = (25, 50, 100)  # MM CelebA-HQ-25/50/100: % of the train images kept (GCDP Fig. 7)
 # Data fields added after caches were first keyed: left out of the DAMSM / captioner cache keys while
 # at these defaults, so the caches of earlier configs stay valid (`legacy_data_key`).
-LATER_DATA_DEFAULTS: dict[str, Any] = {"aspect": 1.0, "trainval": False, "caption_subset": 100}
+LATER_DATA_DEFAULTS: dict[str, Any] = {"aspect": 1.0, "trainval": False, "caption_subset": 100, "max_objects": 3}
 # The ones whose items carry class ids (the "<class>/<image>" keys of t2i_ray/data/cub.py): DAMSM's
 # same-class masking (damsm.class_mask) and R-precision's other-class mismatches use them.
 CLASS_DATASETS = ("cub", "oxford102")
