@@ -104,8 +104,8 @@ class DataConfig:
     # the images with the lowest sha1(key) (data/celeba.py `caption_subset`): nested, order-free.
     caption_subset: int = 100
     # `shapes`: at most this many objects per image (1-3; each image draws 1..max_objects). 3 is the
-    # dataset as built; 1 is the laptop difficulty (one object per image: the `local` preset's
-    # 20-minute budget learns it; README "The built-in dataset").
+    # dataset as built (every preset); 1 is the easiest (one object per image). What each learns in
+    # a given number of steps: benchmarks/README.md "Can a 20-minute laptop sweep draw shapes?".
     max_objects: int = 3
 
 
