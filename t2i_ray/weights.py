@@ -1,7 +1,9 @@
-"""Reading weights files the user points at (FID Inception, DAMSM's ImageNet Inception-v3).
+"""Reading weights files the user points at (FID Inception, DAMSM's ImageNet Inception-v3, CLIP,
+HRNet).
 
-One loader for the config-time check (`config_checks.check_paths`) and the models that use the
-files, so that a file the check accepts is a file they can read. Files are loaded with
+One resolver (config field, else environment variable) and one loader for the config-time check
+(`config_checks.check_paths`) and the models that use the files, so that a file the check accepts
+is a file they can read. Files are loaded with
 `weights_only=True`: a pickle from disk never runs code.
 """
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import IO, Any
 
 import torch
@@ -50,7 +52,20 @@ def load_state_dict_file(source: str | os.PathLike | IO[bytes], mmap: bool | Non
     return dict(obj)
 
 
-__all__ = ["WeightsFileError", "load_state_dict_file"]
+__all__ = ["WeightsFileError", "load_state_dict_file", "resolve_local_file", "file_sha256"]
+
+
+def resolve_local_file(config_path: str | None, env: str, missing: Callable[[str | None], Exception]) -> str:
+    """Absolute path of a file the user points at: `config_path` (a config field) if set, else the
+    environment variable `env`. Raises `missing(None)` when neither names a path and `missing(path)`
+    when the path is not a file (each caller's error type and message: Inception, CLIP, HRNet)."""
+    path = config_path if config_path else os.environ.get(env) or None
+    if path is None:
+        raise missing(None)
+    path = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isfile(path):
+        raise missing(path)
+    return path
 
 
 def file_sha256(path: str) -> str:

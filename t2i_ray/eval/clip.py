@@ -57,7 +57,7 @@ from torch import Tensor, nn
 
 from t2i_ray.config import ConfigError, ExperimentConfig
 from t2i_ray.console import console
-from t2i_ray.weights import WeightsFileError, file_sha256, load_state_dict_file
+from t2i_ray.weights import WeightsFileError, file_sha256, load_state_dict_file, resolve_local_file
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -136,13 +136,7 @@ def clip_score_enabled(cfg: ExperimentConfig) -> bool:
 
 
 def _resolve(config_path: str | None, env: str, what: str) -> str:
-    path = config_path if config_path else os.environ.get(env) or None
-    if path is None:
-        raise ClipWeightsError(missing_weights_message(what, None))
-    path = os.path.abspath(os.path.expanduser(path))
-    if not os.path.isfile(path):
-        raise ClipWeightsError(missing_weights_message(what, path))
-    return path
+    return resolve_local_file(config_path, env, lambda p: ClipWeightsError(missing_weights_message(what, p)))
 
 
 def resolve_clip_files(cfg: ExperimentConfig) -> tuple[str, str]:

@@ -37,7 +37,6 @@ cityscapesscripts order); class 19 "unlabeled" is never predicted.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
@@ -46,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from t2i_ray.config import ConfigError, ExperimentConfig
-from t2i_ray.weights import WeightsFileError, file_sha256, load_state_dict_file
+from t2i_ray.weights import WeightsFileError, file_sha256, load_state_dict_file, resolve_local_file
 
 WEIGHTS_ENV = "T2I_SEGMENTER_WEIGHTS"
 CHECKPOINT_FILE = "hrnet_w48_cityscapes_cls19_1024x2048_trainset.pth"
@@ -343,13 +342,8 @@ def read_hrnet_state_dict(path: str) -> tuple[dict[str, Tensor], HRNetArch, list
 
 def resolve_segmenter_weights(cfg: ExperimentConfig) -> str:
     """Absolute path of eval.segmenter_weights, else $T2I_SEGMENTER_WEIGHTS; HRNetWeightsError naming the fix."""
-    path = cfg.eval.segmenter_weights or os.environ.get(WEIGHTS_ENV) or None
-    if path is None:
-        raise HRNetWeightsError(missing_weights_message(None))
-    path = os.path.abspath(os.path.expanduser(path))
-    if not os.path.isfile(path):
-        raise HRNetWeightsError(missing_weights_message(path))
-    return path
+    return resolve_local_file(cfg.eval.segmenter_weights, WEIGHTS_ENV,
+                              lambda p: HRNetWeightsError(missing_weights_message(p)))
 
 
 class HRNetSegmenter(nn.Module):

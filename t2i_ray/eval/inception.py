@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 
 from t2i_ray.config import INCEPTION_RESIZE_MODES, ConfigError
-from t2i_ray.weights import WeightsFileError, load_state_dict_file
+from t2i_ray.weights import WeightsFileError, load_state_dict_file, resolve_local_file
 
 WEIGHTS_ENV = "T2I_INCEPTION_WEIGHTS"
 WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -82,13 +82,7 @@ def not_weights_message(path: str, reason: str) -> str:
 def resolve_inception_weights(config_path: str | None) -> str:
     """Absolute path of the weights: `config_path` (eval.inception_weights) if set, else
     $T2I_INCEPTION_WEIGHTS. Raises InceptionWeightsError (a ConfigError) when neither names a file."""
-    path = config_path if config_path else os.environ.get(WEIGHTS_ENV) or None
-    if path is None:
-        raise InceptionWeightsError(missing_weights_message(None))
-    path = os.path.abspath(os.path.expanduser(path))
-    if not os.path.isfile(path):
-        raise InceptionWeightsError(missing_weights_message(path))
-    return path
+    return resolve_local_file(config_path, WEIGHTS_ENV, lambda p: InceptionWeightsError(missing_weights_message(p)))
 
 
 def _torch_fidelity_version() -> str:
