@@ -25,6 +25,7 @@ from t2i_ray.train.method import build_method  # noqa: E402
 
 from tests.test_datasets import write_celeba, write_cityscapes  # noqa: E402
 from tests.test_diffusion_method import VOCAB, WORDS, _assets, _step  # noqa: E402
+from tests.test_hrnet import write_hrnet_file  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "sweeps"))
@@ -284,11 +285,8 @@ def test_paper_dry_runs_of_the_studies(tmp_path, capsys):
     torch.save({"w": torch.zeros(1)}, weights)
     write_cityscapes(tmp_path / "cityscapes")
     write_celeba(tmp_path / "celeba", n=9)
-    from t2i_ray.eval.hrnet import HRNetArch, random_hrnet_state_dict
-
-    hrnet = tmp_path / "hrnet.pth"  # checked for HRNetV2 keys and shapes by the dry run (Cityscapes layout metrics)
-    torch.save(random_hrnet_state_dict(HRNetArch(stem_width=8, layer1_planes=4, layer1_blocks=1, widths=(4, 8, 16, 32),
-                                                 stage_modules=(1, 1, 1), stage_blocks=(1, 1, 1))), hrnet)
+    # checked for HRNetV2 keys and shapes by the dry run (Cityscapes layout metrics)
+    hrnet = write_hrnet_file(tmp_path / "hrnet.pth")
     env = {**os.environ, "PYTHONPATH": str(REPO), "T2I_INCEPTION_WEIGHTS": str(weights),
            "T2I_SEGMENTER_WEIGHTS": str(hrnet)}
     out = subprocess.run([sys.executable, str(REPO / "sweeps" / "ablate_diffusion.py"), "--dataset", "cityscapes",

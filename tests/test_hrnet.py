@@ -15,6 +15,13 @@ from t2i_ray.weights import file_sha256
 SMALL = H.HRNetArch(stem_width=16, layer1_planes=8, layer1_blocks=1, widths=(8, 16, 32, 64),
                     stage_modules=(1, 1, 1), stage_blocks=(1, 1, 1))
 
+
+def write_hrnet_file(path, arch: H.HRNetArch = SMALL) -> str:
+    """A checkpoint file in the official layout ("model." keys, loss weights) with random weights of
+    `arch`: what the tests of other files point eval.segmenter_weights / $T2I_SEGMENTER_WEIGHTS at."""
+    torch.save(H.random_hrnet_state_dict(arch), path)
+    return str(path)
+
 # Hand-listed keys and shapes of the official Cityscapes HRNetV2-W48: github.com/HRNet/HRNet-Semantic-Segmentation
 # lib/models/seg_hrnet.py built with
 # experiments/cityscapes/seg_hrnet_w48_train_512x1024_sgd_lr1e-2_wd5e-4_bs_12_epoch484.yaml.

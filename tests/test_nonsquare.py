@@ -26,6 +26,7 @@ from t2i_ray.data.cityscapes import label_ids_to_train_ids
 from t2i_ray.data.reading import read_index_png
 
 from tests.test_datasets import write_celeba, write_cityscapes
+from tests.test_hrnet import SMALL, write_hrnet_file
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "sweeps"))
@@ -170,7 +171,6 @@ def test_diffusion_trains_samples_and_evaluates_on_cityscapes_at_1_to_2(tmp_path
     diffusion steps, sampling, the Inception metrics (random weights of the right shapes), FSD and
     outpainting, the HRNet layout metrics (a reduced HRNetV2 of random weights, saved as the official
     checkpoints are), the sample grids at 1:2."""
-    from t2i_ray.eval.hrnet import HRNetArch, random_hrnet_state_dict
     from t2i_ray.eval.inception import random_inception_state_dict
     from t2i_ray.weights import file_sha256
     from t2i_ray.train.damsm import ensure_damsm
@@ -180,10 +180,7 @@ def test_diffusion_trains_samples_and_evaluates_on_cityscapes_at_1_to_2(tmp_path
     write_cityscapes(root, n_val=2)  # train + val: 4 images, test: 2
     weights = tmp_path / "inception.pth"
     torch.save(random_inception_state_dict(seed=0), weights)
-    small = HRNetArch(stem_width=16, layer1_planes=8, layer1_blocks=1, widths=(8, 16, 32, 64), stage_modules=(1, 1, 1),
-                      stage_blocks=(1, 1, 1))
-    hrnet = tmp_path / "hrnet.pth"
-    torch.save(random_hrnet_state_dict(small), hrnet)
+    hrnet = write_hrnet_file(tmp_path / "hrnet.pth")
     paper_data = ablate_diffusion.DATASET_DEFAULTS["cityscapes"]  # 1:2, train + val
     cfg = build_config("ci", {**ablate_diffusion.PRESET_DEFAULTS["ci"], **paper_data, "model.method": "diffusion",
                               "data.dataset": "cityscapes", "data.data_root": str(root),
@@ -206,7 +203,7 @@ def test_diffusion_trains_samples_and_evaluates_on_cityscapes_at_1_to_2(tmp_path
                 "segmenter_heldout_miou", "segmenter_heldout_semantic_recall"):
         assert 0 <= final[key] <= 1, key
     assert math.isfinite(final["fsd_segmenter"]) and final["fsd_segmenter_num_real"] == 2
-    assert final["layout_backbone"] == small.name + "-cityscapes19" and final["layout_input_size"] == "64x128"
+    assert final["layout_backbone"] == SMALL.name + "-cityscapes19" and final["layout_input_size"] == "64x128"
     assert final["layout_weights_sha256"] == file_sha256(str(hrnet))
     assert final["layout_miou_ignored_class"] == "unlabeled (19)" and final["layout_num_images"] == 4
     assert final["semantic_recall_num_images"] == 4 and final["semantic_recall_min_pixels"] == 3  # 0.1% of 32x64
@@ -225,11 +222,7 @@ def test_paper_dry_run_lists_trials_and_networks_per_dataset(tmp_path, capsys):
     torch.save({"w": torch.zeros(1)}, weights)
     write_cityscapes(tmp_path / "cityscapes")
     write_celeba(tmp_path / "celeba")
-    from t2i_ray.eval.hrnet import HRNetArch, random_hrnet_state_dict
-
-    hrnet = tmp_path / "hrnet.pth"  # checked for HRNetV2 keys and shapes by the dry run
-    torch.save(random_hrnet_state_dict(HRNetArch(stem_width=8, layer1_planes=4, layer1_blocks=1, widths=(4, 8, 16, 32),
-                                                 stage_modules=(1, 1, 1), stage_blocks=(1, 1, 1))), hrnet)
+    hrnet = write_hrnet_file(tmp_path / "hrnet.pth")  # checked for HRNetV2 keys and shapes by the dry run
     env = {**os.environ, "PYTHONPATH": str(REPO), "T2I_INCEPTION_WEIGHTS": str(weights),
            "T2I_SEGMENTER_WEIGHTS": str(hrnet)}
     out = subprocess.run([sys.executable, str(REPO / "sweeps" / "ablate_diffusion.py"), "--dataset", "cityscapes",
