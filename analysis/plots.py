@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -74,6 +74,29 @@ def _ordered(groups: Sequence, order: Sequence | None) -> list:
     if order is None:
         return groups
     return [g for g in order if g in groups] + [g for g in groups if g not in order]
+
+
+def _differing_data_fields(ok: pd.DataFrame, ignore: Sequence[str] = ()) -> list[str]:
+    """The `data.*` config fields with more than one recorded value among the trials (a field missing
+    from some rows, which the code version of those trials did not have yet, is no difference)."""
+    return [c[len("config."):] for c in ok.columns
+            if c.startswith("config.data.") and c[len("config."):] not in ignore
+            and ok[c].dropna().astype(str).nunique() > 1]
+
+
+def _first_grid_per_group(ok: pd.DataFrame, by: str, order: Sequence | None, seed: int | None,
+                          find: Callable[[pd.Series], Path | None]):
+    """(group, trial row, path) per group of `by`, in order: the group's first trial by seed (only
+    `seed`'s when given) for which `find(row)` gives a grid file; groups without one are left out."""
+    for g in _ordered(pd.unique(ok[by]), order):
+        trials = ok[ok[by] == g].sort_values("seed")
+        if seed is not None:
+            trials = trials[trials["seed"] == seed]
+        for _, row in trials.iterrows():
+            path = find(row)
+            if path is not None:
+                yield g, row, path
+                break
 
 
 def _no_interval_note(counts: dict, what: str = "row") -> str:
@@ -379,34 +402,23 @@ def plot_sample_grid(df: pd.DataFrame, by: str = "row", order: Sequence[str] | N
 
     ok = _ok(df)
     roots = list(roots)
-    # A key missing from some rows (a field that the code version of those trials did not have yet)
-    # is no difference; two different recorded values are.
-    differ = [c[len("config."):] for c in ok.columns
-              if c.startswith("config.data.") and ok[c].dropna().astype(str).nunique() > 1]
+    differ = _differing_data_fields(ok)
     if differ:
         raise ValueError(f"the trials use different data configs ({', '.join(differ)}), so their sample grids "
                          f"do not show the same captions; filter to one dataset/resolution first")
-    groups = _ordered(pd.unique(ok[by]), order)
     strips, labels, real, captions, captions_from = [], [], None, None, None
-    for g in groups:
-        trials = ok[ok[by] == g].sort_values("seed")
-        if seed is not None:
-            trials = trials[trials["seed"] == seed]
-        for _, row in trials.iterrows():
-            path = _locate(row, "samples_path", "samples", ".png", roots)
-            if path is None:
-                continue
-            r, f = _load_grid(path, num)
-            real = r if real is None else real
-            strips.append(f)
-            labels.append(f"{g} (s{row['seed']})")
-            saved = _grid_captions(path)
-            if saved is not None and captions is None:
-                captions, captions_from = saved, path
-            elif saved is not None and saved[: len(captions)] != captions[: len(saved)]:
-                raise ValueError(f"the sample grids show different captions ({captions_from.name}: "
-                                 f"{captions[:1]}, {path.name}: {saved[:1]}); filter to trials of one data config")
-            break
+    for g, row, path in _first_grid_per_group(ok, by, order, seed,
+                                              lambda row: _locate(row, "samples_path", "samples", ".png", roots)):
+        r, f = _load_grid(path, num)
+        real = r if real is None else real
+        strips.append(f)
+        labels.append(f"{g} (s{row['seed']})")
+        saved = _grid_captions(path)
+        if saved is not None and captions is None:
+            captions, captions_from = saved, path
+        elif saved is not None and saved[: len(captions)] != captions[: len(saved)]:
+            raise ValueError(f"the sample grids show different captions ({captions_from.name}: "
+                             f"{captions[:1]}, {path.name}: {saved[:1]}); filter to trials of one data config")
     if not strips:
         raise ValueError("no sample image found for any trial; pass roots=[<output_dir>] if the results "
                          "folder was moved (samples live in <output_dir>/samples/<run_name>.png)")
@@ -548,33 +560,24 @@ def plot_layout_samples(df: pd.DataFrame, by: str = "row", order: Sequence[str] 
     """
     ok = _ok(df)
     roots = list(roots)
-    differ = [c[len("config."):] for c in ok.columns
-              if c.startswith("config.data.") and c != "config.data.caption_subset"
-              and ok[c].dropna().astype(str).nunique() > 1]
+    differ = _differing_data_fields(ok, ignore=("data.caption_subset",))
     if differ:
         raise ValueError(f"the trials use different data configs ({', '.join(differ)}), so their grids do not "
                          f"show the same test items; filter to one dataset/resolution first")
     strips: list[tuple[str, np.ndarray]] = []
     real: dict[str, np.ndarray] | None = None
-    for g in _ordered(pd.unique(ok[by]), order):
-        trials = ok[ok[by] == g].sort_values("seed")
-        if seed is not None:
-            trials = trials[trials["seed"] == seed]
-        for _, row in trials.iterrows():
-            path = _locate(row, "layout_samples_path", "samples", "_layouts.png", roots)
-            if path is None:
-                continue
-            grid = load_layout_grid(path, row, num)
-            real = real or grid
-            label = f"{g} (s{row['seed']})"
-            strips += [(f"{label}\ngenerated image", grid["generated image"]),
-                       (f"{label}\ngenerated layout", grid["generated layout"])]
-            out_path = _locate(row, "outpaint_samples_path", "samples", "_outpaint.png", roots) if outpaint else None
-            if out_path is not None:
-                out = load_layout_grid(out_path, row, num, OUTPAINT_GRID_ROWS)
-                strips += [(f"{label}\nlayout → image", out["image from real layout"]),
-                           (f"{label}\nimage → layout", out["layout from real image"])]
-            break
+    for g, row, path in _first_grid_per_group(
+            ok, by, order, seed, lambda row: _locate(row, "layout_samples_path", "samples", "_layouts.png", roots)):
+        grid = load_layout_grid(path, row, num)
+        real = real or grid
+        label = f"{g} (s{row['seed']})"
+        strips += [(f"{label}\ngenerated image", grid["generated image"]),
+                   (f"{label}\ngenerated layout", grid["generated layout"])]
+        out_path = _locate(row, "outpaint_samples_path", "samples", "_outpaint.png", roots) if outpaint else None
+        if out_path is not None:
+            out = load_layout_grid(out_path, row, num, OUTPAINT_GRID_ROWS)
+            strips += [(f"{label}\nlayout → image", out["image from real layout"]),
+                       (f"{label}\nimage → layout", out["layout from real image"])]
     if real is None:
         raise ValueError("no layout grid found for any trial (joint diffusion trials write "
                          "<output_dir>/samples/<run_name>_layouts.png; image-only rows have none); pass "
