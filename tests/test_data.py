@@ -232,6 +232,14 @@ def test_max_objects_lowers_the_object_count_and_leaves_the_full_dataset_unchang
     assert S.build_source(cfg, "test").max_objects == 1
     with pytest.raises(ValueError, match="max_objects"):
         S.ShapesSource(4, 32, 0, max_objects=4)
+    # The evaluator's and segmenter's cache keys name the difficulty only when it is lowered.
+    from t2i_ray.eval.features import evaluator_cache_path
+    from t2i_ray.eval.layout import segmenter_cache_path
+
+    assert S.difficulty_key(DataConfig()) == {} and S.difficulty_key(cfg) == {"max_objects": 1}
+    for cache_path in (evaluator_cache_path, segmenter_cache_path):
+        (full, full_cfg), (easy, easy_cfg) = (cache_path(c, 10, 64, "/c") for c in (DataConfig(), cfg))
+        assert "max_objects" not in full_cfg and easy_cfg["max_objects"] == 1 and full != easy
 
 
 def test_the_procedural_dataset_does_not_import_the_registry():

@@ -726,6 +726,12 @@ def build_source(data_cfg: DataConfig, split: Literal["train", "test"]) -> Shape
     return ShapesSource(n, data_cfg.resolution, split_seed(data_cfg.data_seed, split), data_cfg.max_objects)
 
 
+def difficulty_key(data_cfg: DataConfig) -> dict[str, Any]:
+    """The dataset's difficulty settings for a cache key (the evaluator's, the segmenter's), only
+    where lowered: the caches of the full dataset keep the keys they had before the setting existed."""
+    return {"max_objects": data_cfg.max_objects} if data_cfg.max_objects != MAX_OBJECTS else {}
+
+
 def build_vocabulary(data_cfg: DataConfig) -> Vocabulary:
     """The vocabulary of the train + test captions (sorted, so it depends only on the word set)."""
     _require_shapes(data_cfg, "build_vocabulary")

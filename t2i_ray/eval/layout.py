@@ -384,8 +384,7 @@ def _cache_config(data_cfg: DataConfig, steps: int, pool_images: int) -> dict[st
         "version": SEGMENTER_VERSION,
         "dataset": data_cfg.dataset, "resolution": data_cfg.resolution, "data_seed": data_cfg.data_seed,
         "pool_images": pool_images, "pool_seed": _POOL_SEED_OFFSET + data_cfg.data_seed,
-        # Only when lowered: the caches of the full dataset keep their keys.
-        **({"max_objects": data_cfg.max_objects} if data_cfg.max_objects != shapes.MAX_OBJECTS else {}),
+        **shapes.difficulty_key(data_cfg),
         "steps": steps, "num_classes": NUM_LAYOUT_CLASSES, **_RECIPE,
     }
 
