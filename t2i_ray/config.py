@@ -24,10 +24,12 @@ LAYOUT_DATASETS = ("shapes", "mmceleba", "cityscapes")  # the ones with semantic
 # data.aspect != 1 (non-square images): the diffusion U-Net only, on these readers (GCDP trains
 # Cityscapes at 1:2, arXiv:2308.08157); `shapes` renders squares and the GANs are square.
 ASPECT_DATASETS = ("mmceleba", "cityscapes")
+OBJECT_SIZES = ("mixed", "large")  # data.object_size (`shapes` only)
 CAPTION_SUBSETS = (25, 50, 100)  # MM CelebA-HQ-25/50/100: % of the train images kept (GCDP Fig. 7)
 # Data fields added after caches were first keyed: left out of the DAMSM / captioner cache keys while
 # at these defaults, so the caches of earlier configs stay valid (`legacy_data_key`).
-LATER_DATA_DEFAULTS: dict[str, Any] = {"aspect": 1.0, "trainval": False, "caption_subset": 100, "max_objects": 3}
+LATER_DATA_DEFAULTS: dict[str, Any] = {"aspect": 1.0, "trainval": False, "caption_subset": 100, "max_objects": 3,
+                                       "object_size": "mixed"}
 # The ones whose items carry class ids (the "<class>/<image>" keys of t2i_ray/data/cub.py): DAMSM's
 # same-class masking (damsm.class_mask) and R-precision's other-class mismatches use them.
 CLASS_DATASETS = ("cub", "oxford102")
@@ -107,6 +109,10 @@ class DataConfig:
     # dataset as built (every preset); 1 is the easiest (one object per image). What each learns in
     # a given number of steps: benchmarks/README.md "Can a 20-minute laptop sweep draw shapes?".
     max_objects: int = 3
+    # `shapes`: "mixed" (each object small or large, as built) or "large" (every object drawn at the
+    # large size: ~10 px across at 32x32 instead of ~6, easier to draw and to recognise). The scene
+    # draws are the same, so only the sizes (and size words) change, item for item.
+    object_size: str = "mixed"
 
 
 @dataclass(frozen=True)
@@ -564,6 +570,10 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     _check(d.cache_dir is None or bool(d.cache_dir), "data.cache_dir", "must be a non-empty path or none")
     _check(1 <= d.max_objects <= 3, "data.max_objects", f"must be 1, 2 or 3 (objects per shapes image), got {d.max_objects}")
     _check(d.max_objects == 3 or d.dataset == "shapes", "data.max_objects",
+           f"sets the difficulty of the generated shapes dataset only, not {d.dataset!r}; drop it")
+    _check(d.object_size in OBJECT_SIZES, "data.object_size",
+           f"must be one of {', '.join(OBJECT_SIZES)} (the sizes of shapes objects), got {d.object_size!r}")
+    _check(d.object_size == "mixed" or d.dataset == "shapes", "data.object_size",
            f"sets the difficulty of the generated shapes dataset only, not {d.dataset!r}; drop it")
     r = d.resolution
     _check(32 <= r <= 256 and r & (r - 1) == 0, "data.resolution",

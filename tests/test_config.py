@@ -39,6 +39,7 @@ def test_overrides_are_typed_from_strings():
     ({"eval.r_precision_candidates": 5000}, "eval.r_precision_candidates"),
     ({"data.max_objects": 0}, "data.max_objects"),
     ({"data.max_objects": 4}, "data.max_objects"),
+    ({"data.object_size": "small"}, "data.object_size"),
 ])
 def test_bad_values_name_their_field(override, field):
     with pytest.raises(ConfigError) as err:
@@ -90,6 +91,8 @@ def test_recap_weight_is_accepted_now_that_a_captioner_exists():
     ({"damsm.image_backbone": "inception"}, "damsm.inception_weights", "image_backbone=cnn"),
     # the object count is a difficulty of the generated dataset; real datasets are what they are
     ({"data.dataset": "cub", "data.data_root": "/nowhere", "data.max_objects": 1}, "data.max_objects",
+     "generated shapes dataset only"),
+    ({"data.dataset": "cub", "data.data_root": "/nowhere", "data.object_size": "large"}, "data.object_size",
      "generated shapes dataset only"),
 ])
 def test_contradictory_combinations_are_refused_with_the_fix(override, field, hint):

@@ -232,6 +232,7 @@ def test_damsm_key_keeps_the_folders_of_earlier_caches():
     assert damsm_key(build_config("ci", CUB)) != "fd31ecb0f617"
     # A later data field at its default keeps the key; set, it names another folder.
     assert damsm_key(build_config("ci", {"data.max_objects": 1})) != "74c0fa8bb7f9"
+    assert damsm_key(build_config("ci", {"data.object_size": "large"})) != "74c0fa8bb7f9"
 
 
 # --------------------------------------------------------------------- on a real dataset

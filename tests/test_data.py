@@ -242,6 +242,34 @@ def test_max_objects_lowers_the_object_count_and_leaves_the_full_dataset_unchang
         assert "max_objects" not in full_cfg and easy_cfg["max_objects"] == 1 and full != easy
 
 
+def test_large_objects_only_changes_the_sizes_and_nothing_else():
+    mixed = S.ShapesSource(80, 32, seed=5, max_objects=2)
+    large = S.ShapesSource(80, 32, seed=5, max_objects=2, object_size="large")
+    assert {o["size"] for i in range(80) for o in mixed.meta(i)["objects"]} == {"small", "large"}
+    for i in range(80):
+        m, g = mixed.meta(i)["objects"], large.meta(i)["objects"]
+        assert all(o["size"] == "large" for o in g)
+        # the same scene draws: objects, shapes and colours item for item (positions may differ
+        # where a larger object had to be placed elsewhere)
+        assert [(o["shape"], o["color"]) for o in g] == [(o["shape"], o["color"]) for o in m]
+        assert not any(w in c.split() for c in large.captions(i) for w in S.SIZE_WORDS["small"])
+    # a large object covers more pixels than the same object drawn small
+    small_items = [i for i in range(80) if len(mixed.meta(i)["objects"]) == 1
+                   and mixed.meta(i)["objects"][0]["size"] == "small"]
+    assert small_items
+    for i in small_items[:5]:
+        assert (large.layout(i) > 0).sum() > 1.5 * (mixed.layout(i) > 0).sum()
+    assert "object_size='large'" in repr(large) and "object_size" not in repr(mixed)
+    cfg = DataConfig(num_train=8, num_test=8, object_size="large")
+    assert S.build_source(cfg, "train").object_size == "large"
+    assert S.difficulty_key(cfg) == {"object_size": "large"}
+    with pytest.raises(ValueError, match="object_size"):
+        S.ShapesSource(4, 32, 0, object_size="huge")
+    # three large objects still place (the scene sampler's constants allow it)
+    crowded = S.ShapesSource(300, 32, seed=1, object_size="large")
+    assert max(len(crowded.meta(i)["objects"]) for i in range(300)) == 3
+
+
 def test_the_procedural_dataset_does_not_import_the_registry():
     """Records at the bottom, readers above, the registry the one way in: shapes never reaches up."""
     above = ["t2i_ray.data.registry", "t2i_ray.data.cub", "t2i_ray.data.coco", "t2i_ray.data.celeba",

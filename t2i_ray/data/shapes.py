@@ -52,6 +52,7 @@ NUM_ATTRIBUTES: int = len(SHAPE_NAMES) * len(COLOR_NAMES)
 NUM_CAPTIONS = 10
 MAX_CAPTION_WORDS = 25
 MAX_OBJECTS = 3  # objects per image: 1..MAX_OBJECTS (data.max_objects may lower it)
+OBJECT_SIZES = ("mixed", "large")  # data.object_size: small or large objects (as built), or large only
 
 # (singular, plural) words per shape; the first is the canonical name.
 SHAPE_SYNONYMS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -221,8 +222,10 @@ def _place(bound: float, cand: list[float],
     return None
 
 
-def _sample_objects(rng: np.random.Generator, max_objects: int = MAX_OBJECTS) -> list[_Object]:
-    """1..max_objects objects placed by rejection sampling so that no object covers another's centre."""
+def _sample_objects(rng: np.random.Generator, max_objects: int = MAX_OBJECTS,
+                    large_only: bool = False) -> list[_Object]:
+    """1..max_objects objects placed by rejection sampling so that no object covers another's centre.
+    `large_only`: every object large (the same draws, so only the sizes differ from the mixed scene)."""
     per_object = 8 + 2 * _PLACEMENT_CANDIDATES  # shape, colour, size, s, angle, 3 x jitter, centres
     n = int(rng.integers(1, max_objects + 1))  # drawn once: a retry must not bias the count towards 1
     for _ in range(_MAX_SCENE_TRIES):
@@ -233,7 +236,7 @@ def _sample_objects(rng: np.random.Generator, max_objects: int = MAX_OBJECTS) ->
             a = u[k * per_object:(k + 1) * per_object]
             shape = SHAPE_NAMES[int(a[0] * len(SHAPE_NAMES))]
             color = COLOR_NAMES[int(a[1] * len(COLOR_NAMES))]
-            size = SIZE_NAMES[int(a[2] * len(SIZE_NAMES))]
+            size = "large" if large_only else SIZE_NAMES[int(a[2] * len(SIZE_NAMES))]
             lo, hi = _SIZE_RANGE[size]
             s = lo + (hi - lo) * a[3]
             bound = _BOUND[shape] * s
@@ -616,9 +619,12 @@ def _render(objs: list[_Object], bg: _Background, resolution: int) -> tuple[np.n
 class ShapesSource:
     """n procedural samples at `resolution`; item i is a pure function of (seed, i, resolution)."""
 
-    def __init__(self, n: int, resolution: int, seed: int, max_objects: int = MAX_OBJECTS):
+    def __init__(self, n: int, resolution: int, seed: int, max_objects: int = MAX_OBJECTS,
+                 object_size: str = "mixed"):
         if not isinstance(max_objects, int) or not 1 <= max_objects <= MAX_OBJECTS:
             raise ValueError(f"max_objects: must be an integer in 1..{MAX_OBJECTS}, got {max_objects!r}")
+        if object_size not in OBJECT_SIZES:
+            raise ValueError(f"object_size: must be one of {', '.join(OBJECT_SIZES)}, got {object_size!r}")
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n: must be a positive integer, got {n!r}")
         if not isinstance(resolution, int) or resolution < 8:
@@ -626,12 +632,14 @@ class ShapesSource:
         if not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seed: must be a non-negative integer, got {seed!r}")
         self.n, self.resolution, self.seed, self.max_objects = n, resolution, seed, max_objects
+        self.object_size = object_size
 
     def __len__(self) -> int:
         return self.n
 
     def __repr__(self) -> str:
         extra = "" if self.max_objects == MAX_OBJECTS else f", max_objects={self.max_objects}"
+        extra += "" if self.object_size == "mixed" else f", object_size={self.object_size!r}"
         return f"ShapesSource(n={self.n}, resolution={self.resolution}, seed={self.seed}{extra})"
 
     def _check(self, i: int) -> int:
@@ -649,7 +657,7 @@ class ShapesSource:
         # so rendering never depends on how many draws the captions took.
         rng = np.random.default_rng([self.seed, i])
         bg = _sample_background(rng)
-        return _sample_objects(rng, self.max_objects), bg, rng
+        return _sample_objects(rng, self.max_objects, self.object_size == "large"), bg, rng
 
     def __getitem__(self, i: int) -> Sample:
         i = self._check(i)
@@ -723,13 +731,17 @@ def build_source(data_cfg: DataConfig, split: Literal["train", "test"]) -> Shape
     """A split of the procedural dataset (data.dataset must be 'shapes'; others: the registry)."""
     _require_shapes(data_cfg, "build_source")
     n = data_cfg.num_train if split == "train" else data_cfg.num_test
-    return ShapesSource(n, data_cfg.resolution, split_seed(data_cfg.data_seed, split), data_cfg.max_objects)
+    return ShapesSource(n, data_cfg.resolution, split_seed(data_cfg.data_seed, split), data_cfg.max_objects,
+                        data_cfg.object_size)
 
 
 def difficulty_key(data_cfg: DataConfig) -> dict[str, Any]:
     """The dataset's difficulty settings for a cache key (the evaluator's, the segmenter's), only
     where lowered: the caches of the full dataset keep the keys they had before the setting existed."""
-    return {"max_objects": data_cfg.max_objects} if data_cfg.max_objects != MAX_OBJECTS else {}
+    key: dict[str, Any] = {"max_objects": data_cfg.max_objects} if data_cfg.max_objects != MAX_OBJECTS else {}
+    if data_cfg.object_size != "mixed":
+        key["object_size"] = data_cfg.object_size
+    return key
 
 
 def build_vocabulary(data_cfg: DataConfig) -> Vocabulary:

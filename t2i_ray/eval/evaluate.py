@@ -399,7 +399,8 @@ class PeriodicEval:
         self.ctx: EvalContext | None = None
 
     def __call__(self, step: int) -> tuple[dict[str, float], bool]:
-        """(`eval_fid`, `eval_kid`, `eval_r_precision` at `step`, whether it is the best so far)."""
+        """(`eval_fid`, `eval_kid`, `eval_r_precision` (and `eval_attr_pair_recall` on the domain
+        backbone) at `step`, whether it is the best so far)."""
         cuda = self.cfg.train.use_gpu and torch.cuda.is_available()
         with torch.random.fork_rng(devices=[torch.cuda.current_device()] if cuda else []):
             if self.ctx is None:  # the test set's features, once per run (the final evaluation reuses it)
@@ -413,7 +414,10 @@ class PeriodicEval:
         if better:
             self.best = {"step": int(step), "num_images": int(scores["fid_num_fake"]),
                          **{k: float(scores[k]) for k in self.KEYS}}
-        return {f"eval_{k}": float(scores[k]) for k in self.KEYS}, bool(better)
+        reported = {f"eval_{k}": float(scores[k]) for k in self.KEYS}
+        if "attr_pair_recall" in scores:  # domain backbone (`shapes`): the oracle's recall, for learning curves
+            reported["eval_attr_pair_recall"] = float(scores["attr_pair_recall"])
+        return reported, bool(better)
 
     def summary(self, checkpoint_path: str | None) -> dict[str, Any]:
         """The results row's `best_*` columns."""

@@ -424,7 +424,8 @@ def load_or_train_segmenter(
         return model.to(device), dict(payload["info"])
 
     start = time.perf_counter()
-    pool = shapes.ShapesSource(pool_images, data_cfg.resolution, config["pool_seed"], data_cfg.max_objects)
+    pool = shapes.ShapesSource(pool_images, data_cfg.resolution, config["pool_seed"], data_cfg.max_objects,
+                                data_cfg.object_size)
     model = train_segmenter(pool, steps, batch_size=_RECIPE["batch_size"], seed=_RECIPE["seed"], lr=_RECIPE["lr"],
                             width=_RECIPE["width"], log=log, device=device)
     train_seconds = time.perf_counter() - start
