@@ -22,6 +22,25 @@ from t2i_ray.sweep.space import (DEFAULT_LOSS_ROWS, LOSS_ROWS, PAPER_TABLES, def
 
 TABLES = ("one-factor", *PAPER_TABLES)
 
+# The laptop design of the main job (the `local` preset on the built-in `shapes`; README "Run the
+# main job"), sized so that `python sweeps/ablate_losses.py` finishes in about 20 minutes on 2 CPU
+# cores and its best row draws the shapes its captions name. What each setting buys, measured:
+# benchmarks/README.md "Can a 20-minute laptop sweep draw shapes?". Below the user's --config/--set.
+LAPTOP_DEFAULTS: dict[str, object] = {
+    "data.max_objects": 1,  # one object per image (1..3 at 300 steps: colour patches)
+    # 2x the `local` preset's rates (8x / 4x DF-GAN's 1e-4 / 4e-4): oracle pair recall 0.65 after
+    # 3,000 steps against ~0.3 at the preset's rates (one seed each, benchmarks/README.md)
+    "train.lr_g": 8e-4, "train.lr_d": 1.6e-3,
+    "train.steps": 1750, "train.report_every": 125, "train.checkpoint_every": 250, "eval.every": 250,
+    # bf16 autocast where the CPU computes bf16 natively (AVX512-BF16 / AMX: ~1.25x the images/s of
+    # float32 here, the same learning curve), float32 elsewhere; the rows record it (`amp_dtype`)
+    "train.amp": "native",
+}
+# ... and its rows: Table 1's SSA-GAN baseline and its contrastive row (R2F + F2F), which 20 minutes
+# afford at these steps; --rows / --all-rows name others.
+LAPTOP_ROWS = ("SSAGAN", "SSAGAN + CL (R2F+F2F)")
+
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = base_parser(__doc__.splitlines()[0])
@@ -52,16 +71,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def table_rows(args: argparse.Namespace, weights, arch: str, fixed: dict[str, str]) -> dict[str, dict]:
+def table_rows(args: argparse.Namespace, weights, arch: str, fixed: dict[str, str],
+               laptop: bool = False) -> dict[str, dict]:
     """Row label -> config overrides of the chosen --table and --rows (ConfigError on an unknown row);
-    `fixed`: the keys given with --set/--config, which win over an architecture's recipe."""
+    `fixed`: the keys given with --set/--config, which win over an architecture's recipe; `laptop`:
+    the laptop design (LAPTOP_ROWS by default for --table cub)."""
     try:
         if args.rows and args.all_rows:
             raise ValueError("give either --rows or --all-rows")
         if args.table == "one-factor":
             names = list(LOSS_ROWS) if args.all_rows else args.rows or list(DEFAULT_LOSS_ROWS)
             return {row: loss_row_overrides(row, weights, arch) for row in names}
-        names = paper_rows(args.table) if args.all_rows else args.rows or default_paper_rows(args.table)
+        default = list(LAPTOP_ROWS) if args.table == "cub" and laptop else default_paper_rows(args.table)
+        names = paper_rows(args.table) if args.all_rows else args.rows or default
         return {row: paper_row_overrides(args.table, row, weights, fixed) for row in names}
     except ValueError as exc:
         raise ConfigError(f"--rows: {exc}") from exc
@@ -80,9 +102,10 @@ def build_spec(args: argparse.Namespace) -> SweepSpec:
         raise ConfigError(f"model.arch ({fixed['model.arch']}): every row of --table {args.table} "
                           f"trains its own paper architecture, so model.arch has no effect there; pick rows "
                           f"with --rows, or use --table one-factor to add the loss terms to one model")
-    base = config_from_args(args)
+    base = config_from_args(args, dataset_defaults={"shapes": LAPTOP_DEFAULTS} if args.preset == "local" else None)
+    laptop = args.preset == "local" and base.data.dataset == "shapes"
     seeds = list(seeds_for(args))
-    grid = grid_trials(base, table_rows(args, weights, base.model.arch, fixed), seeds)
+    grid = grid_trials(base, table_rows(args, weights, base.model.arch, fixed, laptop), seeds)
     return SweepSpec(sweep="ablate_losses", base=apply_overrides(base, {"seed": seeds[0]}),
                      search=args.search, grid=grid,
                      optuna_space=optuna_space(arch=base.model.arch) if args.search == "optuna" else None,

@@ -59,7 +59,7 @@ EVAL_PATH_FIELDS = ("inception_weights", "clip_weights", "clip_vocab", "segmente
 # diffusion_metrics.md B.5 item 3 / Part C item 5): tf1_bilinear = torch-fidelity's TF1-exact
 # bilinear (TTUR-comparable), pil_bicubic = PIL bicubic to 299 then uint8 (clean-fid's filter).
 INCEPTION_RESIZE_MODES = ("tf1_bilinear", "pil_bicubic")
-AMP_MODES = ("auto", "bf16", "off")
+AMP_MODES = ("auto", "native", "bf16", "off")
 # eval.best_metric: which in-training evaluation keeps the best checkpoint, and in which direction.
 BEST_METRICS = {"fid": "min", "r_precision": "max"}
 # eval.caption_mode: which caption of a test image a generated image is made from (and R-precision
@@ -180,7 +180,10 @@ class TrainConfig:
     gather_negatives: bool = True
     use_gpu: bool = False
     # GPU speed-ups (t2i_ray/train/accel.py); "auto" turns each on only where it helps (CUDA).
-    amp: str = "auto"  # auto | bf16 | off: bf16 autocast of the forward passes (no GradScaler needed)
+    # bf16 autocast of the forward passes (no GradScaler needed): auto = on a GPU with bf16 (Ampere or
+    # newer); native = also on a CPU with bf16 instructions (AVX512-BF16 / AMX: 1.3-1.6x faster steps
+    # there, benchmarks/README.md); bf16 = always; off = never
+    amp: str = "auto"
     channels_last: str = "auto"  # auto | on | off: NHWC memory format for G, D and image batches
     cudnn_benchmark: bool = True  # let cuDNN pick the fastest conv algorithms (CUDA only)
     cpus_per_worker: float = 1.0

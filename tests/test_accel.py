@@ -50,6 +50,19 @@ def test_gpu_branches_resolve_as_configured(tiny_cfg):
         apply_overrides(tiny_cfg, {"train.amp": "fp16"})
 
 
+def test_native_amp_follows_the_hardware(tiny_cfg):
+    from t2i_ray.train.accel import cpu_has_native_bf16
+
+    native = apply_overrides(tiny_cfg, {"train.amp": "native"}).train
+    assert resolve_accel(native, CPU, bf16_supported=True).amp_dtype == torch.bfloat16  # AVX512-BF16 / AMX
+    assert resolve_accel(native, CPU, bf16_supported=False).amp_dtype is None  # emulated bf16: float32
+    assert resolve_accel(native, CUDA, bf16_supported=True).amp_dtype == torch.bfloat16
+    assert resolve_accel(native, CUDA, bf16_supported=False).amp_dtype is None
+    # without the argument, this machine's CPU answers; auto stays off on any CPU
+    assert resolve_accel(native, CPU).amp_dtype == (torch.bfloat16 if cpu_has_native_bf16() else None)
+    assert resolve_accel(tiny_cfg.train, CPU, bf16_supported=True).amp_dtype is None
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_use_gpu_without_a_gpu_fails_before_training(tiny_cfg, tiny_damsm, tmp_path):
     with pytest.raises(ConfigError, match="train.use_gpu: true, but torch sees no CUDA device"):
@@ -107,6 +120,7 @@ def test_training_run_with_bf16_and_channels_last_on_cpu_checkpoints_and_evaluat
     cfg = apply_overrides(tiny_cfg, {"train.amp": "bf16", "train.channels_last": "on", "train.steps": 2})
     final = run_training(cfg, LocalEnv(tmp_path / "bf16"), tiny_damsm, "bf16")
     assert final["finished"] == 1 and math.isfinite(final["fid"])
+    assert final["amp_dtype"] == "bfloat16"  # the results row says what the run trained with
     state = torch.load(tmp_path / "bf16" / "checkpoint" / "state.pt", weights_only=True)
     # parameters are stored in float32 (autocast never changes the weights' dtype)
     assert all(v.dtype == torch.float32 for v in state["modules"]["generator"].values() if v.is_floating_point())

@@ -140,6 +140,29 @@ def test_dry_run_of_every_sweep_lists_trials_without_starting_ray(tmp_path):
     assert not (tmp_path / "runs" / "results").exists()
 
 
+def test_the_main_commands_default_is_the_laptop_design(tmp_path):
+    """`python sweeps/ablate_losses.py` as the README writes it (no argument; --dry-run here): the
+    laptop design (one object per image, 2x the preset's rates, LAPTOP_ROWS x 2 seeds); a real
+    dataset or another preset keeps Table 1's four SSA-GAN rows and the preset's settings."""
+    proc = run_script("ablate_losses", "--dry-run", cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    out = proc.stdout
+    assert "dataset shapes, 32x32, 1750 steps, batch 32" in out
+    assert "data.max_objects=1" in out and "train.lr_g=0.0008" in out and "train.lr_d=0.0016" in out
+    assert "train.amp=native" in out
+    trials = re.findall(r"^  (SSAGAN.*?)\s+seed (\d)", out, flags=re.M)
+    assert trials == [("SSAGAN", "0"), ("SSAGAN", "1"), ("SSAGAN + CL (R2F+F2F)", "0"), ("SSAGAN + CL (R2F+F2F)", "1")]
+    assert str(tmp_path / "t2i_runs") in out  # the default output folder, in the working directory
+    # the user's settings win over the design's; other presets are unchanged
+    mine = run_script("ablate_losses", "--dry-run", "--steps", "300", "--set", "data.max_objects=3",
+                      "--set", "train.lr_g=4e-4", cwd=tmp_path, timeout=120)
+    assert "300 steps" in mine.stdout and "max_objects" not in mine.stdout and "train.lr_g=0.0004" in mine.stdout
+    smoke = run_script("ablate_losses", "--preset", "smoke", "--dry-run", cwd=tmp_path, timeout=120)
+    assert smoke.returncode == 0 and "max_objects" not in smoke.stdout, smoke.stdout[-3000:]
+    assert "SSAGAN + CL (R2F+F2F+R) seed 0" in smoke.stdout and "SSAGAN + CL (F2F)" in smoke.stdout
+    assert not (tmp_path / "t2i_runs" / "results").exists()
+
+
 @pytest.mark.parametrize("script", ["ablate_losses", "ablate_embeddings", "compare_architectures"])
 def test_every_sweep_refuses_a_swept_loss_weight_in_set(script, tmp_path):
     proc = run_script(script, "--preset", "ci", "--set", "loss.f2r=0.3", "--dry-run",

@@ -1,6 +1,7 @@
 """Device selection and the GPU speed-ups the loop applies: bf16 autocast, channels_last, cuDNN
 benchmark. Each is a config switch (`train.amp`, `train.channels_last`, `train.cudnn_benchmark`)
-whose "auto" setting turns it on only on CUDA, so a CPU run gets none of them.
+whose "auto" setting turns it on only on CUDA, so a CPU run gets none of them; `train.amp=native`
+also autocasts to bf16 on a CPU with bf16 instructions (AVX512-BF16, AMX).
 
 Why these three: DF-GAN is conv-bound. On Ampere and newer GPUs (A10G on g5, A100 on p4d) bf16
 autocast runs convolutions and matmuls on tensor cores with float32's exponent range, so no loss
@@ -75,12 +76,23 @@ class Accel:
                 "channels_last": self.channels_last, "cudnn_benchmark": self.cudnn_benchmark}
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (x86 AVX512-BF16 or AMX tiles), where oneDNN's
+    bf16 convolutions and matmuls run at about twice float32's rate; elsewhere autocast would emulate
+    bf16 and run slower than float32. torch.cpu's probes (private, hence the guard)."""
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    try:
+        return any(bool(probe()) for probe in probes if probe is not None)
+    except Exception:  # noqa: BLE001 - a probe missing or failing in another torch build: not native
+        return False
+
+
 def resolve_accel(t: TrainConfig, device: torch.device, bf16_supported: bool | None = None) -> Accel:
     """Turn the config switches into what this device gets. `bf16_supported` defaults to asking
-    CUDA (tests pass it to check the GPU branches on a CPU-only machine)."""
+    CUDA, or on a CPU `cpu_has_native_bf16` (tests pass it to check every branch on any machine)."""
     cuda = device.type == "cuda"
-    if cuda and bf16_supported is None:
-        bf16_supported = torch.cuda.is_bf16_supported()
+    if bf16_supported is None:
+        bf16_supported = torch.cuda.is_bf16_supported() if cuda else cpu_has_native_bf16()
     if t.amp == "bf16":
         if cuda and not bf16_supported:
             raise ConfigError("train.amp: bf16 needs a GPU with bfloat16 support (Ampere or newer, e.g. A10G, "
@@ -90,6 +102,8 @@ def resolve_accel(t: TrainConfig, device: torch.device, bf16_supported: bool | N
         amp_dtype: torch.dtype | None = torch.bfloat16
     elif t.amp == "auto":
         amp_dtype = torch.bfloat16 if cuda and bf16_supported else None
+    elif t.amp == "native":
+        amp_dtype = torch.bfloat16 if bf16_supported else None
     else:
         amp_dtype = None
     channels_last = t.channels_last == "on" or (t.channels_last == "auto" and cuda)

@@ -266,7 +266,8 @@ def run_training(cfg: ExperimentConfig, env: RunEnv, damsm_path: str, run_name: 
         if step >= t.steps:
             break
 
-    final: dict[str, Any] = {"step": step}
+    # the autocast dtype this run trained with (train.amp=native/auto resolve per machine): "bfloat16" or "off"
+    final: dict[str, Any] = {"step": step, "amp_dtype": accel.describe()["amp"]}
     if log is not None:
         final.update(evaluate_method(cfg, method, assets.damsm, run_name, periodic.ctx if periodic else None))
         if periodic is not None:
