@@ -922,8 +922,9 @@ def _check_combinations(cfg: ExperimentConfig) -> None:
 # 32x32 with a narrow DF-GAN so that a 2-core CPU finishes them (SPEC 3 speed figures). Their
 # learning rates are 4x / 2x DF-GAN's 1e-4 / 4e-4, which learn too slowly for these budgets
 # (baseline R-precision after 600 steps: 0.02-0.04 with those, 0.04-0.10 with these;
-# benchmarks/README.md). `local` is sized so its loss ablation (Table 1's 4 SSA-GAN rows x 2 seeds) finishes in under 20
-# minutes on 2 cores; at 300 steps the baseline's text conditioning has only begun.
+# benchmarks/README.md). At `local`'s 300 steps the text conditioning has only begun; the main job
+# (sweeps/ablate_losses.py) adds its laptop design on top on `shapes` (LAPTOP_DEFAULTS: one object per
+# image, 2x these rates, 1,750 steps), which draws the named shapes in about 20 minutes on 2 cores.
 PRESETS: dict[str, dict[str, Any]] = {
     # `ci`: every stage runs for real (pre-training, Ray Train, evaluation), at sizes that finish in
     # seconds, so that tests run the scripts as users do; its numbers mean nothing.
