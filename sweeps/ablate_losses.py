@@ -32,7 +32,7 @@ LAPTOP_DEFAULTS: dict[str, object] = {
     # 3,000 steps against ~0.3 at the preset's rates (one seed each, benchmarks/README.md)
     "train.lr_g": 8e-4, "train.lr_d": 1.6e-3,
     "train.steps": 1750, "train.report_every": 125, "train.checkpoint_every": 250, "eval.every": 250,
-    # bf16 autocast where the CPU computes bf16 natively (AVX512-BF16 / AMX: ~1.25x the images/s of
+    # bf16 autocast where the CPU computes bf16 natively (AVX512-BF16 / AMX: ~1.2x the images/s of
     # float32 here, the same learning curve), float32 elsewhere; the rows record it (`amp_dtype`)
     "train.amp": "native",
 }

@@ -181,7 +181,7 @@ class TrainConfig:
     use_gpu: bool = False
     # GPU speed-ups (t2i_ray/train/accel.py); "auto" turns each on only where it helps (CUDA).
     # bf16 autocast of the forward passes (no GradScaler needed): auto = on a GPU with bf16 (Ampere or
-    # newer); native = also on a CPU with bf16 instructions (AVX512-BF16 / AMX: 1.3-1.6x faster steps
+    # newer); native = also on a CPU with bf16 instructions (AVX512-BF16 / AMX: 1.2x the images/s of float32
     # there, benchmarks/README.md); bf16 = always; off = never
     amp: str = "auto"
     channels_last: str = "auto"  # auto | on | off: NHWC memory format for G, D and image batches

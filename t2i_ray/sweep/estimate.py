@@ -9,9 +9,14 @@ Every figure below was measured on a 2-core x86-64 CPU by the benchmark scripts,
   (benchmarks/README.md, "Step throughput"); the re-captioning term is assumed to cost as much.
 - Diffusion steps, 32x32, batch 16, dim 32 (3.9 M parameters), 1 thread:
   `diffusion_step_1thread_quieter.json`.
-- Per trial, ~16 s to start the Ray Train worker group and ~7 s to load the encoders and build the
-  data and models; evaluation ~4 s per 1024 GAN samples (benchmarks/README.md, "Where a trial's
-  time goes").
+- Per trial, start-up and the reports' overhead (`trial_overhead_local_quiet.json`): ~3.95 s for a
+  one-worker trial (trained inside the Tune trial), ~23.2 s with a Ray Train worker group (two or
+  more workers); evaluation ~4 s per 1024 GAN samples (benchmarks/README.md, "Where a trial's time
+  goes").
+- bf16 autocast on a CPU with bf16 instructions (`train.amp=native`/`bf16` there): median 142 vs
+  116 images/s (1.22x) for SSA-GAN + DAMSM, 92 vs 79 (1.17x) with the contrastive terms, two
+  single-thread runs at a time (the float32 run is `learning_curves_1obj.json` e7; benchmarks/README.md
+  "The default laptop sweep"); taken as 1.2x.
 
 Other sizes are extrapolated with a cost proportional to pixels x width^2 (the measured dim 32 ->
 64 and 32 -> 64 px diffusion rows are 3.0x and 4.7x slower, against 4x predicted), so expect the
@@ -40,7 +45,8 @@ GAN_REFERENCE = {"resolution": 32, "nf": 16}
 EXTRA_TERMS_FACTOR = 93 / 180  # with the text-alignment loss terms on
 DIFFUSION_IMAGES_PER_S = 51.76  # 1 thread; 2 threads measured no faster under load (39.5)
 DIFFUSION_REFERENCE = {"resolution": 32, "dim": 32}
-TRIAL_STARTUP_S = 16.0 + 7.0
+TRIAL_STARTUP_S = {"in_trial": 3.95, "worker_group": 23.23}  # one worker / a worker group
+CPU_BF16_SPEEDUP = 1.2
 GAN_EVAL_S_PER_IMAGE = 4.0 / 1024
 SOURCES = ("benchmarks/results/step_throughput_archs.json, step_throughput_archs_2threads.json, "
            "step_throughput_new_archs_loaded.json, "
@@ -52,10 +58,22 @@ class TrialEstimate:
     train_s: float
     eval_s: float
     images_per_s: float
+    startup_s: float = TRIAL_STARTUP_S["in_trial"]
 
     @property
     def total_s(self) -> float:
-        return TRIAL_STARTUP_S + self.train_s + self.eval_s
+        return self.startup_s + self.train_s + self.eval_s
+
+
+def _cpu_bf16(cfg: ExperimentConfig) -> bool:
+    """Whether a CPU run of `cfg` autocasts to bf16 on this machine (t2i_ray/train/accel.py)."""
+    if cfg.train.amp == "bf16":
+        return True
+    if cfg.train.amp != "native":
+        return False
+    from t2i_ray.train.accel import cpu_has_native_bf16
+
+    return cpu_has_native_bf16()
 
 
 def train_images_per_s(cfg: ExperimentConfig) -> float:
@@ -69,6 +87,8 @@ def train_images_per_s(cfg: ExperimentConfig) -> float:
     loss = cfg.loss
     if loss.damsm > 0 or loss.f2r > 0 or loss.f2f > 0 or loss.recap > 0:
         rate *= EXTRA_TERMS_FACTOR
+    if _cpu_bf16(cfg):
+        rate *= CPU_BF16_SPEEDUP
     return rate
 
 
@@ -98,7 +118,8 @@ def estimate_trial(cfg: ExperimentConfig) -> TrialEstimate:
         eval_s = e.num_images * passes * _diffusion_cost(cfg, sr_passes) / (3 * DIFFUSION_IMAGES_PER_S)
     else:
         eval_s = e.num_images * GAN_EVAL_S_PER_IMAGE * (cfg.data.resolution / 32) ** 2
-    return TrialEstimate(train_s, eval_s, rate)
+    startup = TRIAL_STARTUP_S["in_trial" if cfg.train.num_workers == 1 else "worker_group"]
+    return TrialEstimate(train_s, eval_s, rate, startup)
 
 
 @dataclass(frozen=True)
@@ -115,7 +136,7 @@ class SweepEstimate:
             return f"estimated wall time: none ({self.note})"
         t = self.mean_trial
         return (f"estimated wall time: ~{_minutes(self.total_s)} for {self.trials} trial(s), {self.concurrent} at a "
-                f"time on {self.cpus} CPUs (per trial ~{t.total_s:.0f} s: {TRIAL_STARTUP_S:.0f} s start-up, "
+                f"time on {self.cpus} CPUs (per trial ~{t.total_s:.0f} s: {t.startup_s:.0f} s start-up, "
                 f"{t.train_s:.0f} s training at ~{t.images_per_s:.0f} images/s, {t.eval_s:.0f} s evaluation)"
                 f"{self.note}; from step rates measured on a 2-core CPU ({SOURCES})")
 
@@ -156,7 +177,7 @@ def estimate_sweep(spec: "SweepSpec", cpus: int) -> SweepEstimate:
     for est in estimates:
         heapq.heappush(slots, heapq.heappop(slots) + est.total_s)
     mean = TrialEstimate(*(sum(getattr(e, f) for e in estimates) / len(estimates)
-                           for f in ("train_s", "eval_s", "images_per_s")))
+                           for f in ("train_s", "eval_s", "images_per_s", "startup_s")))
     note = "; an upper bound with ASHA, which stops trials early" if spec.scheduler else ""
     return SweepEstimate(len(configs), k, cpus, max(slots), mean, note)
 
