@@ -24,7 +24,8 @@ TABLES = ("one-factor", *PAPER_TABLES)
 
 # The laptop design of the main job (the `local` preset on the built-in `shapes`; README "Run the
 # main job"), sized so that `python sweeps/ablate_losses.py` finishes in about 20 minutes on 2 CPU
-# cores and its best row draws the shapes its captions name. What each setting buys, measured:
+# cores with the most learning per minute found (named colours, named shapes in about a third of the
+# images; not yet the row differences). What each setting buys, measured:
 # benchmarks/README.md "Can a 20-minute laptop sweep draw shapes?". Below the user's --config/--set.
 LAPTOP_DEFAULTS: dict[str, object] = {
     "data.max_objects": 1,  # one object per image (1..3 at 300 steps: colour patches)
@@ -39,7 +40,6 @@ LAPTOP_DEFAULTS: dict[str, object] = {
 # ... and its rows: Table 1's SSA-GAN baseline and its contrastive row (R2F + F2F), which 20 minutes
 # afford at these steps; --rows / --all-rows name others.
 LAPTOP_ROWS = ("SSAGAN", "SSAGAN + CL (R2F+F2F)")
-
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

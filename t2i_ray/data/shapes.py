@@ -30,7 +30,7 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
-from t2i_ray.config import DataConfig
+from t2i_ray.config import OBJECT_SIZES, DataConfig
 from t2i_ray.data.records import Sample
 from t2i_ray.data.text import Vocabulary, tokenize
 
@@ -52,7 +52,6 @@ NUM_ATTRIBUTES: int = len(SHAPE_NAMES) * len(COLOR_NAMES)
 NUM_CAPTIONS = 10
 MAX_CAPTION_WORDS = 25
 MAX_OBJECTS = 3  # objects per image: 1..MAX_OBJECTS (data.max_objects may lower it)
-OBJECT_SIZES = ("mixed", "large")  # data.object_size: small or large objects (as built), or large only
 
 # (singular, plural) words per shape; the first is the canonical name.
 SHAPE_SYNONYMS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -731,8 +730,13 @@ def build_source(data_cfg: DataConfig, split: Literal["train", "test"]) -> Shape
     """A split of the procedural dataset (data.dataset must be 'shapes'; others: the registry)."""
     _require_shapes(data_cfg, "build_source")
     n = data_cfg.num_train if split == "train" else data_cfg.num_test
-    return ShapesSource(n, data_cfg.resolution, split_seed(data_cfg.data_seed, split), data_cfg.max_objects,
-                        data_cfg.object_size)
+    return source_like(data_cfg, n, split_seed(data_cfg.data_seed, split))
+
+
+def source_like(data_cfg: DataConfig, n: int, seed: int) -> ShapesSource:
+    """n items from `seed` at the data config's resolution and difficulty (the splits, and the
+    evaluator's and segmenter's own pools of freshly drawn images)."""
+    return ShapesSource(n, data_cfg.resolution, seed, data_cfg.max_objects, data_cfg.object_size)
 
 
 def difficulty_key(data_cfg: DataConfig) -> dict[str, Any]:

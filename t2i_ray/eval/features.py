@@ -326,8 +326,7 @@ def load_or_train_domain_evaluator(
         return model.to(device), dict(payload["info"])
 
     start = time.perf_counter()
-    pool = shapes.ShapesSource(pool_images, data_cfg.resolution, config["pool_seed"], data_cfg.max_objects,
-                                data_cfg.object_size)
+    pool = shapes.source_like(data_cfg, pool_images, config["pool_seed"])
     model = train_domain_evaluator(pool, steps, batch_size=_RECIPE["batch_size"], seed=_RECIPE["seed"],
                                    lr=_RECIPE["lr"], log=log, device=device)
     train_seconds = time.perf_counter() - start

@@ -66,14 +66,12 @@ class TrialEstimate:
 
 
 def _cpu_bf16(cfg: ExperimentConfig) -> bool:
-    """Whether a CPU run of `cfg` autocasts to bf16 on this machine (t2i_ray/train/accel.py)."""
-    if cfg.train.amp == "bf16":
-        return True
-    if cfg.train.amp != "native":
-        return False
-    from t2i_ray.train.accel import cpu_has_native_bf16
+    """Whether a CPU run of `cfg` autocasts to bf16 on this machine (the loop's own resolution)."""
+    import torch
 
-    return cpu_has_native_bf16()
+    from t2i_ray.train.accel import resolve_accel
+
+    return resolve_accel(cfg.train, torch.device("cpu")).amp_dtype is not None
 
 
 def train_images_per_s(cfg: ExperimentConfig) -> float:
