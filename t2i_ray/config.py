@@ -272,6 +272,11 @@ class DamsmConfig:
     # left out of the DAMSM softmaxes, in this pre-training and in the generator's l1 DAMSM term.
     # auto: on for the datasets with class ids (CLASS_DATASETS), off elsewhere; on: required.
     class_mask: str = "auto"
+    # The pre-training's own seed (init, caption draws, batch order, the real images' R-precision
+    # folds), not the run's `seed`: every seed of a sweep, and seeds added later by another sweep,
+    # are trained and scored against one set of encoders, as the papers score every run with one
+    # released DAMSM (AttnGAN's). Set it to measure the encoders' own seed variance.
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -336,6 +341,7 @@ class CaptionerConfig:
     batch_size: int = 64
     lr: float = 2e-3  # Adam, cosine-decayed to 0 over the run
     grad_clip: float = 5.0
+    seed: int = 0  # the pre-training's seed, not the run's (as damsm.seed): one captioner for every seed
 
 
 @dataclass(frozen=True)
@@ -752,6 +758,8 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     _check_diffusion(cfg)
     _check_combinations(cfg)
     _check(cfg.seed >= 0, "seed", f"must be >= 0, got {cfg.seed}")
+    _check(cfg.damsm.seed >= 0, "damsm.seed", f"must be >= 0, got {cfg.damsm.seed}")
+    _check(cfg.captioner.seed >= 0, "captioner.seed", f"must be >= 0, got {cfg.captioner.seed}")
     _check(bool(cfg.output_dir), "output_dir", "must be a non-empty path")
     return cfg
 

@@ -4,6 +4,7 @@ batches small enough to write out (one region, one word, 2-d embeddings)."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 import warnings
 from dataclasses import fields, replace
 from types import SimpleNamespace
@@ -182,7 +183,7 @@ def test_generator_damsm_term_gets_the_class_mask(tiny_cfg, monkeypatch):
 KEY_FIELDS = ({f"data.{f.name}" for f in fields(ExperimentConfig().data)}
               - {"data.loader_workers", "data.cache_dir", "data.max_bad_images"}) | \
              {f"damsm.{f.name}" for f in fields(ExperimentConfig().damsm)} | \
-             {"loss.gamma1", "loss.gamma2", "loss.gamma3", "model.embed_dim", "seed"}
+             {"loss.gamma1", "loss.gamma2", "loss.gamma3", "model.embed_dim"}
 
 
 def _perturb(cfg: ExperimentConfig, dotted: str) -> ExperimentConfig:
@@ -268,3 +269,23 @@ def test_t2i_cl_pretraining_on_cub_masks_classes_and_logs_every_term(tmp_path, m
     assert any("objective: DAMSM(caption) + DAMSM(caption2) + 1 x NT-Xent(sent, sent2; tau=0.5); "
                "gammas 4/5/10; same-class mask on (2 classes)" in line for line in logs)
     assert any("(damsm " in line and "damsm2 " in line and "contrastive " in line for line in logs)
+
+
+def test_every_run_seed_shares_one_pretraining_and_damsm_seed_makes_another(fresh_tiny_cfg):
+    """The encoders (and the captioner) depend on damsm.seed (captioner.seed), not on the run's
+    seed: seeds added by a later sweep train and score against the first sweep's encoders."""
+    from t2i_ray.train.captioner import captioner_dir
+
+    cfg = fresh_tiny_cfg
+    other_run = apply_overrides(cfg, {"seed": 3})
+    assert damsm_dir(other_run) == damsm_dir(cfg) and captioner_dir(other_run) == captioner_dir(cfg)
+    assert damsm_dir(apply_overrides(cfg, {"damsm.seed": 1})) != damsm_dir(cfg)
+    assert captioner_dir(apply_overrides(cfg, {"captioner.seed": 1})) != captioner_dir(cfg)
+    # the pre-training itself reads damsm.seed only: two run seeds train the same weights
+    a, b = (D.pretrain_damsm(c, Path(cfg.output_dir) / name, log=lambda s: None)
+            for c, name in ((cfg, "a"), (other_run, "b")))
+    for f in ("text_encoder.pt", "image_encoder.pt"):
+        wa, wb = (torch.load(d / f, weights_only=True) for d in (a, b))
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    with pytest.raises(ConfigError, match="damsm.seed: must be >= 0"):
+        apply_overrides(cfg, {"damsm.seed": -1})

@@ -303,3 +303,23 @@ def test_estimate_figures_are_the_measured_ones():
     bf16 = build_config("local", {"train.amp": "bf16"})
     assert estimate.train_images_per_s(bf16) == pytest.approx(
         estimate.train_images_per_s(build_config("local")) * estimate.CPU_BF16_SPEEDUP)
+
+
+def test_a_sweep_refuses_trials_that_would_need_other_pretrained_encoders(losses, tmp_path):
+    """One DAMSM and one captioner per sweep, from the base config: a grid axis or an Optuna range
+    over their fields is refused by name before any work, and another set of seeds reuses them."""
+    from t2i_ray.sweep.run import check_shared_pretraining
+    from t2i_ray.train.damsm import damsm_dir
+
+    base = ["--preset", "ci", "--output-dir", str(tmp_path), "--rows", "baseline"]
+    for extra, field in ((["--sweep", "damsm.epochs=1,2"], "damsm.epochs"),
+                         (["--sweep", "captioner.seed=0,1"], "captioner.seed"),
+                         (["--search", "optuna", "--space", "damsm.lr=log:1e-4:1e-3"], "damsm.lr")):
+        with pytest.raises(ConfigError, match=rf"^{re.escape(field)}: .*cannot vary"):
+            check_shared_pretraining(_spec(losses, base + extra))
+    with pytest.raises(SystemExit):
+        losses.main(base + ["--sweep", "damsm.epochs=1,2", "--dry-run"])
+    # seeds 2 3 run later use the encoders that seeds 0 1 trained
+    first, later = (_spec(losses, base + ["--seeds", *s]) for s in (["0", "1"], ["2", "3"]))
+    check_shared_pretraining(first)
+    assert damsm_dir(later.base) == damsm_dir(first.base)

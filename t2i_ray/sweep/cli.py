@@ -312,8 +312,11 @@ def apply_search_options(spec: "SweepSpec", args: argparse.Namespace) -> "SweepS
 def sweep_main(args: argparse.Namespace, build_spec, order: Sequence[str], title: str) -> None:
     """What every sweep script does: build and validate the spec (errors before Ray), then either
     list the trials (--dry-run) or run and report."""
+    from t2i_ray.sweep.run import check_shared_pretraining
+
     try:
         spec = apply_search_options(build_spec(args), args)
+        check_shared_pretraining(spec)
     except ConfigError as exc:
         fail(str(exc))
     if args.dry_run:
@@ -377,13 +380,13 @@ def networks_needed(configs: Sequence[ExperimentConfig], base: ExperimentConfig 
         subset = f", caption subset {base.data.caption_subset}%" if base.data.caption_subset != 100 else ""
         diffusion = any(cfg.model.method == "diffusion" for cfg in configs)
         lines[f"DAMSM text + image encoders ({'conditioning text encoder and ' if diffusion else ''}R-precision): "
-              f"pre-trained by the project once on {base.data.dataset} (the base config's data{subset}, seed "
-              f"{base.seed}) and shared by all {len(configs)} trial(s), cached at {damsm_dir(base)}"] = None
+              f"pre-trained by the project once on {base.data.dataset} (the base config's data{subset}, "
+              f"damsm.seed {base.damsm.seed}) and shared by all {len(configs)} trial(s), cached at {damsm_dir(base)}"] = None
     elif damsm:
         diffusion = any(cfg.model.method == "diffusion" for cfg in configs)
         lines[f"DAMSM text + image encoders ({'conditioning text encoder and ' if diffusion else ''}R-precision): "
-              f"pre-trained by the project on {configs[0].data.dataset}, {len(damsm)} set(s) (one per seed and "
-              f"data setting), cached under {Path(damsm[0]).parent}"] = None
+              f"pre-trained by the project on {configs[0].data.dataset}, {len(damsm)} set(s) (one per data "
+              f"and damsm setting), cached under {Path(damsm[0]).parent}"] = None
     for cfg in configs:
         ds, diffusion = cfg.data.dataset, cfg.model.method == "diffusion"
         if resolved_eval_backbone(cfg) == "inception":

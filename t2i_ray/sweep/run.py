@@ -233,6 +233,34 @@ def needs_captioner(spec: SweepSpec) -> bool:
     return "loss.recap" in (spec.optuna_space or {})
 
 
+SHARED_PRETRAINING = ("damsm", "captioner")
+
+
+def check_shared_pretraining(spec: SweepSpec) -> None:
+    """A sweep pre-trains one DAMSM and one captioner, from its base config (`prepare_assets`), and
+    every trial uses them; a trial whose damsm.* or captioner.* fields differ from the base's would
+    silently train with encoders it does not describe, so it is refused here, before any work."""
+    from t2i_ray.sweep.estimate import trial_configs
+
+    keys = [f"{section}.{k}" for section in SHARED_PRETRAINING for k in spec.base.to_dict()[section]]
+    if spec.search == "optuna":
+        varied = sorted(k for k in (spec.optuna_space or {}) if k.split(".")[0] in SHARED_PRETRAINING)
+        if varied:
+            raise ConfigError(f"{varied[0]}: the Optuna space cannot vary it: a sweep pre-trains one "
+                              f"DAMSM and one captioner from its base config and every trial shares them; "
+                              f"run one sweep per value (--set {varied[0]}=...)")
+        return
+    base = spec.base.flat()
+    for trial, cfg in zip(spec.grid, trial_configs(spec)):
+        flat = cfg.flat()
+        for key in keys:
+            if flat[key] != base[key]:
+                raise ConfigError(f"{key}: trial {trial['row']!r} seed {trial['seed']} sets it to {flat[key]!r}, "
+                                  f"the sweep's base config has {base[key]!r}; a sweep pre-trains one DAMSM and "
+                                  f"one captioner from its base config and every trial shares them, so it "
+                                  f"cannot vary across trials: run one sweep per value (--set {key}=...)")
+
+
 def prepare_assets(cfg: ExperimentConfig, log: Callable[[str], None] = console,
                    need_captioner: bool = False) -> dict[str, str | None]:
     """Pre-train/cache the DAMSM encoders, the domain evaluator and (when a trial uses l4) the
@@ -641,6 +669,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, max_concurrent: in
     base = spec.base
     output_dir = Path(base.output_dir).resolve()
     check_output_dir(output_dir)
+    check_shared_pretraining(spec)
     if resume:
         check_resumable(spec, storage_path)
     storage = storage_root(output_dir, storage_path)

@@ -47,7 +47,9 @@ class CachedCaptioner:
 def captioner_key(cfg: ExperimentConfig) -> str:
     d = cfg.to_dict()
     data = {k: v for k, v in legacy_data_key(d["data"]).items() if k not in ("loader_workers",)}
-    blob = json.dumps({"v": CAPTIONER_VERSION, "data": data, "captioner": d["captioner"], "seed": cfg.seed},
+    # captioner.seed sits where the run's seed did, so that the keys of seed-0 caches stay valid
+    captioner = {k: v for k, v in d["captioner"].items() if k != "seed"}
+    blob = json.dumps({"v": CAPTIONER_VERSION, "data": data, "captioner": captioner, "seed": cfg.captioner.seed},
                       sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
@@ -66,13 +68,13 @@ def pretrain_captioner(cfg: ExperimentConfig, out_dir: str | Path, log: Callable
     """Train a captioner on the real train pairs (one random caption per image and epoch); write
     it, its vocabulary and meta.json (with held-out test metrics) to `out_dir`."""
     c = cfg.captioner
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(c.seed)
     vocab = registry.vocabulary(cfg, log)
     train_set = TextImageDataset(registry.source(cfg, "train", log), vocab, cfg.data.words_num, train=True,
-                                 seed=cfg.seed)
+                                 seed=c.seed)
     model = build_captioner(cfg, len(vocab))
     loader = DataLoader(train_set, batch_size=c.batch_size, shuffle=True, drop_last=True,
-                        generator=torch.Generator().manual_seed(cfg.seed))
+                        generator=torch.Generator().manual_seed(c.seed))
     # Raised inside build_dir_atomically: nothing is cached, so the next run trains again.
     if len(loader) == 0:
         raise ConfigError(f"captioner.batch_size: {c.batch_size} is more than the {len(train_set)} train images "

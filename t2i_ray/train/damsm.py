@@ -70,15 +70,16 @@ def damsm_objective(cfg: ExperimentConfig) -> dict:
 def damsm_key(cfg: ExperimentConfig) -> str:
     """Hash of every config field that changes the encoders or their meta.json: the data (not where
     or how strictly its cache is built), the `damsm` section, the pre-training objective
-    (`damsm_objective`), model.embed_dim and the seed. Nothing else (train.*, eval.*, the other
+    (`damsm_objective`), model.embed_dim and damsm.seed (not the run's seed). Nothing else (train.*, eval.*, the other
     loss weights) shares in it, so GAN sweeps reuse one pre-training."""
     d = cfg.to_dict()
     # An unset captions_file (the default file) is left out so that keys, and caches, from before
     # that field stay valid; likewise the objective when it is the one all earlier caches had.
     data = {k: v for k, v in legacy_data_key(d["data"]).items()
             if k not in ("loader_workers", "cache_dir", "max_bad_images") and not (k == "captions_file" and v is None)}
-    damsm = {k: v for k, v in d["damsm"].items() if k not in OBJECTIVE_FIELDS}
-    blob = {"v": DAMSM_VERSION, "data": data, "damsm": damsm, "embed_dim": cfg.model.embed_dim, "seed": cfg.seed}
+    # damsm.seed sits where the run's seed did, so that the keys of seed-0 caches stay valid
+    damsm = {k: v for k, v in d["damsm"].items() if k not in OBJECTIVE_FIELDS and k != "seed"}
+    blob = {"v": DAMSM_VERSION, "data": data, "damsm": damsm, "embed_dim": cfg.model.embed_dim, "seed": cfg.damsm.seed}
     objective = damsm_objective(cfg)
     if objective != LEGACY_OBJECTIVE:
         blob["objective"] = objective
@@ -153,12 +154,12 @@ def _make_encoders(cfg: ExperimentConfig, vocab_size: int) -> tuple[TextEncoder,
 def pretrain_damsm(cfg: ExperimentConfig, out_dir: str | Path, log: Callable[[str], None] = console) -> Path:
     """Train DAMSM text+image encoders on real (image, caption) pairs; write them to `out_dir`."""
     p = cfg.damsm
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(p.seed)
     vocab = registry.vocabulary(cfg, log)
     train_set = TextImageDataset(registry.source(cfg, "train", log), vocab, cfg.data.words_num, train=True,
-                                 seed=cfg.seed)
+                                 seed=p.seed)
     loader = DataLoader(train_set, batch_size=p.batch_size, shuffle=True, drop_last=True,
-                        generator=torch.Generator().manual_seed(cfg.seed))
+                        generator=torch.Generator().manual_seed(p.seed))
     # Raised inside build_dir_atomically: nothing is cached, so the next run trains again.
     if len(loader) == 0:
         raise ConfigError(f"damsm.batch_size: {p.batch_size} is more than the {len(train_set)} train images of "
@@ -249,7 +250,7 @@ def real_r_precision(cfg: ExperimentConfig, text: TextEncoder, image: ImageEncod
     n_cand = min(cfg.eval.r_precision_candidates, len(img))
     folds = min(cfg.eval.r_precision_folds, len(img))
     return r_precision(img, txt, ids, txt, ids, num_candidates=n_cand, num_folds=folds,
-                       rng=np.random.default_rng(cfg.seed))
+                       rng=np.random.default_rng(cfg.damsm.seed))
 
 
 def load_damsm(path: str | Path) -> Damsm:
