@@ -188,18 +188,24 @@ def compare_to_baseline(df: pd.DataFrame, baseline: str = "baseline", metric: st
                         n_boot: int = 10000) -> pd.DataFrame:
     """Test each group's mean of `metric` against the baseline group's.
 
-    test: "welch" (scipy.stats.ttest_ind with equal_var=False) or "bootstrap" (see bootstrap_pvalue,
-        seeded with `seed` for every group, so results do not depend on group order).
+    test: "welch" (scipy.stats.ttest_ind with equal_var=False), "paired" (scipy.stats.ttest_rel on
+        the seeds both groups have, matched by the `seed` column: rows trained from the same seed
+        start from the same initial weights, so their difference varies less than either; seeds
+        only one group has are left out and named in `note`) or "bootstrap" (see bootstrap_pvalue,
+        seeded with `seed` for every group, so results do not depend on group order). With
+        "paired", n / mean are over the shared seeds.
     Returns one row per non-baseline group (order of first appearance) with columns
     [by, "n", "n_baseline", "mean", "mean_baseline", "diff" (= mean - mean_baseline), "p_value",
     "significant" (p_value < alpha), "test", "note"]. When either group has fewer than 2 values
     p_value is NaN, significant is False and `note` says why. Raises ValueError when the baseline
     group is absent or the metric's provenance differs (see check_comparable).
     """
-    if test not in ("welch", "bootstrap"):
-        raise ValueError(f"unknown test {test!r}; use 'welch' or 'bootstrap'")
+    if test not in ("welch", "paired", "bootstrap"):
+        raise ValueError(f"unknown test {test!r}; use 'welch', 'paired' or 'bootstrap'")
     if by not in df.columns:
         raise KeyError(f"group column {by!r} not in the results table")
+    if test == "paired" and "seed" not in df.columns:
+        raise KeyError("test='paired' matches trials by their 'seed' column, which the results table lacks")
     check_one_configuration(df, by)
     check_comparable(df, metric)
     vals = _values(df, metric)
@@ -208,12 +214,34 @@ def compare_to_baseline(df: pd.DataFrame, baseline: str = "baseline", metric: st
         raise ValueError(f"baseline group {baseline!r} has no {metric!r} values in column {by!r}; "
                          f"groups present: {list(pd.unique(groups))}. Pass baseline=<one of them>.")
     base = vals[groups == baseline].to_numpy(float)
+    if test == "paired":
+        seeds = df.loc[vals.index, "seed"]
+        base_by_seed = _by_seed(vals[groups == baseline], seeds, baseline)
     out: list[dict[str, Any]] = []
     for name in pd.unique(groups):
         if name == baseline:
             continue
         x = vals[groups == name].to_numpy(float)
         p, note = float("nan"), ""
+        if test == "paired":
+            x_by_seed = _by_seed(vals[groups == name], seeds, name)
+            shared = sorted(set(x_by_seed) & set(base_by_seed))
+            alone = sorted(set(x_by_seed) ^ set(base_by_seed))
+            x, base_paired = (np.array([d[k] for k in shared], float) for d in (x_by_seed, base_by_seed))
+            notes = [f"seeds {alone} are in one group only: left out"] if alone else []
+            if len(shared) < 2:
+                notes.append(f"{len(shared)} shared seed(s) - need at least 2 for a paired test")
+            else:
+                p = float(sps.ttest_rel(x, base_paired).pvalue)
+                if not np.isfinite(p):
+                    notes.append("every seed differs by the same amount - test undefined")
+            out.append({by: name, "n": len(x), "n_baseline": len(base_paired),
+                        "mean": float(x.mean()) if len(x) else float("nan"),
+                        "mean_baseline": float(base_paired.mean()) if len(x) else float("nan"),
+                        "diff": float((x - base_paired).mean()) if len(x) else float("nan"),
+                        "p_value": p, "significant": bool(np.isfinite(p) and p < alpha), "test": test,
+                        "note": "; ".join(notes)})
+            continue
         if len(x) < 2 or len(base) < 2:
             small = [f"{g!r} has n={k}" for g, k in ((name, len(x)), (baseline, len(base))) if k < 2]
             note = "; ".join(small) + " - need at least 2 seeds per group for a test"
@@ -231,6 +259,16 @@ def compare_to_baseline(df: pd.DataFrame, baseline: str = "baseline", metric: st
                     "note": note})
     cols = [by, "n", "n_baseline", "mean", "mean_baseline", "diff", "p_value", "significant", "test", "note"]
     return pd.DataFrame(out, columns=cols)
+
+
+def _by_seed(values: pd.Series, seeds: pd.Series, group: Any) -> dict[int, float]:
+    """A group's values keyed by seed; two trials of one group with the same seed are an error (a
+    paired test could not tell which to pair)."""
+    keyed = seeds.loc[values.index]
+    if keyed.duplicated().any():
+        raise ValueError(f"group {group!r} has two trials with seed {int(keyed[keyed.duplicated()].iloc[0])}: "
+                         f"a paired test needs one trial per seed")
+    return {int(k): float(v) for k, v in zip(keyed, values)}
 
 
 # ---- ranges, bootstrap intervals, matching baseline rows (used by analysis.plots) ---------------

@@ -77,6 +77,31 @@ def test_bootstrap_separated_identical_deterministic():
         bootstrap_pvalue(np.array([1.0, 2, 3]), np.array([1.5, 2.5, 3.5]), 500, 7)
 
 
+def test_paired_test_by_hand_matches_on_seed_and_names_the_unpaired():
+    # seed effects shared by both rows: Welch cannot see a +1 shift under a spread of 10, pairing can
+    base, shifted = [10.0, 20.0, 30.0, 40.0], [11.2, 20.9, 31.1, 40.8]
+    df = table({"baseline": base, "x": shifted})
+    welch = compare_to_baseline(df, metric="fid").set_index("row").loc["x"]
+    paired = compare_to_baseline(df, metric="fid", test="paired").set_index("row").loc["x"]
+    d = np.array(shifted) - np.array(base)  # 1.2, 0.9, 1.1, 0.8: t = mean / (sd / sqrt(n))
+    t = d.mean() / (d.std(ddof=1) / math.sqrt(4))
+    assert paired["p_value"] == pytest.approx(2 * sps.t.sf(t, 3)) and paired["p_value"] < 0.01
+    assert welch["p_value"] > 0.8 and paired["significant"] and not welch["significant"]
+    assert paired["diff"] == pytest.approx(1.0) and paired["n"] == 4 and paired["note"] == ""
+    # matched by the seed column, not by order; a seed only one row has is left out and named
+    shuffled = df.iloc[[7, 0, 5, 2, 4, 1, 6, 3]]  # the same trials in another order
+    extra = {**df.iloc[0].to_dict(), "run_name": "sw-x-s9", "row": "x", "seed": 9, "fid": 99.0}
+    more = pd.concat([shuffled, pd.DataFrame([extra])], ignore_index=True)
+    r = compare_to_baseline(more, metric="fid", test="paired").set_index("row").loc["x"]
+    assert r["p_value"] == pytest.approx(paired["p_value"]) and r["n"] == 4 and "[9]" in r["note"]
+    one = table({"baseline": [1.0, 2.0], "x": [1.5]})
+    r = compare_to_baseline(one, metric="fid", test="paired").set_index("row").loc["x"]
+    assert math.isnan(r["p_value"]) and "1 shared seed" in r["note"]
+    twice = pd.concat([df, df[df["row"] == "x"].assign(run_name="again")], ignore_index=True)
+    with pytest.raises(ValueError, match="two trials with seed 0"):
+        compare_to_baseline(twice, metric="fid", test="paired")
+
+
 @pytest.mark.parametrize("test", ["welch", "bootstrap"])
 def test_n1_not_significant_with_note(test):
     df = table({"baseline": [30.0, 31.0, 29.5], "one": [90.0]})

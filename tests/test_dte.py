@@ -11,7 +11,6 @@ constant in e, so the penalty's own gradient w.r.t. the sentence is 0.)
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 from pathlib import Path

@@ -97,6 +97,34 @@ def test_store_rows_replace_not_duplicate_and_summary(tmp_path):
     assert "| +F2R | 1 | 8.000 | " in text  # one seed: the mean alone, no "± 0"
 
 
+def test_the_printed_table_says_which_rows_differ_from_the_first(tmp_path):
+    """significance_lines: Welch's and the seed-paired p of each row against the script's first
+    row, read from the results table (rows of one seed share their initial weights)."""
+    from scipy import stats as sps
+
+    from t2i_ray.sweep.run import significance_lines
+
+    base, shifted, same = [10.0, 20.0, 30.0], [11.0, 21.2, 30.9], [30.0, 10.0, 20.0]
+    for row, fids in (("baseline", base), ("+F2R", shifted), ("+F2F", same)):
+        for seed, fid in enumerate(fids):
+            store.write_row(tmp_path, _row(f"{row}-s{seed}", row, seed, fid))
+    store.write_row(tmp_path, _row("x-s0", "+recap", 0, float("nan"), status="error"))
+    df = store.load_results(tmp_path, sweep="s1")
+    lines = significance_lines(df, "baseline")
+    assert lines[0] == "Against baseline (difference of the means; * p < 0.05):"
+    welch = sps.ttest_ind(shifted, base, equal_var=False).pvalue
+    paired = sps.ttest_rel(shifted, base).pvalue
+    assert paired < 0.05 < welch
+    f2r = next(line for line in lines if line.startswith("  +F2R: "))
+    assert f"fid +1.03 (Welch p {welch:.2g}, paired p {paired:.2g} over 3 seeds)*" in f2r
+    assert "r_precision +0 (no spread over seeds: no test)" in f2r  # 0.5 in every trial
+    f2f = next(line for line in lines if line.startswith("  +F2F: "))
+    assert "fid +0 (Welch p 1, paired p 1 over 3 seeds);" in f2f and ")*" not in f2f
+    assert not any("+recap" in line for line in lines)  # failed trials are not compared
+    # one seed per row: nothing to test, nothing printed
+    assert significance_lines(df[df["seed"] == 0], "baseline") == []
+
+
 def test_store_refuses_incomplete_rows_and_reads_empty(tmp_path):
     with pytest.raises(ValueError, match="lacks"):
         store.write_row(tmp_path, {"run_name": "x"})

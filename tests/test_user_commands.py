@@ -53,6 +53,7 @@ def _check_sweep(proc: subprocess.CompletedProcess, output_dir: Path, rows: list
     log = proc.stdout
     assert proc.returncode == 0, log[-6000:]
     assert not re.search(r"^Traceback", log, flags=re.M), log[-6000:]  # the driver's own errors
+    assert "Checkpoint successfully created" not in log  # Ray's INFO line per checkpoint, off unless -v
     for row in rows:  # the printed table: one line per row, one seed each on `ci`
         assert f"| {row} | 1 | " in log, log[-3000:]
     table = _rows(output_dir)

@@ -435,7 +435,7 @@ def networks_needed(configs: Sequence[ExperimentConfig], base: ExperimentConfig 
 
 def run_and_report(spec: "SweepSpec", args: argparse.Namespace, order: Sequence[str], title: str) -> None:
     """Run (or resume) the sweep, then print and write its mean ± std table and where things are."""
-    from t2i_ray.sweep.run import ResumeError, format_table, run_sweep, summarize
+    from t2i_ray.sweep.run import ResumeError, format_table, run_sweep, significance_lines, summarize
 
     try:
         rows = run_sweep(spec, address=args.address, max_concurrent=args.max_concurrent, resume=args.resume,
@@ -445,6 +445,10 @@ def run_and_report(spec: "SweepSpec", args: argparse.Namespace, order: Sequence[
     if spec.search == "grid":  # the script's rows in its order, each followed by its --sweep values
         order = list(dict.fromkeys(t["row"] for t in spec.grid))
     table = format_table(summarize(rows, list(order)))
+    present = [r for r in order if r in set(rows["row"])]
+    tests = significance_lines(rows, present[0]) if present and spec.search == "grid" else []
+    if tests:
+        table += "\n\n" + "\n".join(tests)
     out = RunPaths.of(spec.base).tables
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{spec.name}.md").write_text(table + "\n")

@@ -17,6 +17,7 @@ import math
 import os
 import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -385,6 +386,8 @@ def train_worker(config: dict[str, Any]) -> None:
         from ray.train.v2._internal.execution import context as train_context
 
         logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+        # "Checkpoint successfully created at: ..." once per checkpoint (the run's log says it)
+        logging.getLogger("ray.train.v2._internal.execution.storage").setLevel(logging.WARNING)
     ray_worker(config)
 
 
@@ -396,6 +399,10 @@ def train_driver(config: dict[str, Any]) -> None:
     import ray.tune
 
     start = time.time()
+    if config.get("train_log_level", "WARNING") != "INFO":
+        # a run inside the trial reports through Tune's session, whose storage logs "Checkpoint
+        # successfully created at: ..." at INFO for every checkpoint (the run's own log says it)
+        logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     ident = trial_identity(config, ray.tune.get_context().get_trial_id())
     run_name, cfg = ident.run_name, ident.cfg
     done = store.read_row(cfg.output_dir, run_name)
@@ -797,6 +804,51 @@ def summarize(rows: pd.DataFrame, order: list[str] | None = None) -> pd.DataFram
     if order:  # the given order first, then any other rows (e.g. `joint l=0.5`) as they come
         agg = agg.reindex([r for r in order if r in agg.index] + [r for r in agg.index if r not in order])
     return agg
+
+
+def significance_lines(rows: pd.DataFrame, baseline: str, alpha: float = 0.05) -> list[str]:
+    """Each other row against `baseline` (the script's first row), per metric of the table: the
+    difference of the means with Welch's p and, where the rows share seeds, the paired p
+    (analysis.stats.compare_to_baseline; rows of one seed start from the same weights). Empty when
+    the baseline has fewer than 2 finished seeds; a metric whose provenance differs between rows
+    (analysis refuses to compare it) is named with the reason."""
+    from analysis.stats import compare_to_baseline
+
+    ok = rows[rows["status"] == "ok"]
+    if ok.empty or (ok["row"] == baseline).sum() < 2 or ok["row"].nunique() < 2:
+        return []
+    metrics = [m for m in SUMMARY_METRICS if m != "wall_time_s" and m in ok.columns
+               and ok.loc[ok["row"] == baseline, m].notna().sum() >= 2]
+    found: dict[str, list[str]] = {}
+    for m in metrics:
+        try:
+            with warnings.catch_warnings():  # scipy's precision warning on (nearly) equal values
+                warnings.simplefilter("ignore", RuntimeWarning)
+                welch = compare_to_baseline(ok, baseline=baseline, metric=m, test="welch", alpha=alpha)
+                paired = compare_to_baseline(ok, baseline=baseline, metric=m, test="paired", alpha=alpha)
+            welch, paired = welch.set_index("row"), paired.set_index("row")
+        except ValueError as exc:
+            found.setdefault("", []).append(f"{m}: not compared ({str(exc).splitlines()[0]})")
+            continue
+        for row, w in welch.iterrows():
+            if not math.isfinite(w["diff"]):
+                continue
+            pr = paired.loc[row]
+            if not (math.isfinite(w["p_value"]) or math.isfinite(pr["p_value"])):
+                found.setdefault(row, []).append(f"{m} {w['diff']:+.3g} (no spread over seeds: no test)")
+                continue
+            cell = f"{m} {w['diff']:+.3g} (Welch p {w['p_value']:.2g}"
+            if math.isfinite(pr["p_value"]):
+                cell += f", paired p {pr['p_value']:.2g} over {int(pr['n'])} seeds"
+            star = (math.isfinite(w["p_value"]) and w["p_value"] < alpha) or \
+                (math.isfinite(pr["p_value"]) and pr["p_value"] < alpha)
+            found.setdefault(row, []).append(cell + (")*" if star else ")"))
+    if not found:
+        return []
+    lines = [f"Against {baseline} (difference of the means; * p < {alpha:g}):"]
+    lines += [f"  {row}: " + "; ".join(cells) for row, cells in found.items() if row]
+    lines += [f"  {cell}" for cell in found.get("", [])]
+    return lines
 
 
 def format_table(summary: pd.DataFrame) -> str:
