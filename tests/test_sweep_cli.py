@@ -268,7 +268,7 @@ def test_analysis_keeps_swept_values_apart(tmp_path):
         compare_to_baseline(df.assign(group="g"), baseline="g", by="group")
 
 
-def test_estimate_figures_are_the_measured_ones():
+def test_estimate_figures_are_the_measured_ones(losses, tmp_path, monkeypatch):
     """The dry-run's step rates are the benchmark JSON's (t2i_ray/sweep/estimate.py cites them)."""
     from t2i_ray.sweep import estimate
 
@@ -303,6 +303,25 @@ def test_estimate_figures_are_the_measured_ones():
     bf16 = build_config("local", {"train.amp": "bf16"})
     assert estimate.train_images_per_s(bf16) == pytest.approx(
         estimate.train_images_per_s(build_config("local")) * estimate.CPU_BF16_SPEEDUP)
+    # the contrastive terms' share, from one run: SSA-GAN + DAMSM (e1) and with F2R+F2F (e2)
+    assert curves["e2"]["setting"].startswith("+ CL (R2F+F2F), 1 object, local rates")
+    assert curves["e1"]["setting"].startswith("SSA-GAN, 1 object, local rates")
+    assert estimate.CONTRASTIVE_FACTOR == curves["e2"]["median_images_per_s"] / curves["e1"]["median_images_per_s"]
+    ssagan = {"model.arch": "ssagan", "loss.damsm": 0.05}
+    damsm, cl = (estimate.train_images_per_s(build_config("local", {**ssagan, **extra}))
+                 for extra in ({}, {"loss.f2r": 0.2, "loss.f2f": 0.2}))
+    assert cl / damsm == pytest.approx(estimate.CONTRASTIVE_FACTOR)
+    # the main command's 4 trials took 17 min 28 s (benchmarks/results/laptop_sweep, seeds 0 and 1)
+    laptop = json.loads((results / "laptop_sweep" / "trials.json").read_text())["trials"]
+    walls = {r["row"]: [] for r in laptop}
+    for r in laptop:
+        if r["seed"] in (0, 1):
+            walls[r["row"]].append(r["wall_time_s"])
+    measured = sum(max(w) for w in walls.values())  # two at a time, a row's two seeds side by side
+    assert 17 * 60 < measured < 17.6 * 60
+    monkeypatch.setattr(estimate, "_cpu_bf16", lambda cfg: True)  # that machine had bf16; this one may not
+    default = estimate.estimate_sweep(_spec(losses, ["--output-dir", str(tmp_path)]), cpus=2)
+    assert default.trials == 4 and abs(default.total_s - measured) < 0.1 * measured, (default.total_s, measured)
 
 
 def test_a_sweep_refuses_trials_that_would_need_other_pretrained_encoders(losses, tmp_path):
