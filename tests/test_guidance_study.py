@@ -317,7 +317,7 @@ def test_paper_dry_runs_of_the_studies(tmp_path, capsys):
     assert [(f"{t[0]} {t[1]}", t[3]) for t in trials] == [(f"joint {p}%", s) for p in (25, 50, 100) for s in "012"]
     assert "'data.caption_subset': 25" in trials[0][4]
     assert "128x128, " in text and "diffusion.extra_guidance_scales=1,2,5" in text
-    assert "pre-trained by the project once on mmceleba (the base config's data, seed 0) and shared by all 9" in text
+    assert "pre-trained by the project once on mmceleba (the base config's data, damsm.seed 0) and shared by all 9" in text
     assert "face parser" in text  # layout mIoU on MM CelebA-HQ
 
 
