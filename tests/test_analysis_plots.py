@@ -233,6 +233,9 @@ def test_notebook_runs_top_to_bottom_on_a_real_sweep(tiny_grid_sweep, tmp_path):
                 os.environ[k] = v
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
+    comparisons = [o.data["text/plain"] for o in outputs if o.output_type == "execute_result"
+                   and "p_value" in o.data.get("text/plain", "")]
+    assert comparisons and "welch" in comparisons[0] and "paired" in comparisons[0]  # both tests per metric
     images = [o for o in outputs if o.output_type == "display_data" and "image/png" in o.data]
     assert len(images) == 7  # r_precision and fid per row and against the baseline, Pareto, curves, samples
     figures = output_dir / "figures"
