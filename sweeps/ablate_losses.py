@@ -24,14 +24,15 @@ TABLES = ("one-factor", *PAPER_TABLES)
 
 # The laptop design of the main job (the `local` preset on the built-in `shapes`; README "Run the
 # main job"), sized so that `python sweeps/ablate_losses.py` finishes in about 20 minutes on 2 CPU
-# cores with the most learning per minute found (named colours, named shapes in about a third of the
-# images; not yet the row differences). What each setting buys, measured:
+# cores with the most learning per minute found (named colours, and the named shape in about half of
+# the images; not yet the row differences). What each setting buys, measured:
 # benchmarks/README.md "Can a 20-minute laptop sweep draw shapes?". Below the user's --config/--set.
 LAPTOP_DEFAULTS: dict[str, object] = {
     "data.max_objects": 1,  # one object per image (1..3 at 300 steps: colour patches)
-    # 2x the `local` preset's rates (8x / 4x DF-GAN's 1e-4 / 4e-4): oracle pair recall 0.65 after
-    # 3,000 steps against ~0.3 at the preset's rates (one seed each, benchmarks/README.md)
-    "train.lr_g": 8e-4, "train.lr_d": 1.6e-3,
+    # 3x the `local` preset's rates (12x / 6x DF-GAN's 1e-4 / 4e-4): oracle pair recall 0.52 on
+    # average at 1,750 steps over 4 seeds, where 2x reached 0.53 / 0.33 (seeds 0 / 1) and the
+    # preset's rates ~0.26 at 1,250 (benchmarks/README.md "Three times the preset's rates")
+    "train.lr_g": 1.2e-3, "train.lr_d": 2.4e-3,
     "train.steps": 1750, "train.report_every": 125, "train.checkpoint_every": 250, "eval.every": 250,
     # bf16 autocast where the CPU computes bf16 natively (AVX512-BF16 / AMX: ~1.2x the images/s of
     # float32 here, the same learning curve), float32 elsewhere; the rows record it (`amp_dtype`)

@@ -143,13 +143,13 @@ def test_dry_run_of_every_sweep_lists_trials_without_starting_ray(tmp_path):
 
 def test_the_main_commands_default_is_the_laptop_design(tmp_path):
     """`python sweeps/ablate_losses.py` as the README writes it (no argument; --dry-run here): the
-    laptop design (one object per image, 2x the preset's rates, LAPTOP_ROWS x 2 seeds); a real
+    laptop design (one object per image, 3x the preset's rates, LAPTOP_ROWS x 2 seeds); a real
     dataset or another preset keeps Table 1's four SSA-GAN rows and the preset's settings."""
     proc = run_script("ablate_losses", "--dry-run", cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:]
     out = proc.stdout
     assert "dataset shapes, 32x32, 1750 steps, batch 32" in out
-    assert "data.max_objects=1" in out and "train.lr_g=0.0008" in out and "train.lr_d=0.0016" in out
+    assert "data.max_objects=1" in out and "train.lr_g=0.0012" in out and "train.lr_d=0.0024" in out
     assert "train.amp=native" in out
     trials = re.findall(r"^  (SSAGAN.*?)\s+seed (\d)", out, flags=re.M)
     assert trials == [("SSAGAN", "0"), ("SSAGAN", "1"), ("SSAGAN + CL (R2F+F2F)", "0"), ("SSAGAN + CL (R2F+F2F)", "1")]
