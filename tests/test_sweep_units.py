@@ -111,7 +111,7 @@ def test_the_printed_table_says_which_rows_differ_from_the_first(tmp_path):
     store.write_row(tmp_path, _row("x-s0", "+recap", 0, float("nan"), status="error"))
     df = store.load_results(tmp_path, sweep="s1")
     lines = significance_lines(df, "baseline")
-    assert lines[0] == "Against baseline (difference of the means; * p < 0.05):"
+    assert lines[0] == "Against baseline (difference of the means; * p < 0.05):"  # fid alone is tested
     welch = sps.ttest_ind(shifted, base, equal_var=False).pvalue
     paired = sps.ttest_rel(shifted, base).pvalue
     assert paired < 0.05 < welch
@@ -121,6 +121,11 @@ def test_the_printed_table_says_which_rows_differ_from_the_first(tmp_path):
     f2f = next(line for line in lines if line.startswith("  +F2F: "))
     assert "fid +0 (Welch p 1, paired p 1 over 3 seeds);" in f2f and ")*" not in f2f
     assert not any("+recap" in line for line in lines)  # failed trials are not compared
+    # with two metrics tested, the * is said to be uncorrected for them
+    varied = df.assign(r_precision=[0.1, 0.2, 0.3, 0.15, 0.2, 0.35, 0.4, 0.1, 0.2, 0.5][:len(df)])
+    assert significance_lines(varied, "baseline")[0] == ("Against baseline (difference of the means; * p < 0.05 "
+                                                         "for that metric alone, not corrected for the 2 "
+                                                         "metrics tested):")
     # one seed per row: nothing to test, nothing printed
     assert significance_lines(df[df["seed"] == 0], "baseline") == []
 

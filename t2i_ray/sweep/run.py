@@ -845,7 +845,11 @@ def significance_lines(rows: pd.DataFrame, baseline: str, alpha: float = 0.05) -
             found.setdefault(row, []).append(cell + (")*" if star else ")"))
     if not found:
         return []
-    lines = [f"Against {baseline} (difference of the means; * p < {alpha:g}):"]
+    tested = len([m for m in metrics if any(c.startswith(f"{m} ") and "no test" not in c
+                                            for cells in found.values() for c in cells)])
+    lines = [f"Against {baseline} (difference of the means; * p < {alpha:g} for that metric alone, not "
+             f"corrected for the {tested} metrics tested):" if tested > 1 else
+             f"Against {baseline} (difference of the means; * p < {alpha:g}):"]
     lines += [f"  {row}: " + "; ".join(cells) for row, cells in found.items() if row]
     lines += [f"  {cell}" for cell in found.get("", [])]
     return lines
