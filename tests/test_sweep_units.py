@@ -117,7 +117,10 @@ def test_the_printed_table_says_which_rows_differ_from_the_first(tmp_path):
     assert paired < 0.05 < welch
     f2r = next(line for line in lines if line.startswith("  +F2R: "))
     assert f"fid +1.03 (Welch p {welch:.2g}, paired p {paired:.2g} over 3 seeds)*" in f2r
-    assert "r_precision +0 (no spread over seeds: no test)" in f2r  # 0.5 in every trial
+    assert "r_precision +0 (no test: no variance in either group - test undefined)" in f2r  # 0.5 in every trial
+    one_seed = significance_lines(df[(df["row"] == "baseline") | (df["seed"] == 0)], "baseline")
+    assert "  +F2R: fid -9 (no test: '+F2R' has n=1 - need at least 2 seeds per group for a test)" in \
+        "\n".join(one_seed)
     f2f = next(line for line in lines if line.startswith("  +F2F: "))
     assert "fid +0 (Welch p 1, paired p 1 over 3 seeds);" in f2f and ")*" not in f2f
     assert not any("+recap" in line for line in lines)  # failed trials are not compared

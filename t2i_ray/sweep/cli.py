@@ -446,7 +446,10 @@ def run_and_report(spec: "SweepSpec", args: argparse.Namespace, order: Sequence[
         order = list(dict.fromkeys(t["row"] for t in spec.grid))
     table = format_table(summarize(rows, list(order)))
     present = [r for r in order if r in set(rows["row"])]
-    tests = significance_lines(rows, present[0]) if present and spec.search == "grid" else []
+    try:  # after a finished sweep, a failing test must not hide its table
+        tests = significance_lines(rows, present[0]) if present and spec.search == "grid" else []
+    except Exception as exc:  # noqa: BLE001 - reported in the table's place
+        tests = [f"(p-values not computed: {type(exc).__name__}: {exc})"]
     if tests:
         table += "\n\n" + "\n".join(tests)
     out = RunPaths.of(spec.base).tables

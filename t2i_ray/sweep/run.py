@@ -835,7 +835,8 @@ def significance_lines(rows: pd.DataFrame, baseline: str, alpha: float = 0.05) -
                 continue
             pr = paired.loc[row]
             if not (math.isfinite(w["p_value"]) or math.isfinite(pr["p_value"])):
-                found.setdefault(row, []).append(f"{m} {w['diff']:+.3g} (no spread over seeds: no test)")
+                why = w["note"] or pr["note"] or "test undefined"
+                found.setdefault(row, []).append(f"{m} {w['diff']:+.3g} (no test: {why})")
                 continue
             cell = f"{m} {w['diff']:+.3g} (Welch p {w['p_value']:.2g}"
             if math.isfinite(pr["p_value"]):
