@@ -30,8 +30,8 @@ TABLES = ("one-factor", *PAPER_TABLES)
 LAPTOP_DEFAULTS: dict[str, object] = {
     "data.max_objects": 1,  # one object per image (1..3 at 300 steps: colour patches)
     # 3x the `local` preset's rates (12x / 6x DF-GAN's 1e-4 / 4e-4): oracle pair recall 0.52 on
-    # average at 1,750 steps over 4 seeds, where 2x reached 0.53 / 0.33 (seeds 0 / 1) and the
-    # preset's rates ~0.26 at 1,250 (benchmarks/README.md "Three times the preset's rates")
+    # average at 1,750 steps over 4 seeds, where 2x reached 0.41 on the same seeds and the preset's
+    # rates ~0.26 at 1,250 (benchmarks/README.md "Three times the preset's rates")
     "train.lr_g": 1.2e-3, "train.lr_d": 2.4e-3,
     "train.steps": 1750, "train.report_every": 125, "train.checkpoint_every": 250, "eval.every": 250,
     # bf16 autocast where the CPU computes bf16 natively (AVX512-BF16 / AMX: ~1.2x the images/s of
