@@ -221,42 +221,36 @@ def compare_to_baseline(df: pd.DataFrame, baseline: str = "baseline", metric: st
     for name in pd.unique(groups):
         if name == baseline:
             continue
-        x = vals[groups == name].to_numpy(float)
+        x, b = vals[groups == name].to_numpy(float), base
         p, note = float("nan"), ""
-        if test == "paired":
+        if test == "paired":  # both groups' values on their shared seeds, in seed order
             x_by_seed = _by_seed(vals[groups == name], seeds, name)
             shared = sorted(set(x_by_seed) & set(base_by_seed))
             alone = sorted(set(x_by_seed) ^ set(base_by_seed))
-            x, base_paired = (np.array([d[k] for k in shared], float) for d in (x_by_seed, base_by_seed))
+            x, b = (np.array([d[k] for k in shared], float) for d in (x_by_seed, base_by_seed))
             notes = [f"seeds {alone} are in one group only: left out"] if alone else []
             if len(shared) < 2:
                 notes.append(f"{len(shared)} shared seed(s) - need at least 2 for a paired test")
             else:
-                p = float(sps.ttest_rel(x, base_paired).pvalue)
+                p = float(sps.ttest_rel(x, b).pvalue)
                 if not np.isfinite(p):
                     notes.append("every seed differs by the same amount - test undefined")
-            out.append({by: name, "n": len(x), "n_baseline": len(base_paired),
-                        "mean": float(x.mean()) if len(x) else float("nan"),
-                        "mean_baseline": float(base_paired.mean()) if len(x) else float("nan"),
-                        "diff": float((x - base_paired).mean()) if len(x) else float("nan"),
-                        "p_value": p, "significant": bool(np.isfinite(p) and p < alpha), "test": test,
-                        "note": "; ".join(notes)})
-            continue
-        if len(x) < 2 or len(base) < 2:
-            small = [f"{g!r} has n={k}" for g, k in ((name, len(x)), (baseline, len(base))) if k < 2]
+            note = "; ".join(notes)
+        elif len(x) < 2 or len(b) < 2:
+            small = [f"{g!r} has n={k}" for g, k in ((name, len(x)), (baseline, len(b))) if k < 2]
             note = "; ".join(small) + " - need at least 2 seeds per group for a test"
         elif test == "welch":
-            p = float(sps.ttest_ind(x, base, equal_var=False).pvalue)
+            p = float(sps.ttest_ind(x, b, equal_var=False).pvalue)
             if not np.isfinite(p):
                 note = "no variance in either group - test undefined"
         else:
-            p = bootstrap_pvalue(x, base, n_boot=n_boot, seed=seed)
-            if min(len(x), len(base)) < 5:
+            p = bootstrap_pvalue(x, b, n_boot=n_boot, seed=seed)
+            if min(len(x), len(b)) < 5:
                 note = "bootstrap with fewer than 5 seeds per group is anti-conservative; prefer welch"
-        out.append({by: name, "n": len(x), "n_baseline": len(base), "mean": float(x.mean()),
-                    "mean_baseline": float(base.mean()), "diff": float(x.mean() - base.mean()),
-                    "p_value": p, "significant": bool(np.isfinite(p) and p < alpha), "test": test,
-                    "note": note})
+        mean, mean_b = (float(v.mean()) if len(x) else float("nan") for v in (x, b))
+        out.append({by: name, "n": len(x), "n_baseline": len(b), "mean": mean, "mean_baseline": mean_b,
+                    "diff": mean - mean_b, "p_value": p, "significant": bool(np.isfinite(p) and p < alpha),
+                    "test": test, "note": note})
     cols = [by, "n", "n_baseline", "mean", "mean_baseline", "diff", "p_value", "significant", "test", "note"]
     return pd.DataFrame(out, columns=cols)
 

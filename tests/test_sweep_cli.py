@@ -333,6 +333,7 @@ def test_a_sweep_refuses_trials_that_would_need_other_pretrained_encoders(losses
     base = ["--preset", "ci", "--output-dir", str(tmp_path), "--rows", "baseline"]
     for extra, field in ((["--sweep", "damsm.epochs=1,2"], "damsm.epochs"),
                          (["--sweep", "captioner.seed=0,1"], "captioner.seed"),
+                         (["--sweep", "model.embed_dim=64,128"], "model.embed_dim"),
                          (["--search", "optuna", "--space", "damsm.lr=log:1e-4:1e-3"], "damsm.lr")):
         with pytest.raises(ConfigError, match=rf"^{re.escape(field)}: .*cannot vary"):
             check_shared_pretraining(_spec(losses, base + extra))

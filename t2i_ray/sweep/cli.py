@@ -445,7 +445,8 @@ def run_and_report(spec: "SweepSpec", args: argparse.Namespace, order: Sequence[
     if spec.search == "grid":  # the script's rows in its order, each followed by its --sweep values
         order = list(dict.fromkeys(t["row"] for t in spec.grid))
     table = format_table(summarize(rows, list(order)))
-    present = [r for r in order if r in set(rows["row"])]
+    finished = set(rows["row"])
+    present = [r for r in order if r in finished]
     try:  # after a finished sweep, a failing test must not hide its table
         tests = significance_lines(rows, present[0]) if present and spec.search == "grid" else []
     except Exception as exc:  # noqa: BLE001 - reported in the table's place

@@ -239,13 +239,15 @@ SHARED_PRETRAINING = ("damsm", "captioner")
 
 def check_shared_pretraining(spec: SweepSpec) -> None:
     """A sweep pre-trains one DAMSM and one captioner, from its base config (`prepare_assets`), and
-    every trial uses them; a trial whose damsm.* or captioner.* fields differ from the base's would
-    silently train with encoders it does not describe, so it is refused here, before any work."""
+    every trial uses them; a trial whose damsm.*, captioner.* or model.embed_dim fields differ from
+    the base's would train with encoders it does not describe, so it is refused here, before any work."""
     from t2i_ray.sweep.estimate import trial_configs
 
+    # model.embed_dim too: the encoders' output width, which the trial's models are built for
     keys = [f"{section}.{k}" for section in SHARED_PRETRAINING for k in spec.base.to_dict()[section]]
+    keys.append("model.embed_dim")
     if spec.search == "optuna":
-        varied = sorted(k for k in (spec.optuna_space or {}) if k.split(".")[0] in SHARED_PRETRAINING)
+        varied = sorted(k for k in (spec.optuna_space or {}) if k in keys)
         if varied:
             raise ConfigError(f"{varied[0]}: the Optuna space cannot vary it: a sweep pre-trains one "
                               f"DAMSM and one captioner from its base config and every trial shares them; "
@@ -820,6 +822,7 @@ def significance_lines(rows: pd.DataFrame, baseline: str, alpha: float = 0.05) -
     metrics = [m for m in SUMMARY_METRICS if m != "wall_time_s" and m in ok.columns
                and ok.loc[ok["row"] == baseline, m].notna().sum() >= 2]
     found: dict[str, list[str]] = {}
+    tested: set[str] = set()  # metrics with a p-value in some row
     for m in metrics:
         try:
             with warnings.catch_warnings():  # scipy's precision warning on (nearly) equal values
@@ -838,6 +841,7 @@ def significance_lines(rows: pd.DataFrame, baseline: str, alpha: float = 0.05) -
                 why = w["note"] or pr["note"] or "test undefined"
                 found.setdefault(row, []).append(f"{m} {w['diff']:+.3g} (no test: {why})")
                 continue
+            tested.add(m)
             cell = f"{m} {w['diff']:+.3g} (Welch p {w['p_value']:.2g}"
             if math.isfinite(pr["p_value"]):
                 cell += f", paired p {pr['p_value']:.2g} over {int(pr['n'])} seeds"
@@ -846,10 +850,8 @@ def significance_lines(rows: pd.DataFrame, baseline: str, alpha: float = 0.05) -
             found.setdefault(row, []).append(cell + (")*" if star else ")"))
     if not found:
         return []
-    tested = len([m for m in metrics if any(c.startswith(f"{m} ") and "no test" not in c
-                                            for cells in found.values() for c in cells)])
     lines = [f"Against {baseline} (difference of the means; * p < {alpha:g} for that metric alone, not "
-             f"corrected for the {tested} metrics tested):" if tested > 1 else
+             f"corrected for the {len(tested)} metrics tested):" if len(tested) > 1 else
              f"Against {baseline} (difference of the means; * p < {alpha:g}):"]
     lines += [f"  {row}: " + "; ".join(cells) for row, cells in found.items() if row]
     lines += [f"  {cell}" for cell in found.get("", [])]
