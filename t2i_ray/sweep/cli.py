@@ -6,7 +6,7 @@ import argparse
 import math
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from t2i_ray.paths import RunPaths
 from t2i_ray.config import (EVAL_PROTOCOLS, PRESETS, ConfigError, ExperimentConfig, apply_overrides,
@@ -309,9 +309,11 @@ def apply_search_options(spec: "SweepSpec", args: argparse.Namespace) -> "SweepS
     return spec
 
 
-def sweep_main(args: argparse.Namespace, build_spec, order: Sequence[str], title: str) -> None:
+def sweep_main(args: argparse.Namespace, build_spec, order: Sequence[str], title: "str | Callable[[], str]"
+               ) -> None:
     """What every sweep script does: build and validate the spec (errors before Ray), then either
-    list the trials (--dry-run) or run and report."""
+    list the trials (--dry-run) or run and report; `title` names the printed table (a callable:
+    called once the spec is built)."""
     from t2i_ray.sweep.run import check_shared_pretraining
 
     try:
@@ -322,7 +324,7 @@ def sweep_main(args: argparse.Namespace, build_spec, order: Sequence[str], title
     if args.dry_run:
         print_dry_run(spec)
         return
-    run_and_report(spec, args, order=order, title=title)
+    run_and_report(spec, args, order=order, title=title if isinstance(title, str) else title())
 
 
 def print_dry_run(spec: "SweepSpec", cpus: int | None = None) -> None:
