@@ -932,8 +932,9 @@ def _check_combinations(cfg: ExperimentConfig) -> None:
 # (baseline R-precision after 600 steps: 0.02-0.04 with those, 0.04-0.10 with these;
 # benchmarks/README.md). At `local`'s 300 steps the text conditioning has only begun; the main job
 # (sweeps/ablate_losses.py) adds its laptop design on top on `shapes` (LAPTOP_DEFAULTS: one object per
-# image, 3x these rates, 1,750 steps): in about 20 minutes on 2 cores, objects of the named colour, of
-# the named shape in about half of the images (benchmarks/README.md "The default laptop sweep").
+# image, 3x these rates, 1,750 steps, SSA-GAN without and with its DAMSM term x 3 seeds): in about 20
+# minutes on 2 cores, objects of the named colour, of the named shape in about 40 % of the images, and
+# the two rows separated at p < 0.05 (benchmarks/README.md "What 20 minutes can separate").
 PRESETS: dict[str, dict[str, Any]] = {
     # `ci`: every stage runs for real (pre-training, Ray Train, evaluation), at sizes that finish in
     # seconds, so that tests run the scripts as users do; its numbers mean nothing.

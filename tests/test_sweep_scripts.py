@@ -133,7 +133,12 @@ def test_losses_paper_tables_by_their_row_names(losses, tmp_path):
         losses.build_spec(losses.parse_args(args + ["--set", "model.arch=dfgan"]))
     with pytest.raises(ConfigError, match="either --rows or --all-rows"):
         losses.build_spec(losses.parse_args(args + ["--rows", "SSAGAN", "--all-rows"]))
-    assert losses.parse_args(args + ["--search", "optuna"]).table == "one-factor"
+    # without --table: one-factor for Optuna, for one-factor rows and in the laptop design (local on
+    # shapes, without --rows); Table 1 otherwise
+    for extra, laptop, table in ((["--search", "optuna"], False, "one-factor"), ([], False, "cub"),
+                                 ([], True, "one-factor"), (["--rows", "+F2R"], False, "one-factor"),
+                                 (["--rows", "SSAGAN"], True, "cub"), (["--table", "cub"], True, "cub")):
+        assert losses.resolve_table(losses.parse_args(args + extra), laptop) == table, (extra, laptop)
     with pytest.raises(ConfigError, match="does not combine with --table cub"):
         losses.build_spec(losses.parse_args(args + ["--table", "cub", "--search", "optuna"]))
 

@@ -143,17 +143,24 @@ def test_dry_run_of_every_sweep_lists_trials_without_starting_ray(tmp_path):
 
 def test_the_main_commands_default_is_the_laptop_design(tmp_path):
     """`python sweeps/ablate_losses.py` as the README writes it (no argument; --dry-run here): the
-    laptop design (one object per image, 3x the preset's rates, LAPTOP_ROWS x 2 seeds); a real
-    dataset or another preset keeps Table 1's four SSA-GAN rows and the preset's settings."""
+    laptop design (one object per image, 3x the preset's rates, SSA-GAN without and with its DAMSM
+    term x 3 seeds; --table cub: Table 1's SSAGAN and its CL row); a real dataset or another preset
+    keeps Table 1's four SSA-GAN rows and the preset's settings."""
     proc = run_script("ablate_losses", "--dry-run", cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:]
     out = proc.stdout
     assert "dataset shapes, 32x32, 1750 steps, batch 32" in out
     assert "data.max_objects=1" in out and "train.lr_g=0.0012" in out and "train.lr_d=0.0024" in out
-    assert "train.amp=native" in out
-    trials = re.findall(r"^  (SSAGAN.*?)\s+seed (\d)", out, flags=re.M)
-    assert trials == [("SSAGAN", "0"), ("SSAGAN", "1"), ("SSAGAN + CL (R2F+F2F)", "0"), ("SSAGAN + CL (R2F+F2F)", "1")]
+    assert "train.amp=native" in out and "model.arch=ssagan" in out
+    trials = re.findall(r"^  (\S+)\s+seed (\d)  \{'loss.damsm': ([0-9.]+), 'loss.f2r': 0.0, 'loss.f2f': 0.0, "
+                        r"'loss.recap': 0.0\}$", out, flags=re.M)
+    assert trials == [("baseline", s, "0.0") for s in "012"] + [("+DAMSM", s, "0.05") for s in "012"], out
     assert str(tmp_path / "t2i_runs") in out  # the default output folder, in the working directory
+    cub = run_script("ablate_losses", "--dry-run", "--table", "cub", cwd=tmp_path, timeout=120)
+    trials = re.findall(r"^  (SSAGAN.*?)\s+seed (\d)", cub.stdout, flags=re.M)
+    assert trials == [(row, s) for row in ("SSAGAN", "SSAGAN + CL (R2F+F2F)") for s in "012"], cub.stdout[-3000:]
+    named = run_script("ablate_losses", "--dry-run", "--rows", "SSAGAN", "--seeds", "4", cwd=tmp_path, timeout=120)
+    assert re.findall(r"^  (SSAGAN.*?)\s+seed (\d)", named.stdout, flags=re.M) == [("SSAGAN", "4")]
     # the user's settings win over the design's; other presets are unchanged
     mine = run_script("ablate_losses", "--dry-run", "--steps", "300", "--set", "data.max_objects=3",
                       "--set", "train.lr_g=4e-4", cwd=tmp_path, timeout=120)

@@ -108,8 +108,8 @@ UNBUILT_ARCHS: dict[str, str] = {}
 
 
 # The rows `--table cub` runs when --rows is not given: Table 1's SSA-GAN rows, the model seed paper 001
-# builds its contrastive losses on and the cheapest of its architectures (the main job's default, sized
-# to finish in under 20 minutes at `local` size on 2 cores). `--rows all` runs every built row.
+# builds its contrastive losses on and the cheapest of its architectures (the main job's laptop design
+# picks its own rows: sweeps/ablate_losses.py LAPTOP_ROWS). `--all-rows` runs every built row.
 DEFAULT_PAPER_ROWS: dict[str, tuple[str, ...]] = {
     "cub": ("SSAGAN", "SSAGAN + CL (F2F)", "SSAGAN + CL (R2F+F2F)", "SSAGAN + CL (R2F+F2F+R)"),
     "coco": tuple(PAPER_TABLES["coco"]),
