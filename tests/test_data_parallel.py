@@ -28,7 +28,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from t2i_ray.config import ExperimentConfig, apply_overrides
 from t2i_ray.models.captioner import Captioner
@@ -40,6 +39,7 @@ from t2i_ray.train.damsm import Damsm
 from t2i_ray.train.gather import BatchGather
 from t2i_ray.train.loop import RunEnv
 from t2i_ray.train.method import Assets, build_method, data_parallel_columns
+from tests.gloo import mark_done, spawn_ranks
 
 B, WORDS, VOCAB, EMBED = 4, 8, 40, 32
 TERMS = {"loss.damsm": 1.0, "loss.f2r": 1.0, "loss.f2f": 1.0, "loss.recap": 1.0}
@@ -113,6 +113,8 @@ def _rank_main(rank: int, world: int, store_path: str, out_path: str, runs: dict
                             "losses": losses, "gather_world": method.gather.world_size}
         if rank == 0:
             torch.save(results, out_path)
+        mark_done(Path(out_path).parent, rank)
+        dist.barrier()  # both ranks leave together (tests/gloo.py: a rare abort in gloo's teardown)
     finally:
         dist.destroy_process_group()
 
@@ -149,7 +151,7 @@ def ddp_runs(tiny_cfg, tmp_path_factory):
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        mp.spawn(_rank_main, args=(2, str(tmp / "store"), str(tmp / "ddp.pt"), runs, batch, z, eps), nprocs=2, join=True)
+        spawn_ranks(_rank_main, (2, str(tmp / "store"), str(tmp / "ddp.pt"), runs, batch, z, eps), tmp)
         ddp = torch.load(tmp / "ddp.pt", weights_only=True)
         # The same step in one process on the whole batch of 2B (no process group: nothing to gather).
         single = {}
@@ -226,3 +228,19 @@ def test_gather_is_the_identity_without_a_process_group():
 ])
 def test_results_row_records_workers_and_gathering(tiny_cfg, overrides, expect):
     assert data_parallel_columns(apply_overrides(tiny_cfg, overrides)) == expect
+
+
+def _abort(rank: int, folder: str, after_work: bool) -> None:
+    if after_work:
+        mark_done(folder, rank)
+    if rank == 1:
+        import os
+
+        os.abort()  # what gloo's teardown abort looks like to the parent: SIGABRT
+
+
+def test_spawn_ranks_tolerates_only_an_abort_after_every_ranks_work(tmp_path):
+    with pytest.warns(UserWarning, match="aborted in the process group's teardown"):
+        spawn_ranks(_abort, (str(tmp_path / "a"), True), tmp_path / "a")
+    with pytest.raises(Exception, match="terminated with signal SIGABRT"):
+        spawn_ranks(_abort, (str(tmp_path / "b"), False), tmp_path / "b")
