@@ -99,7 +99,7 @@ def test_effects_are_against_the_matching_baseline_row_only():
     np.testing.assert_allclose(sorted(np.asarray(seeds[0].get_offsets())[:, 1]), [-11.0, -10.0, -9.0])
     intervals = _intervals(ax)
     assert len(intervals) == 2 and all(s[0][1] <= -10.0 <= s[1][1] for c in intervals for s in c.get_segments())
-    assert "Δ fid vs matching baseline" in ax.get_ylabel()
+    assert ax.get_ylabel().startswith("Δ fid") and ax.get_ylabel().endswith("\nvs matching baseline")
 
     # with 2 seeds: the differences, no interval, and the title says so; no baseline at all: an error
     two = df[df["seed"] < 2]
