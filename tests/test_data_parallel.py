@@ -231,11 +231,16 @@ def test_results_row_records_workers_and_gathering(tiny_cfg, overrides, expect):
 
 
 def _abort(rank: int, folder: str, after_work: bool) -> None:
+    import os
+    import time
+
     if after_work:
         mark_done(folder, rank)
     if rank == 1:
-        import os
-
+        # as after the real ranks' barrier: every rank has marked its work done before the abort
+        deadline = time.monotonic() + 60
+        while after_work and not (Path(folder) / "rank0.done").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
         os.abort()  # what gloo's teardown abort looks like to the parent: SIGABRT
 
 
