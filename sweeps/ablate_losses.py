@@ -74,6 +74,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def is_laptop(args: argparse.Namespace, base) -> bool:
+    """The laptop design applies: the `local` preset on the built-in `shapes` (base: the built config)."""
+    return args.preset == "local" and base.data.dataset == "shapes"
+
+
 def resolve_table(args: argparse.Namespace, laptop: bool) -> str:
     """The --table a command means: the given one; without it, one model's weights (one-factor) for
     Optuna, when --rows names one-factor rows only (the row names of the tables are distinct) and in
@@ -105,14 +110,13 @@ def table_rows(args: argparse.Namespace, table: str, weights, arch: str, fixed: 
 
 
 def build_spec(args: argparse.Namespace) -> SweepSpec:
-    """The sweep the arguments describe, every trial validated (raises ConfigError); sets
-    `args.resolved_table`, the table it runs (resolve_table)."""
+    """The sweep the arguments describe, every trial validated (raises ConfigError)."""
     weights = weights_from_args(args)
     if args.trials < 1:
         raise ConfigError(f"--trials must be >= 1, got {args.trials}")
     base = config_from_args(args, dataset_defaults={"shapes": LAPTOP_DEFAULTS} if args.preset == "local" else None)
-    laptop = args.preset == "local" and base.data.dataset == "shapes"
-    table = args.resolved_table = resolve_table(args, laptop)
+    laptop = is_laptop(args, base)
+    table = resolve_table(args, laptop)
     if args.search == "optuna" and table != "one-factor":
         raise ConfigError(f"--search optuna tunes the loss weights of one model; it does not combine with "
                           f"--table {table} (drop --table, and pick the model with --set model.arch=...)")
@@ -133,8 +137,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     order = [*LOSS_ROWS, *(r for t in PAPER_TABLES.values() for r in t), "optuna"]
 
-    def title() -> str:  # once build_spec has resolved the table
-        table = args.resolved_table
+    def title(spec: SweepSpec) -> str:  # the table the built sweep runs
+        table = resolve_table(args, is_laptop(args, spec.base))
         return "Loss ablation" + ("" if table == "one-factor" else f" (seed paper 001, Table "
                                                                   f"{1 if table == 'cub' else 2} rows)")
 

@@ -19,9 +19,9 @@ def spawn_ranks(fn: Callable, args: tuple, folder: str | Path, nprocs: int = 2) 
     """mp.spawn(fn, args, nprocs), where fn(rank, *args) calls mark_done(folder, rank) once its work
     is done. A rank aborted by SIGABRT after every rank marked its work done died in gloo's teardown
     ("terminate called without an active exception": torch's gloo backend destroying a thread that
-    still runs; seen twice in the CI runs of this project, each time after the work, once with the
-    ranks already meeting at a barrier before the teardown). The results stand then, with a warning;
-    any other failure is raised."""
+    still runs; seen in several CI runs of this project, every time after the work, also with the ranks
+    meeting at a barrier before the teardown). The results stand then, with a warning; any other
+    failure is raised."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     try:

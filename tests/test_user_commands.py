@@ -71,6 +71,7 @@ def test_main_command_runs_and_a_rerun_retrains_nothing(main_sweep):
     rows = ["SSAGAN", "SSAGAN + CL (F2F)", "SSAGAN + CL (R2F+F2F)", "SSAGAN + CL (R2F+F2F+R)"]  # Table 1's
     table = _check_sweep(first, out, rows)
     assert set(table["config.model.arch"]) == {"ssagan"}
+    assert "\nLoss ablation (seed paper 001, Table 1 rows) (ablate_losses-grid-" in first.stdout  # its title
     assert "[damsm] no cached encoders" in first.stdout and "[captioner]" in first.stdout
     assert (out / "tables").is_dir() and any((out / "samples").glob("*.png"))
     assert "Experiment state snapshotting" not in first.stdout  # Tune's warning on expected snapshots

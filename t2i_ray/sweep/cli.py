@@ -309,11 +309,11 @@ def apply_search_options(spec: "SweepSpec", args: argparse.Namespace) -> "SweepS
     return spec
 
 
-def sweep_main(args: argparse.Namespace, build_spec, order: Sequence[str], title: "str | Callable[[], str]"
-               ) -> None:
+def sweep_main(args: argparse.Namespace, build_spec, order: Sequence[str],
+               title: "str | Callable[[SweepSpec], str]") -> None:
     """What every sweep script does: build and validate the spec (errors before Ray), then either
-    list the trials (--dry-run) or run and report; `title` names the printed table (a callable:
-    called once the spec is built)."""
+    list the trials (--dry-run) or run and report; `title` names the printed table (a callable: of
+    the built spec)."""
     from t2i_ray.sweep.run import check_shared_pretraining
 
     try:
@@ -324,7 +324,7 @@ def sweep_main(args: argparse.Namespace, build_spec, order: Sequence[str], title
     if args.dry_run:
         print_dry_run(spec)
         return
-    run_and_report(spec, args, order=order, title=title if isinstance(title, str) else title())
+    run_and_report(spec, args, order=order, title=title if isinstance(title, str) else title(spec))
 
 
 def print_dry_run(spec: "SweepSpec", cpus: int | None = None) -> None:
